@@ -1,0 +1,51 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Layers, dependencies pointing one way:
+//   CURing CLZ4 CXXHash        system libraries (one shim header each)
+//   DSWire                     wire format v1: pure, no I/O, no threads
+//   DSCodec                    LZ4 block codec + XXH3 (imports CLZ4, CXXHash)
+//   DSRing                     io_uring + blocking fallback, buffer pool (imports CURing)
+//   DSTransport                channels (thread + ring + socket), point-to-point transfer
+//   DSScheduler                pre-copy scheduler: pure state machine
+//   DSDevices                  VFIO state machine, device protocol, sim/emu/file/vfio devices
+//   DeviceStream               migration sessions + the embedding API (the one library product)
+//   devstream, stream-bench    executables
+let package = Package(
+    name: "DeviceStream",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "DeviceStream", targets: ["DeviceStream"]),
+        .executable(name: "devstream", targets: ["devstream"]),
+        .executable(name: "stream-bench", targets: ["stream-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "CURing", path: "Sources/CURing"),
+        .systemLibrary(name: "CLZ4", path: "Sources/CLZ4"),
+        .systemLibrary(name: "CXXHash", path: "Sources/CXXHash"),
+        .target(name: "DSWire"),
+        .target(name: "DSCodec", dependencies: ["CLZ4", "CXXHash", "DSWire"]),
+        .target(name: "DSRing", dependencies: ["CURing"]),
+        .target(name: "DSDevices", dependencies: ["CXXHash"]),
+        .target(name: "DSScheduler"),
+        .target(name: "DSTransport", dependencies: ["DSWire", "DSCodec", "DSRing"]),
+        .target(name: "DeviceStream", dependencies: ["DSWire", "DSCodec", "DSRing", "DSTransport", "DSDevices", "DSScheduler"]),
+        .executableTarget(name: "devstream", dependencies: [
+            "DeviceStream", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "stream-bench", dependencies: [
+            "DeviceStream", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "DSWireTests", dependencies: ["DSWire"]),
+        .testTarget(name: "DSCodecTests", dependencies: ["DSCodec"]),
+        .testTarget(name: "DSRingTests", dependencies: ["DSRing"]),
+        .testTarget(name: "DSTransportTests", dependencies: ["DSTransport", "DSCodec"]),
+        .testTarget(name: "DSDevicesTests", dependencies: ["DSDevices"]),
+        .testTarget(name: "DSSchedulerTests", dependencies: ["DSScheduler"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["DeviceStream"]),
+    ],
+    swiftLanguageModes: [.v6]
+)
