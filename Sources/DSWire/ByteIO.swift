@@ -1,0 +1,71 @@
+/// Little-endian loads and stores on raw buffers, bounds-checked by the caller's length check.
+/// The wire format is little-endian throughout.
+extension UnsafeMutableRawBufferPointer {
+    @inlinable func storeLE<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+        storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
+    }
+}
+
+extension UnsafeRawBufferPointer {
+    @inlinable func loadLE<T: FixedWidthInteger>(at offset: Int, as: T.Type) -> T {
+        T(littleEndian: loadUnaligned(fromByteOffset: offset, as: T.self))
+    }
+}
+
+/// FNV-1a, 64-bit: the header check. Headers are small (≤ 64 bytes), so a byte loop is cheap
+/// and keeps this module free of C. Payloads use XXH3-64 (see DSCodec).
+@inlinable package func fnv1a64(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in bytes {
+        h ^= UInt64(b)
+        h = h &* 0x100_0000_01b3
+    }
+    return h
+}
+
+/// A growable little-endian writer for control-frame payloads (off the hot path).
+public struct PayloadWriter: Sendable {
+    public private(set) var bytes: [UInt8] = []
+    public init() {}
+    public mutating func u8(_ v: UInt8) { bytes.append(v) }
+    public mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    public mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    public mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    public mutating func f64(_ v: Double) { u64(v.bitPattern) }
+    /// A length-prefixed (u32) byte string.
+    public mutating func blob(_ v: [UInt8]) { u32(UInt32(v.count)); bytes.append(contentsOf: v) }
+    public mutating func string(_ v: String) { blob(Array(v.utf8)) }
+}
+
+/// A bounds-checked little-endian reader over bytes from the network: every read checks the
+/// remaining length first and throws instead of trapping.
+public struct PayloadReader: Sendable {
+    public let bytes: [UInt8]
+    public private(set) var position = 0
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    public var remaining: Int { bytes.count - position }
+
+    private mutating func take<T: FixedWidthInteger>(_: T.Type) throws(WireError) -> T {
+        let n = MemoryLayout<T>.size
+        guard remaining >= n else { throw WireError.truncatedPayload(needed: n, remaining: remaining) }
+        let v = bytes.withUnsafeBytes { $0.loadLE(at: position, as: T.self) }
+        position += n
+        return v
+    }
+    public mutating func u8() throws(WireError) -> UInt8 { try take(UInt8.self) }
+    public mutating func u16() throws(WireError) -> UInt16 { try take(UInt16.self) }
+    public mutating func u32() throws(WireError) -> UInt32 { try take(UInt32.self) }
+    public mutating func u64() throws(WireError) -> UInt64 { try take(UInt64.self) }
+    public mutating func f64() throws(WireError) -> Double { Double(bitPattern: try u64()) }
+    /// A length-prefixed byte string, at most `limit` bytes.
+    public mutating func blob(limit: Int = WireLimits.maxControlPayload) throws(WireError) -> [UInt8] {
+        let n = Int(try u32())
+        guard n <= limit else { throw WireError.lengthOutOfBounds(field: "blob", value: UInt64(n), limit: UInt64(limit)) }
+        guard remaining >= n else { throw WireError.truncatedPayload(needed: n, remaining: remaining) }
+        defer { position += n }
+        return Array(bytes[position..<position + n])
+    }
+    public mutating func string(limit: Int = 4096) throws(WireError) -> String {
+        String(decoding: try blob(limit: limit), as: UTF8.self)
+    }
+}
