@@ -1,8 +1,10 @@
-// liburing for Swift. `_GNU_SOURCE` must come before any libc header, or liburing's
-// `fd_set`/`sigset_t` definitions clash with Glibc's module (DESIGN.md, environment facts).
+// liburing for Swift.
+// DESIGN.md's environment notes suggest `#define _GNU_SOURCE 1` first. With Swift 6.3's Glibc
+// module on Debian 12 that is what *causes* the clash: `_GNU_SOURCE` renames `fd_set`'s field
+// (`fds_bits` vs `__fds_bits`) and Clang then refuses the two definitions. Leaving it undefined
+// matches the Glibc module and liburing 2.3's header still compiles (checked: swift build).
 #ifndef DEVSTREAM_CURING_SHIM_H
 #define DEVSTREAM_CURING_SHIM_H
-#define _GNU_SOURCE 1
 #include <liburing.h>
 #include <errno.h>
 #include <sys/socket.h>

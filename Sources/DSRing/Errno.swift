@@ -1,0 +1,27 @@
+import Glibc
+
+/// A typed errno. `-errno` from liburing and `cqe.res`, and `errno` after a failed syscall, are
+/// turned into this in one place (`Ring.complete`, `Errno.current`).
+public struct Errno: Error, Equatable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    /// The calling thread's `errno`.
+    public static var current: Errno { Errno(rawValue: errno) }
+
+    public static let interrupted = Errno(rawValue: EINTR)                  // EINTR
+    public static let wouldBlock = Errno(rawValue: EAGAIN)                  // EAGAIN
+    public static let timedOut = Errno(rawValue: ETIMEDOUT)                 // ETIMEDOUT
+    public static let connectionReset = Errno(rawValue: ECONNRESET)         // ECONNRESET
+    public static let connectionRefused = Errno(rawValue: ECONNREFUSED)     // ECONNREFUSED
+    public static let brokenPipe = Errno(rawValue: EPIPE)                   // EPIPE
+    public static let noSpace = Errno(rawValue: ENOSPC)                     // ENOSPC
+    public static let fileTooLarge = Errno(rawValue: EFBIG)                 // EFBIG
+    public static let noSys = Errno(rawValue: ENOSYS)                       // ENOSYS
+    public static let notPermitted = Errno(rawValue: EPERM)                 // EPERM
+    public static let canceled = Errno(rawValue: ECANCELED)                 // ECANCELED
+    public static let invalid = Errno(rawValue: EINVAL)                     // EINVAL
+    public static let noMemory = Errno(rawValue: ENOMEM)                    // ENOMEM
+
+    /// The C library's message, e.g. "Connection refused".
+    public var description: String { String(cString: strerror(rawValue)) }
+}

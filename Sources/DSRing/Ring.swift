@@ -1,0 +1,341 @@
+import CURing
+import Glibc
+
+/// Which I/O engine a ring runs on.
+public enum IOBackendKind: String, Sendable {
+    /// io_uring, created on the thread that uses it (`IORING_SETUP_SINGLE_ISSUER`, and
+    /// `IORING_SETUP_DEFER_TASKRUN` where the kernel has it).
+    case ioUring = "io_uring"
+    /// Blocking syscalls on the same thread: the fallback when io_uring cannot be set up
+    /// (ENOSYS, or EPERM from seccomp or `kernel.io_uring_disabled`).
+    case blocking
+}
+
+/// One I/O operation. Buffers are borrowed: they must stay valid until the operation completes.
+public enum IOOp {
+    /// Read into `buffer` at `offset` (`Ring.currentPosition` for pipes and stdin). With `slot`
+    /// of a registered pool this is `IORING_OP_READ_FIXED`.
+    case read(fd: Int32, buffer: UnsafeMutableRawBufferPointer, offset: UInt64, slot: Int?)
+    /// Write from `buffer` at `offset`; `IORING_OP_WRITE_FIXED` with a registered slot.
+    case write(fd: Int32, buffer: UnsafeRawBufferPointer, offset: UInt64, slot: Int?)
+    /// `IORING_OP_SEND` with MSG_NOSIGNAL.
+    case send(fd: Int32, buffer: UnsafeRawBufferPointer)
+    /// `IORING_OP_RECV`.
+    case recv(fd: Int32, buffer: UnsafeMutableRawBufferPointer)
+    /// `IORING_OP_ACCEPT`: the result is the new socket.
+    case accept(fd: Int32)
+    /// `IORING_OP_CONNECT` to `address` (a sockaddr of `length` bytes, valid until completion).
+    case connect(fd: Int32, address: UnsafeRawPointer, length: socklen_t)
+    /// `IORING_OP_FSYNC`.
+    case fsync(fd: Int32)
+
+    public var kind: IOOpKind {
+        switch self {
+        case .read: .read
+        case .write: .write
+        case .send: .send
+        case .recv: .recv
+        case .accept: .accept
+        case .connect: .connect
+        case .fsync: .fsync
+        }
+    }
+
+    /// The same operation over at most `n` bytes (used by fault injection to force short I/O).
+    func shortened(to n: Int) -> IOOp {
+        switch self {
+        case .read(let fd, let b, let o, let s): .read(fd: fd, buffer: UnsafeMutableRawBufferPointer(rebasing: b[0..<min(n, b.count)]), offset: o, slot: s)
+        case .write(let fd, let b, let o, let s): .write(fd: fd, buffer: UnsafeRawBufferPointer(rebasing: b[0..<min(n, b.count)]), offset: o, slot: s)
+        case .send(let fd, let b): .send(fd: fd, buffer: UnsafeRawBufferPointer(rebasing: b[0..<min(n, b.count)]))
+        case .recv(let fd, let b): .recv(fd: fd, buffer: UnsafeMutableRawBufferPointer(rebasing: b[0..<min(n, b.count)]))
+        default: self
+        }
+    }
+}
+
+public enum IOOpKind: Sendable, Hashable { case read, write, send, recv, accept, connect, fsync }
+
+/// What a fault injector does to one submission. Faults are injected at the one funnel every
+/// operation passes through (`Ring.submit`), for both backends.
+public enum InjectedFault: Sendable {
+    /// Run the operation as asked.
+    case none
+    /// Run it over at most this many bytes (a short read, write, send or recv).
+    case short(Int)
+    /// Do not run it; complete it with this errno (EINTR, EAGAIN, ECONNRESET, ...).
+    case fail(Errno)
+}
+
+/// A fault plan: called for every submission with its kind and byte count.
+public typealias FaultInjector = (IOOpKind, Int) -> InjectedFault
+
+/// A completed operation.
+public struct Completion: Sendable {
+    public var userData: UInt64
+    /// Bytes moved, the new fd (accept), or 0.
+    public var result: Result<Int, Errno>
+}
+
+/// An io_uring instance (or its blocking stand-in) owned by one thread for its whole life.
+///
+/// Create it on the thread that uses it and never hand it to another: the kernel ties
+/// requests to their submitting thread (`SINGLE_ISSUER`; a request dies with its thread).
+/// The synchronous helpers (`perform`, `readFully`, `writeAll`, `sendAll`, `recvExactly`) retry
+/// EINTR and EAGAIN and resume short transfers in one place.
+public final class Ring {
+    /// `Ring.currentPosition` as an offset means "the file position" (pipes, stdin, sockets).
+    public static let currentPosition = UInt64.max
+
+    public let backend: IOBackendKind
+    private let uring: UnsafeMutablePointer<io_uring>?
+    private var blockingQueue: [Completion] = []
+    private var blockingHead = 0
+    /// Slots of `pool` registered with the kernel (0 ..< registeredSlots use the FIXED ops).
+    public private(set) var registeredSlots = 0
+    private var registeredPool: BufferPool?
+    /// Faults to inject (tests). nil in production.
+    public var faultInjector: FaultInjector?
+    private var inFlight = 0
+
+    /// Creates a ring on the calling thread.
+    /// - Parameter backend: nil picks `IOBackend.preferred` (probed once per process).
+    public init(entries: UInt32 = 64, backend: IOBackendKind? = nil) throws(Errno) {
+        let kind = backend ?? IOBackend.preferred
+        self.backend = kind
+        guard kind == .ioUring else {
+            uring = nil
+            blockingQueue.reserveCapacity(Int(entries))
+            return
+        }
+        let r = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+        r.initialize(to: io_uring())
+        var rc = io_uring_queue_init(entries, r, ds_setup_single_issuer() | ds_setup_defer_taskrun())
+        if rc == -EINVAL { rc = io_uring_queue_init(entries, r, ds_setup_single_issuer()) }
+        if rc == -EINVAL { rc = io_uring_queue_init(entries, r, 0) }
+        guard rc == 0 else {
+            r.deallocate()
+            throw Errno(rawValue: -rc)
+        }
+        uring = r
+    }
+
+    deinit {
+        if let r = uring {
+            if registeredSlots > 0 { io_uring_unregister_buffers(r) }
+            io_uring_queue_exit(r)
+            r.deallocate()
+        }
+    }
+
+    /// Registers `pool`'s slots as fixed buffers, once. When RLIMIT_MEMLOCK (or ENOMEM) refuses
+    /// them all, registers fewer — halving until it fits — or none, and returns a warning line.
+    /// - Returns: nil when every slot was registered (or the blocking backend needs none),
+    ///   else a warning for the user.
+    @discardableResult
+    public func register(_ pool: BufferPool) -> String? {
+        precondition(registeredPool == nil, "a ring registers one pool, once")
+        registeredPool = pool
+        guard let r = uring else { return nil }
+        var count = pool.slotCount
+        var lastError: Int32 = 0
+        while count > 0 {
+            var iovecs = (0..<count).map { iovec(iov_base: pool.base + $0 * pool.slotSize, iov_len: pool.slotSize) }
+            let rc = iovecs.withUnsafeMutableBufferPointer { io_uring_register_buffers(r, $0.baseAddress, UInt32(count)) }
+            if rc == 0 { break }
+            lastError = -rc
+            guard rc == -ENOMEM || rc == -EPERM || rc == -EFAULT else { count = 0; break }
+            count /= 2
+        }
+        registeredSlots = count
+        if count == pool.slotCount { return nil }
+        let why = Errno(rawValue: lastError)
+        return count == 0
+            ? "warning: could not register I/O buffers (\(why)); using unregistered I/O. Raise `ulimit -l` (RLIMIT_MEMLOCK) for zero-copy fixed buffers."
+            : "warning: registered \(count) of \(pool.slotCount) I/O buffers (\(why)); raise `ulimit -l` (RLIMIT_MEMLOCK) to register all."
+    }
+
+    // MARK: - The submission and completion funnel
+
+    /// Queues one operation. With io_uring it becomes an SQE (sent to the kernel by the next
+    /// `wait`); with the blocking backend it runs now and its completion is queued.
+    public func submit(_ op: IOOp, userData: UInt64) {
+        var op = op
+        if let inject = faultInjector {
+            switch inject(op.kind, op.byteCount) {
+            case .none: break
+            case .short(let n): op = op.shortened(to: max(1, n))
+            case .fail(let e):
+                // Not run: completes with the injected error, through the same path.
+                blockingQueue.append(Completion(userData: userData, result: .failure(e)))
+                return
+            }
+        }
+        guard let r = uring else {
+            blockingQueue.append(Completion(userData: userData, result: BlockingIO.run(op)))
+            return
+        }
+        var sqe = io_uring_get_sqe(r)
+        if sqe == nil {
+            io_uring_submit(r)
+            sqe = io_uring_get_sqe(r)
+        }
+        guard let sqe else { preconditionFailure("submission queue full after submit") }
+        prepare(sqe, op)
+        io_uring_sqe_set_data64(sqe, userData)
+        inFlight += 1
+    }
+
+    private func prepare(_ sqe: UnsafeMutablePointer<io_uring_sqe>, _ op: IOOp) {
+        switch op {
+        case .read(let fd, let b, let offset, let slot):
+            if let slot, slot < registeredSlots {
+                io_uring_prep_read_fixed(sqe, fd, b.baseAddress, UInt32(b.count), offset, Int32(slot))
+            } else {
+                io_uring_prep_read(sqe, fd, b.baseAddress, UInt32(b.count), offset)
+            }
+        case .write(let fd, let b, let offset, let slot):
+            if let slot, slot < registeredSlots {
+                io_uring_prep_write_fixed(sqe, fd, b.baseAddress, UInt32(b.count), offset, Int32(slot))
+            } else {
+                io_uring_prep_write(sqe, fd, b.baseAddress, UInt32(b.count), offset)
+            }
+        case .send(let fd, let b):
+            io_uring_prep_send(sqe, fd, b.baseAddress, b.count, Int32(MSG_NOSIGNAL))
+        case .recv(let fd, let b):
+            io_uring_prep_recv(sqe, fd, b.baseAddress, b.count, 0)
+        case .accept(let fd):
+            io_uring_prep_accept(sqe, fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+        case .connect(let fd, let address, let length):
+            io_uring_prep_connect(sqe, fd, address.assumingMemoryBound(to: sockaddr.self), length)
+        case .fsync(let fd):
+            io_uring_prep_fsync(sqe, fd, 0)
+        }
+    }
+
+    /// Waits for the next completion. `-errno` becomes `Errno` here, and only here.
+    /// - Parameter timeout: nil waits forever; on expiry the in-flight operations are
+    ///   cancelled and `Errno.timedOut` is thrown.
+    public func wait(timeout: Duration? = nil) throws(Errno) -> Completion {
+        if blockingHead < blockingQueue.count {
+            let c = blockingQueue[blockingHead]
+            blockingHead += 1
+            if blockingHead == blockingQueue.count { blockingQueue.removeAll(keepingCapacity: true); blockingHead = 0 }
+            return c
+        }
+        guard let r = uring else { preconditionFailure("wait() with nothing submitted") }
+        precondition(inFlight > 0, "wait() with nothing submitted")
+        var cqe: UnsafeMutablePointer<io_uring_cqe>?
+        var rc: Int32
+        repeat {
+            if let timeout {
+                let (s, atto) = timeout.components
+                var ts = __kernel_timespec(tv_sec: s, tv_nsec: atto / 1_000_000_000)
+                rc = io_uring_submit_and_wait_timeout(r, &cqe, 1, &ts, nil)
+            } else {
+                rc = io_uring_submit_and_wait_timeout(r, &cqe, 1, nil, nil)
+            }
+        } while rc == -EINTR
+        if rc == -ETIME {
+            cancelAll()
+            throw .timedOut
+        }
+        guard rc >= 0, let cqe else { throw Errno(rawValue: -rc) }
+        let res = cqe.pointee.res
+        let data = io_uring_cqe_get_data64(cqe)
+        io_uring_cqe_seen(r, cqe)
+        inFlight -= 1
+        return Completion(userData: data, result: res < 0 ? .failure(Errno(rawValue: -res)) : .success(Int(res)))
+    }
+
+    /// Cancels every in-flight operation and reaps them, so their buffers are free again.
+    public func cancelAll() {
+        guard let r = uring, inFlight > 0 else { return }
+        if let sqe = io_uring_get_sqe(r) {
+            io_uring_prep_cancel64(sqe, 0, Int32(IORING_ASYNC_CANCEL_ANY))
+            io_uring_sqe_set_data64(sqe, UInt64.max)
+            inFlight += 1
+        }
+        while inFlight > 0 {
+            var cqe: UnsafeMutablePointer<io_uring_cqe>?
+            var ts = __kernel_timespec(tv_sec: 1, tv_nsec: 0)
+            let rc = io_uring_submit_and_wait_timeout(r, &cqe, 1, &ts, nil)
+            if rc == -EINTR { continue }
+            guard rc >= 0, let cqe else { break }
+            io_uring_cqe_seen(r, cqe)
+            inFlight -= 1
+        }
+    }
+
+    // MARK: - Synchronous helpers (one operation in flight)
+
+    /// Runs one operation to completion, retrying EINTR and EAGAIN.
+    public func perform(_ op: IOOp, timeout: Duration? = nil) throws(Errno) -> Int {
+        while true {
+            submit(op, userData: 0)
+            switch try wait(timeout: timeout).result {
+            case .success(let n): return n
+            case .failure(let e) where e == .interrupted || e == .wouldBlock: continue
+            case .failure(let e): throw e
+            }
+        }
+    }
+
+    /// Reads until `buffer` is full or end of file; returns the count read.
+    public func readFully(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: UInt64,
+                          slot: Int? = nil) throws(Errno) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let at = offset == Ring.currentPosition ? offset : offset + UInt64(done)
+            let n = try perform(.read(fd: fd, buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), offset: at, slot: slot))
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    /// Writes all of `buffer` at `offset`, resuming short writes.
+    public func writeAll(fd: Int32, _ buffer: UnsafeRawBufferPointer, offset: UInt64, slot: Int? = nil) throws(Errno) {
+        var done = 0
+        while done < buffer.count {
+            let at = offset == Ring.currentPosition ? offset : offset + UInt64(done)
+            let n = try perform(.write(fd: fd, buffer: UnsafeRawBufferPointer(rebasing: buffer[done...]), offset: at, slot: slot))
+            guard n > 0 else { throw Errno(rawValue: EIO) }
+            done += n
+        }
+    }
+
+    /// Sends all of `buffer`, resuming short sends. One send is in flight at a time, so sends on
+    /// one socket cannot reorder.
+    public func sendAll(fd: Int32, _ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) throws(Errno) {
+        var done = 0
+        while done < buffer.count {
+            let n = try perform(.send(fd: fd, buffer: UnsafeRawBufferPointer(rebasing: buffer[done...])), timeout: timeout)
+            guard n > 0 else { throw .connectionReset }
+            done += n
+        }
+    }
+
+    /// Receives exactly `buffer.count` bytes, resuming short receives; returns fewer only when
+    /// the peer closed the connection (0 means a clean close before any byte).
+    public func recvExactly(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) throws(Errno) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = try perform(.recv(fd: fd, buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[done...])), timeout: timeout)
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+}
+
+extension IOOp {
+    var byteCount: Int {
+        switch self {
+        case .read(_, let b, _, _): b.count
+        case .write(_, let b, _, _): b.count
+        case .send(_, let b): b.count
+        case .recv(_, let b): b.count
+        default: 0
+        }
+    }
+}
