@@ -226,15 +226,16 @@ public final class Ring {
         precondition(inFlight > 0, "wait() with nothing submitted")
         var cqe: UnsafeMutablePointer<io_uring_cqe>?
         var rc: Int32
+        io_uring_submit(r)
         repeat {
             if let timeout {
                 let (s, atto) = timeout.components
                 var ts = __kernel_timespec(tv_sec: s, tv_nsec: atto / 1_000_000_000)
-                rc = io_uring_submit_and_wait_timeout(r, &cqe, 1, &ts, nil)
+                rc = io_uring_wait_cqe_timeout(r, &cqe, &ts)
             } else {
-                rc = io_uring_submit_and_wait_timeout(r, &cqe, 1, nil, nil)
+                rc = io_uring_wait_cqe(r, &cqe)
             }
-        } while rc == -EINTR
+        } while rc == -EINTR || (rc >= 0 && cqe == nil)
         if rc == -ETIME {
             cancelAll()
             throw .timedOut
@@ -258,7 +259,8 @@ public final class Ring {
         while inFlight > 0 {
             var cqe: UnsafeMutablePointer<io_uring_cqe>?
             var ts = __kernel_timespec(tv_sec: 1, tv_nsec: 0)
-            let rc = io_uring_submit_and_wait_timeout(r, &cqe, 1, &ts, nil)
+            io_uring_submit(r)
+            let rc = io_uring_wait_cqe_timeout(r, &cqe, &ts)
             if rc == -EINTR { continue }
             guard rc >= 0, let cqe else { break }
             io_uring_cqe_seen(r, cqe)
