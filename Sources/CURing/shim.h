@@ -5,10 +5,14 @@
 // matches the Glibc module and liburing 2.3's header still compiles (checked: swift build).
 #ifndef DEVSTREAM_CURING_SHIM_H
 #define DEVSTREAM_CURING_SHIM_H
-#include <liburing.h>
+// System headers first, with the default feature macros Swift's Glibc module is built with;
+// liburing.h then cannot switch on _XOPEN_SOURCE/_GNU_SOURCE for them (it tries to).
 #include <errno.h>
+#include <signal.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <liburing.h>
 
 // Macros Swift cannot import, as functions.
 static inline unsigned char ds_sqe_flag_io_link(void) { return IOSQE_IO_LINK; }

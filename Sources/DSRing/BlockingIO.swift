@@ -1,4 +1,4 @@
-import CURing
+internal import CURing
 import Glibc
 
 /// The blocking backend: each operation as a plain syscall on the calling thread. Socket

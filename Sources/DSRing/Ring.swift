@@ -1,4 +1,4 @@
-import CURing
+internal import CURing
 import Glibc
 
 /// Which I/O engine a ring runs on.
@@ -25,7 +25,7 @@ public enum IOOp {
     /// `IORING_OP_ACCEPT`: the result is the new socket.
     case accept(fd: Int32)
     /// `IORING_OP_CONNECT` to `address` (a sockaddr of `length` bytes, valid until completion).
-    case connect(fd: Int32, address: UnsafeRawPointer, length: socklen_t)
+    case connect(fd: Int32, address: UnsafeRawPointer, length: UInt32)
     /// `IORING_OP_FSYNC`.
     case fsync(fd: Int32)
 

@@ -1,0 +1,214 @@
+import Glibc
+import DSRing
+import DSWire
+import DSCodec
+
+/// Counters one channel keeps; merged at the end.
+public struct ChannelStats: Sendable {
+    public var chunks: UInt64 = 0
+    public var rawBytes: UInt64 = 0
+    /// Bytes on the socket: headers, payloads, control frames.
+    public var wireBytes: UInt64 = 0
+    public var digest = TransferDigest()
+    public init() {}
+    public mutating func merge(_ o: ChannelStats) {
+        chunks += o.chunks; rawBytes += o.rawBytes; wireBytes += o.wireBytes; digest.merge(o.digest)
+    }
+}
+
+/// A frame received on a channel. Data payloads are decoded and verified; `bytes` points into
+/// the channel's pool (`slot`) and is valid until the next `receive`.
+public struct ReceivedFrame {
+    public var header: FrameHeader
+    /// The decoded payload of a data frame (empty for control frames).
+    public var bytes: UnsafeRawBufferPointer
+    /// The pool slot holding `bytes` (for fixed writes).
+    public var slot: Int
+    /// A control frame's payload.
+    public var control: [UInt8]
+}
+
+/// One channel: one thread's ring, one TCP socket, a two-slot pool and an LZ4 state.
+///
+/// Create and use it on one thread. Memory is fixed at creation: slot 0 takes reads (sender) or
+/// received payloads (receiver), slot 1 takes compressed (sender) or decoded (receiver) bytes.
+/// Nothing is allocated per chunk.
+public final class Channel {
+    public let index: Int
+    public let fd: Int32
+    public let ring: Ring
+    public let pool: BufferPool
+    public let chunkSize: Int
+    public let timeout: Duration
+    private let encoder: ChunkEncoder
+    public var stats = ChannelStats()
+    /// Slot holding raw input (sender) or received payload (receiver).
+    public let inSlot: Int
+    /// Slot holding compressed output (sender) or decoded output (receiver).
+    public let outSlot: Int
+    /// The largest chunk the peer may send (the session's chunk size).
+    public var maxChunk: Int
+
+    /// - Parameters:
+    ///   - fd: a connected socket; the channel does not close it.
+    ///   - ring: this thread's ring; the channel registers its pool with it.
+    public init(index: Int, fd: Int32, ring: Ring, chunkSize: Int, compression: Bool, acceleration: Int,
+                timeout: Duration, warn: (String) -> Void = { _ in }) {
+        self.index = index
+        self.fd = fd
+        self.ring = ring
+        self.chunkSize = chunkSize
+        self.maxChunk = chunkSize
+        self.timeout = timeout
+        pool = BufferPool(slots: 2, payloadCapacity: WireLimits.payloadCapacity(chunkSize: chunkSize), headroom: FrameHeader.size)
+        inSlot = pool.checkout()!
+        outSlot = pool.checkout()!
+        if let w = ring.register(pool) { warn(w) }
+        encoder = ChunkEncoder(compression: compression, acceleration: acceleration)
+    }
+
+    /// The payload area to read a chunk into before `sendChunk`.
+    public var readBuffer: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(rebasing: pool.payload(inSlot)[0..<chunkSize])
+    }
+
+    // MARK: Sending
+
+    /// Encodes and sends the `length` bytes at the start of `readBuffer` as one data frame.
+    /// Sends straight from the read slot when the chunk does not shrink.
+    public func sendChunk(type: FrameType, stream: UInt16 = 0, position: UInt64, length: Int, digestIndex: UInt64,
+                          flags: FrameFlags = [], aux: UInt32 = 0) throws(TransferError) {
+        let raw = UnsafeRawBufferPointer(rebasing: pool.payload(inSlot)[0..<length])
+        let out = pool.payload(outSlot)
+        let enc = encoder.encode(raw, into: out)
+        let slot = enc.compressed ? outSlot : inSlot
+        var f = flags
+        if enc.compressed { f.insert(.lz4) }
+        let header = FrameHeader(type: type, flags: f, stream: stream, rawLength: UInt32(length),
+                                 wireLength: UInt32(enc.wireLength), aux: aux, position: position, checksum: enc.checksum)
+        header.encode(into: pool.header(slot))
+        let frame = UnsafeRawBufferPointer(rebasing: pool.bytes(slot)[0..<(FrameHeader.size + enc.wireLength)])
+        do { try ring.sendAll(fd: fd, frame, timeout: timeout) } catch {
+            throw peerFailure(error, doing: "sending data")
+        }
+        stats.chunks += 1
+        stats.rawBytes += UInt64(length)
+        stats.wireBytes += UInt64(frame.count)
+        stats.digest.add(index: digestIndex, length: length, checksum: enc.checksum)
+    }
+
+    /// Sends a control frame (header, then payload, one send in flight at a time).
+    public func sendControl(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0,
+                            payload: [UInt8] = []) throws(TransferError) {
+        precondition(payload.count <= WireLimits.maxControlPayload)
+        let checksum = payload.withUnsafeBytes { xxh3($0) }
+        let header = FrameHeader(type: type, stream: stream, rawLength: UInt32(payload.count),
+                                 wireLength: UInt32(payload.count), aux: aux, position: position, checksum: checksum)
+        var h = [UInt8](repeating: 0, count: FrameHeader.size)
+        h.withUnsafeMutableBytes { header.encode(into: $0) }
+        do {
+            try h.withUnsafeBytes { b in try ring.sendAll(fd: fd, b, timeout: timeout) }
+            if !payload.isEmpty {
+                try payload.withUnsafeBytes { b in try ring.sendAll(fd: fd, b, timeout: timeout) }
+            }
+        } catch let e as Errno {
+            throw peerFailure(e, doing: "sending \(type)")
+        } catch {
+            throw TransferError(.peerClosed, "sending \(type) on channel \(index) failed: \(error)")
+        }
+        stats.wireBytes += UInt64(FrameHeader.size + payload.count)
+    }
+
+    /// After a send failed, the peer may have said why before closing: read an `error` frame if
+    /// one is waiting, and report its message instead of the bare socket error.
+    func peerFailure(_ e: Errno, doing: String) -> TransferError {
+        if e != .timedOut, let message = Channel.pendingErrorMessage(fd: fd) {
+            return TransferError(.remote, "the receiver failed: \(message)")
+        }
+        return TransferError.network(e, doing, channel: index)
+    }
+
+    /// Reads (non-blocking, bounded) an error or reject frame the peer left on the socket.
+    static func pendingErrorMessage(fd: Int32) -> String? {
+        var buf = [UInt8](repeating: 0, count: FrameHeader.size + 4096)
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        guard n >= FrameHeader.size else { return nil }
+        guard let h = try? buf.withUnsafeBytes({ try FrameHeader.decode($0) }),
+              h.type == .error || h.type == .reject, FrameHeader.size + Int(h.wireLength) <= n,
+              let m = try? ErrorMessage.decode(Array(buf[FrameHeader.size..<(FrameHeader.size + Int(h.wireLength))]))
+        else { return nil }
+        return m.message
+    }
+
+    // MARK: Receiving
+
+    /// Receives the next frame: validates the header before anything else, bounds every
+    /// length, then decodes and verifies data payloads.
+    public func receive(timeout: Duration? = nil) throws(TransferError) -> ReceivedFrame {
+        let hbuf = pool.header(inSlot)
+        let got: Int
+        do { got = try ring.recvExactly(fd: fd, into: hbuf, timeout: timeout ?? self.timeout) } catch {
+            throw TransferError.network(error, "receiving", channel: index)
+        }
+        guard got == FrameHeader.size else {
+            throw TransferError(.peerClosed, got == 0
+                ? "the peer closed channel \(index) before the transfer completed"
+                : "the stream on channel \(index) was truncated inside a frame header")
+        }
+        let header: FrameHeader
+        do {
+            header = try FrameHeader.decode(UnsafeRawBufferPointer(hbuf))
+            try header.checkLengths(maxChunk: maxChunk)
+        } catch {
+            throw TransferError(.protocolViolation, "invalid frame on channel \(index): \(error)")
+        }
+        stats.wireBytes += UInt64(FrameHeader.size) + UInt64(header.wireLength)
+        let wire = Int(header.wireLength)
+        if header.type.isData {
+            let dst = UnsafeMutableRawBufferPointer(rebasing: pool.payload(inSlot)[0..<wire])
+            try recvPayload(dst)
+            let raw = Int(header.rawLength)
+            do {
+                if header.flags.contains(.lz4) {
+                    let out = UnsafeMutableRawBufferPointer(rebasing: pool.payload(outSlot)[0..<raw])
+                    try ChunkDecoder.decompress(UnsafeRawBufferPointer(dst), rawLength: raw, checksum: header.checksum, into: out)
+                    return ReceivedFrame(header: header, bytes: UnsafeRawBufferPointer(out), slot: outSlot, control: [])
+                }
+                try ChunkDecoder.verify(UnsafeRawBufferPointer(dst), checksum: header.checksum)
+            } catch {
+                throw TransferError(.corruption, "corrupted chunk at \(header.type == .data ? "offset" : "sequence") \(header.position) on channel \(index): \(error)")
+            }
+            return ReceivedFrame(header: header, bytes: UnsafeRawBufferPointer(dst), slot: inSlot, control: [])
+        }
+        var payload = [UInt8](repeating: 0, count: wire)
+        if wire > 0 {
+            do { try payload.withUnsafeMutableBytes { b in try recvPayload(b) } } catch let e as TransferError { throw e } catch {
+                throw TransferError(.peerClosed, "receiving on channel \(index) failed: \(error)")
+            }
+            let sum = payload.withUnsafeBytes { xxh3($0) }
+            guard sum == header.checksum else {
+                throw TransferError(.corruption, "corrupted \(header.type) frame on channel \(index) (checksum mismatch)")
+            }
+        }
+        return ReceivedFrame(header: header, bytes: UnsafeRawBufferPointer(start: nil, count: 0), slot: inSlot, control: payload)
+    }
+
+    private func recvPayload(_ dst: UnsafeMutableRawBufferPointer) throws(TransferError) {
+        let n: Int
+        do { n = try ring.recvExactly(fd: fd, into: dst, timeout: timeout) } catch {
+            throw TransferError.network(error, "receiving", channel: index)
+        }
+        guard n == dst.count else {
+            throw TransferError(.peerClosed, "the stream on channel \(index) was truncated: the peer closed it inside a frame (\(n) of \(dst.count) payload bytes)")
+        }
+    }
+
+    /// Fails with the message of an `error` frame, or a protocol error for an unexpected type.
+    public static func unexpected(_ frame: ReceivedFrame, expecting: String, channel: Int) -> TransferError {
+        if frame.header.type == .error || frame.header.type == .reject,
+           let m = try? ErrorMessage.decode(frame.control) {
+            return TransferError(.remote, "the peer reported an error: \(m.message)")
+        }
+        return TransferError(.protocolViolation, "unexpected \(frame.header.type) frame on channel \(channel), expected \(expecting)")
+    }
+}

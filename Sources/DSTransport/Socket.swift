@@ -1,0 +1,106 @@
+import Glibc
+import DSRing
+
+/// A parsed `HOST:PORT` (IPv4 or `[IPv6]`, or a name resolved with getaddrinfo).
+public struct Endpoint: Sendable, CustomStringConvertible {
+    public var host: String
+    public var port: UInt16
+    public init(host: String, port: UInt16) { self.host = host; self.port = port }
+
+    /// Parses `HOST:PORT`, `[V6]:PORT`.
+    public static func parse(_ s: String) throws(TransferError) -> Endpoint {
+        let usage = "expected HOST:PORT (e.g. 127.0.0.1:7000 or [::1]:7000), got '\(s)'"
+        var host: Substring, portText: Substring
+        if s.hasPrefix("[") {
+            guard let close = s.firstIndex(of: "]"), s[s.index(after: close)...].hasPrefix(":") else { throw TransferError(.usage, usage) }
+            host = s[s.index(after: s.startIndex)..<close]
+            portText = s[s.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = s.lastIndex(of: ":") else { throw TransferError(.usage, usage) }
+            host = s[..<colon]
+            portText = s[s.index(after: colon)...]
+        }
+        guard !host.isEmpty, let port = UInt16(portText) else { throw TransferError(.usage, usage) }
+        return Endpoint(host: String(host), port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// Resolves to a sockaddr (the first result).
+    func resolve() throws(TransferError) -> (storage: sockaddr_storage, length: socklen_t, family: Int32) {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_NUMERICSERV
+        var res: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &res)
+        guard rc == 0, let ai = res else {
+            throw TransferError(.usage, "cannot resolve '\(host)': \(String(cString: gai_strerror(rc)))")
+        }
+        defer { freeaddrinfo(res) }
+        var storage = sockaddr_storage()
+        memcpy(&storage, ai.pointee.ai_addr, Int(ai.pointee.ai_addrlen))
+        return (storage, ai.pointee.ai_addrlen, ai.pointee.ai_family)
+    }
+}
+
+/// Socket set-up helpers (plain syscalls: set-up is not the data path).
+public enum Sockets {
+    /// Connects a new TCP socket through `ring` (IORING_OP_CONNECT).
+    public static func connect(_ endpoint: Endpoint, ring: Ring, timeout: Duration) throws(TransferError) -> Int32 {
+        var (storage, length, family) = try endpoint.resolve()
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw TransferError(.connect, "socket() failed: \(Errno.current)") }
+        configure(fd, timeout: timeout)
+        do {
+            _ = try withUnsafePointer(to: &storage) { p throws(Errno) in
+                try ring.perform(.connect(fd: fd, address: UnsafeRawPointer(p), length: length), timeout: timeout)
+            }
+        } catch {
+            close(fd)
+            let hint = error == .connectionRefused
+                ? "; is `devstream receive --listen \(endpoint)` running there?" : ""
+            throw TransferError(.connect, "cannot connect to \(endpoint): \(error)\(hint)")
+        }
+        return fd
+    }
+
+    /// Socket options for data channels: big buffers, and timeouts that make blocking-backend
+    /// calls return (the io_uring backend times out in `Ring.wait`).
+    public static func configure(_ fd: Int32, timeout: Duration) {
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        let (s, atto) = timeout.components
+        var tv = timeval(tv_sec: Int(s), tv_usec: Int(atto / 1_000_000_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// A listening socket on `endpoint` (port 0 picks a free port); returns it and the real port.
+    public static func listen(_ endpoint: Endpoint) throws(TransferError) -> (fd: Int32, port: UInt16) {
+        var (storage, length, family) = try endpoint.resolve()
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw TransferError(.localIO, "socket() failed: \(Errno.current)") }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        guard rc == 0 else {
+            let e = Errno.current
+            close(fd)
+            throw TransferError(.usage, "cannot listen on \(endpoint): \(e)")
+        }
+        guard Glibc.listen(fd, 64) == 0 else {
+            let e = Errno.current
+            close(fd)
+            throw TransferError(.localIO, "listen() on \(endpoint) failed: \(e)")
+        }
+        var bound = sockaddr_storage()
+        var blen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &blen) } }
+        let port: UInt16 = withUnsafePointer(to: &bound) { p in
+            family == AF_INET6
+                ? p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
+                : p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+        }
+        return (fd, port)
+    }
+}

@@ -1,0 +1,44 @@
+import DSRing
+import DSWire
+import DSCodec
+
+/// An error a user of a transfer or migration sees: what failed, where, and what to do.
+public struct TransferError: Error, CustomStringConvertible, Sendable {
+    public enum Code: String, Sendable {
+        /// Could not connect (refused, unreachable, bad address).
+        case connect
+        /// The peer closed or reset the connection before the transfer completed.
+        case peerClosed
+        /// The peer sent bytes that break the protocol (bad magic, bad header, bad length).
+        case protocolViolation
+        /// A chunk failed its checksum or would not decode, or totals do not match.
+        case corruption
+        /// The peer stopped moving data for longer than the timeout.
+        case timeout
+        /// A local file, device or disk operation failed.
+        case localIO
+        /// The receiver refused this connection (another session, wrong channel).
+        case rejected
+        /// The peer reported an error of its own.
+        case remote
+        /// Bad input from the user (a path, an address, an option).
+        case usage
+        /// A device refused an operation (state, stream).
+        case device
+        /// The pre-copy scheduler gave up (non-convergence under `abort`, a deadline).
+        case aborted
+    }
+    public var code: Code
+    public var message: String
+    public init(_ code: Code, _ message: String) { self.code = code; self.message = message }
+    public var description: String { message }
+
+    /// Wraps a ring error on a connection.
+    static func network(_ e: Errno, _ doing: String, channel: Int) -> TransferError {
+        switch e {
+        case .timedOut: TransferError(.timeout, "\(doing) on channel \(channel): no progress within the timeout; the peer stalled or the network is down")
+        case .connectionReset, .brokenPipe: TransferError(.peerClosed, "\(doing) on channel \(channel): the peer closed the connection (\(e))")
+        default: TransferError(.peerClosed, "\(doing) on channel \(channel) failed: \(e)")
+        }
+    }
+}

@@ -1,0 +1,65 @@
+import DSRing
+import DSWire
+import Synchronization
+
+/// How a point-to-point transfer (or a migration's data path) runs.
+public struct TransferOptions: Sendable {
+    /// TCP connections (channels); each is one thread, one ring, one socket.
+    public var connections = 2
+    /// LZ4 block compression per chunk (false: `--compression none`).
+    public var compression = true
+    /// LZ4 acceleration (`--acceleration`).
+    public var acceleration = 1
+    /// Raw bytes per chunk (`--chunk-size`).
+    public var chunkSize = 1 << 20
+    /// How long a peer may make no progress before the transfer fails (stall detection).
+    public var timeout: Duration = .seconds(30)
+    /// Force a backend (nil: probe).
+    public var backend: IOBackendKind?
+    public init() {}
+
+    /// Checks the options; the message says which option and what is allowed.
+    public func validate() throws(TransferError) {
+        guard connections >= 1, connections <= Int(WireLimits.maxChannels) else {
+            throw TransferError(.usage, "--connections must be 1...\(WireLimits.maxChannels), got \(connections)")
+        }
+        guard chunkSize >= WireLimits.minChunkSize, chunkSize <= WireLimits.maxChunkSize else {
+            throw TransferError(.usage, "--chunk-size must be between 4K and 16M, got \(chunkSize)")
+        }
+        guard acceleration >= 1, acceleration <= 65537 else {
+            throw TransferError(.usage, "--acceleration must be 1...65537, got \(acceleration)")
+        }
+    }
+}
+
+/// What a finished (or failed) transfer reports.
+public struct TransferReport: Sendable {
+    public var completed: Bool
+    public var error: TransferError?
+    /// Raw bytes moved.
+    public var bytes: UInt64 = 0
+    /// Bytes on the wire (headers, payloads, control).
+    public var wireBytes: UInt64 = 0
+    public var chunks: UInt64 = 0
+    public var elapsed: Duration = .zero
+    public var connections: Int
+    public var compression: Bool
+    /// The transfer digest (hex), equal at both ends for a complete transfer.
+    public var digest: UInt64?
+    public var backend: IOBackendKind
+    public var throughput: Double { elapsed > .zero ? Double(bytes) / elapsed.seconds : 0 }
+}
+
+/// Live progress, readable from any thread (for progress lines).
+public final class TransferProgress: Sendable {
+    private let _bytes = Atomic<UInt64>(0)
+    private let _wire = Atomic<UInt64>(0)
+    public let total = Atomic<UInt64>(UInt64.max)
+    public init() {}
+    public var bytes: UInt64 { _bytes.load(ordering: .relaxed) }
+    public var wireBytes: UInt64 { _wire.load(ordering: .relaxed) }
+    public func add(bytes: UInt64, wire: UInt64) {
+        _bytes.add(bytes, ordering: .relaxed)
+        _wire.add(wire, ordering: .relaxed)
+    }
+}

@@ -1,0 +1,141 @@
+import Glibc
+import DSRing
+
+/// The first error of a session, and the sockets to shut down when it happens so that every
+/// other thread blocked on one of them returns at once.
+public final class AbortSignal: @unchecked Sendable {
+    // @unchecked: all state is guarded by `lock`.
+    private let lock = ConditionLock()
+    private var first: TransferError?
+    private var sockets: [Int32] = []
+
+    public init() {}
+
+    public var error: TransferError? { lock.withLock { first } }
+    public var isAborted: Bool { error != nil }
+
+    /// Adds a socket to shut down on abort (and shuts it down now if already aborted).
+    public func watch(_ fd: Int32) {
+        let aborted = lock.withLock { () -> Bool in sockets.append(fd); return first != nil }
+        if aborted { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    /// Records `error` if it is the first, then shuts every watched socket down.
+    /// - Returns: true if this was the first error.
+    @discardableResult
+    public func abort(_ error: TransferError) -> Bool {
+        let (isFirst, fds) = lock.withLock { () -> (Bool, [Int32]) in
+            guard first == nil else { return (false, []) }
+            first = error
+            lock.broadcast()
+            return (true, sockets)
+        }
+        for fd in fds { shutdown(fd, Int32(SHUT_RDWR)) }
+        return isFirst
+    }
+
+    /// Records the first error without shutting sockets (the caller still wants to tell the
+    /// peer why before closing).
+    @discardableResult
+    public func record(_ error: TransferError) -> Bool {
+        lock.withLock { () -> Bool in
+            guard first == nil else { return false }
+            first = error
+            lock.broadcast()
+            return true
+        }
+    }
+
+    /// Shuts every watched socket down.
+    public func shutdownAll() {
+        for fd in lock.withLock({ sockets }) { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+}
+
+/// N long-lived threads, each owning a context made on it (a ring, a channel) that never moves.
+///
+/// Work is dispatched per transfer phase (connect, a round of chunks, end of stream), never per
+/// chunk: `run` hands every thread the same job and waits for all of them. The first error
+/// aborts the session (`AbortSignal`) and is what `run` throws.
+public final class WorkerGroup<Context>: @unchecked Sendable {
+    // @unchecked: `job`, `generation`, `pending`, `stopping` are guarded by `lock`; each
+    // `Context` is created, used and destroyed on its own thread only.
+    public typealias Job = (Int, Context) throws(TransferError) -> Void
+    private let lock = ConditionLock()
+    private var job: Job?
+    private var target: Int?
+    private var generation = 0
+    private var pending = 0
+    private var stopping = false
+    private var threads: [OSThread] = []
+    public let abort: AbortSignal
+    public let count: Int
+
+    /// Starts `count` threads; each makes its context with `make` on itself. If any `make`
+    /// fails the group is aborted and the error thrown.
+    public init(count: Int, abort: AbortSignal, make: @escaping (Int) throws(TransferError) -> Context) throws(TransferError) {
+        self.count = count
+        self.abort = abort
+        pending = count
+        for i in 0..<count {
+            threads.append(OSThread { [self] in self.threadMain(i, make) })
+        }
+        // Wait for every context to be made.
+        lock.withLock { _ = lock.wait(until: { pending == 0 }, timeout: nil) }
+        if let e = abort.error {
+            shutdown()
+            throw e
+        }
+    }
+
+    private func threadMain(_ i: Int, _ make: (Int) throws(TransferError) -> Context) {
+        var context: Context?
+        do { context = try make(i) } catch { abort.abort(error) }
+        var seen = 0
+        lock.withLock { pending -= 1; lock.broadcast() }
+        while true {
+            var work: Job?
+            lock.withLock {
+                _ = lock.wait(until: { stopping || generation != seen }, timeout: nil)
+                if !stopping {
+                    seen = generation
+                    if target == nil || target == i { work = job }
+                }
+            }
+            if lock.withLock({ stopping }) { break }
+            if let work, let ctx = context, !abort.isAborted {
+                do { try work(i, ctx) } catch { abort.abort(error) }
+            }
+            lock.withLock { pending -= 1; lock.broadcast() }
+        }
+        context = nil  // destroyed on its own thread
+    }
+
+    /// Runs `job` on every thread (or only on `only`) and waits for all of them.
+    public func run(only: Int? = nil, _ job: @escaping Job) throws(TransferError) {
+        if let e = abort.error { throw e }
+        lock.withLock {
+            self.job = job
+            target = only
+            pending = count
+            generation += 1
+            lock.broadcast()
+            _ = lock.wait(until: { pending == 0 }, timeout: nil)
+            self.job = nil
+        }
+        if let e = abort.error { throw e }
+    }
+
+    /// Stops and joins the threads. Idempotent.
+    public func shutdown() {
+        let ts = lock.withLock { () -> [OSThread] in
+            stopping = true
+            lock.broadcast()
+            defer { threads = [] }
+            return threads
+        }
+        for t in ts { t.join() }
+    }
+
+    deinit { shutdown() }
+}
