@@ -212,3 +212,25 @@ public final class Channel {
         return TransferError(.protocolViolation, "unexpected \(frame.header.type) frame on channel \(channel), expected \(expecting)")
     }
 }
+
+extension ErrorMessage {
+    /// This message as a whole `error` frame (header and payload), for `AbortSignal`'s farewell.
+    public func frame(type: FrameType = .error) -> [UInt8] {
+        let payload = encoded()
+        let header = FrameHeader(type: type, rawLength: UInt32(payload.count), wireLength: UInt32(payload.count),
+                                 checksum: payload.withUnsafeBytes { xxh3($0) })
+        var bytes = [UInt8](repeating: 0, count: FrameHeader.size)
+        bytes.withUnsafeMutableBytes { header.encode(into: $0) }
+        return bytes + payload
+    }
+}
+
+extension ErrorMessage {
+    /// An `accept` frame (empty payload).
+    static let acceptFrame: [UInt8] = {
+        let header = FrameHeader(type: .accept, rawLength: 0, wireLength: 0, checksum: [UInt8]().withUnsafeBytes { xxh3($0) })
+        var bytes = [UInt8](repeating: 0, count: FrameHeader.size)
+        bytes.withUnsafeMutableBytes { header.encode(into: $0) }
+        return bytes
+    }()
+}

@@ -8,8 +8,11 @@ public final class AbortSignal: @unchecked Sendable {
     private let lock = ConditionLock()
     private var first: TransferError?
     private var sockets: [Int32] = []
+    /// Bytes to send (best effort, non-blocking) on every watched socket before shutting it
+    /// down, so the peer learns why: an `error` frame.
+    private let farewell: (@Sendable (TransferError) -> [UInt8])?
 
-    public init() {}
+    public init(farewell: (@Sendable (TransferError) -> [UInt8])? = nil) { self.farewell = farewell }
 
     public var error: TransferError? { lock.withLock { first } }
     public var isAborted: Bool { error != nil }
@@ -29,6 +32,10 @@ public final class AbortSignal: @unchecked Sendable {
             first = error
             lock.broadcast()
             return (true, sockets)
+        }
+        if isFirst, let farewell {
+            let bytes = farewell(error)
+            for fd in fds { _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) } }
         }
         for fd in fds { shutdown(fd, Int32(SHUT_RDWR)) }
         return isFirst

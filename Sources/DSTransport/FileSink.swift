@@ -1,0 +1,149 @@
+import Glibc
+import Synchronization
+import DSRing
+import DSWire
+
+/// Where a receiver writes: a regular file (through `FILE.partial`, renamed only once the whole
+/// transfer is verified), a device written in place, or stdout (`-`).
+public final class FileSink: @unchecked Sendable {
+    // @unchecked: `fd`, paths and flags are immutable after init; `next` and `covered` are
+    // guarded by `turn`.
+    public let path: String
+    public let fd: Int32
+    /// The file written until the transfer is verified (nil when writing in place).
+    public let partialPath: String?
+    /// Whether writes may go at offsets (else they go in order, by chunk index).
+    public let seekable: Bool
+    private let ownsFD: Bool
+    private let turn = ConditionLock()
+    private var next: UInt64 = 0
+    private var nextOffset: UInt64 = 0
+    private var covered: [UInt64] = []
+    private var finished = false
+
+    /// Opens the output. With a known `size` a regular file is preallocated, so a full disk or a
+    /// file-size limit fails now, before any byte moves.
+    public init(path: String, size: UInt64?) throws(TransferError) {
+        self.path = path
+        if path == "-" {
+            fd = 1; ownsFD = false; partialPath = nil; seekable = false
+            return
+        }
+        var st = stat()
+        let exists = stat(path, &st) == 0
+        let kind = exists ? st.st_mode & S_IFMT : S_IFREG
+        if kind == S_IFDIR {
+            throw TransferError(.usage, "output '\(path)' is a directory; give a file path, a device, or - for stdout")
+        }
+        if kind == S_IFREG {
+            let partial = path + ".partial"
+            let f = open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard f >= 0 else {
+                let e = Errno.current
+                throw TransferError(.localIO, "cannot write '\(partial)': \(e); check that the directory exists and is writable")
+            }
+            fd = f; ownsFD = true; partialPath = partial; seekable = true
+            if let size, size > 0 {
+                let rc = posix_fallocate(f, 0, off_t(size))
+                if rc != 0 && rc != EOPNOTSUPP && rc != EINVAL {
+                    close(f); unlink(partial)
+                    throw TransferError(.localIO, "cannot reserve \(size) bytes for '\(path)': \(Errno(rawValue: rc)); free space or raise the file-size limit")
+                }
+            }
+        } else {
+            let f = open(path, O_WRONLY | O_CLOEXEC)
+            guard f >= 0 else {
+                let e = Errno.current
+                throw TransferError(.localIO, "cannot open '\(path)' for writing: \(e)")
+            }
+            fd = f; ownsFD = true; partialPath = nil
+            seekable = lseek(f, 0, SEEK_CUR) >= 0
+        }
+    }
+
+    deinit { if ownsFD { close(fd) } }
+
+    /// Prepares the coverage map for `chunks` chunks (addressable transfers).
+    func expect(chunks: UInt64) {
+        covered = [UInt64](repeating: 0, count: Int((chunks + 63) / 64))
+    }
+
+    /// Marks chunk `index` received; false if it was already (a duplicate).
+    func cover(_ index: UInt64) -> Bool {
+        turn.withLock {
+            let w = Int(index / 64), bit = UInt64(1) << (index % 64)
+            guard w < covered.count, covered[w] & bit == 0 else { return false }
+            covered[w] |= bit
+            return true
+        }
+    }
+
+    var coveredCount: Int { turn.withLock { covered.reduce(0) { $0 + $1.nonzeroBitCount } } }
+
+    /// Writes a chunk at `offset` through `ring` (WRITE_FIXED from `slot` where registered).
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int) throws(TransferError) {
+        do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot) } catch {
+            throw writeFailure(error)
+        }
+    }
+
+    /// Writes chunk number `index` in order: waits until every earlier chunk is written. The
+    /// wait is bounded by `timeout` and ends early when the session aborts.
+    func writeInOrder(_ bytes: UnsafeRawBufferPointer, index: UInt64, ring: Ring, slot: Int,
+                      timeout: Duration, abort: AbortSignal) throws(TransferError) {
+        let mine = turn.withLock { turn.wait(until: { next == index || abort.isAborted || next > index }, timeout: timeout) && next == index }
+        if let e = abort.error { throw e }
+        guard mine else {
+            let n = turn.withLock { next }
+            if n > index { throw TransferError(.protocolViolation, "duplicate stream chunk \(index)") }
+            throw TransferError(.timeout, "waited too long for stream chunk \(n) while holding chunk \(index); the peer stalled")
+        }
+        // Only the turn holder touches `nextOffset` until it advances `next`.
+        let offset = seekable ? turn.withLock { nextOffset } : Ring.currentPosition
+        do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot) } catch {
+            throw writeFailure(error)
+        }
+        turn.withLock { next += 1; nextOffset += UInt64(bytes.count); turn.broadcast() }
+    }
+
+    /// Chunks written in order so far.
+    var writtenInOrder: UInt64 { turn.withLock { next } }
+
+    /// Wakes in-order writers so they see an abort.
+    func wake() { turn.withLock { turn.broadcast() } }
+
+    private func writeFailure(_ e: Errno) -> TransferError {
+        let hint = e == .noSpace ? "; the disk is full"
+            : e == .fileTooLarge ? "; the file-size limit (ulimit -f) was reached"
+            : e == .brokenPipe ? "; the reader of the output went away" : ""
+        return TransferError(.localIO, "writing '\(path)' failed: \(e)\(hint)")
+    }
+
+    /// Syncs and, for a regular file, renames `FILE.partial` to `FILE` (and syncs the directory).
+    /// Only called once the whole transfer is verified.
+    func commit(size: UInt64?) throws(TransferError) {
+        if let size, partialPath != nil, ftruncate(fd, off_t(size)) != 0 {
+            throw TransferError(.localIO, "cannot set the size of '\(partialPath!)': \(Errno.current)")
+        }
+        if fsync(fd) != 0 {
+            let e = Errno.current
+            if e != .invalid && e.rawValue != EROFS { throw TransferError(.localIO, "fsync of '\(path)' failed: \(e)") }
+        }
+        guard let partial = partialPath else { finished = true; return }
+        guard rename(partial, path) == 0 else {
+            throw TransferError(.localIO, "cannot rename '\(partial)' to '\(path)': \(Errno.current)")
+        }
+        finished = true
+        var dir = path
+        if let slash = dir.lastIndex(of: "/") { dir = String(dir[..<slash]); if dir.isEmpty { dir = "/" } } else { dir = "." }
+        let d = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if d >= 0 { fsync(d); close(d) }
+    }
+
+    /// Removes the partial file after a failure: a truncated file never sits under FILE's name.
+    public func discard() {
+        guard !finished, let partial = partialPath else { return }
+        unlink(partial)
+        finished = true
+    }
+}

@@ -1,0 +1,196 @@
+import Glibc
+import Synchronization
+import DSRing
+import DSWire
+import DSCodec
+
+/// Where a sender's bytes come from.
+public final class TransferSource: @unchecked Sendable {
+    // @unchecked: `fd`, `mode`, `size` are immutable; the ordered reader's position is guarded
+    // by `lock`; `nextChunk` is atomic.
+    public let fd: Int32
+    public let mode: TransferMode
+    /// Total bytes (addressable), or nil for a stream.
+    public let size: UInt64?
+    public let name: String
+    private let ownsFD: Bool
+    private let nextChunk = Atomic<UInt64>(0)
+    private let lock = ConditionLock()
+    private var nextSequence: UInt64 = 0
+    private var ended = false
+
+    /// Opens `path` (`-` for stdin). Regular files and block devices are addressable; pipes,
+    /// character devices and stdin are ordered streams.
+    public init(path: String) throws(TransferError) {
+        name = path
+        if path == "-" {
+            fd = 0; ownsFD = false
+        } else {
+            fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else {
+                let e = Errno.current
+                throw TransferError(.localIO, "cannot open '\(path)' for reading: \(e)")
+            }
+            ownsFD = true
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw TransferError(.localIO, "cannot stat '\(path)': \(Errno.current)") }
+        switch st.st_mode & S_IFMT {
+        case S_IFREG:
+            mode = .addressable; size = UInt64(st.st_size)
+        case S_IFBLK:
+            var bytes: UInt64 = 0
+            guard ioctl(fd, 0x8008_1272 /* BLKGETSIZE64 */, &bytes) == 0 else {
+                throw TransferError(.localIO, "cannot read the size of block device '\(path)': \(Errno.current)")
+            }
+            mode = .addressable; size = bytes
+        case S_IFDIR:
+            throw TransferError(.usage, "'\(path)' is a directory; send a file, a block device or - (stdin)")
+        default:
+            mode = .ordered; size = nil
+        }
+    }
+
+    deinit { if ownsFD { close(fd) } }
+
+    /// Reads the next chunk into `channel.readBuffer` and sends it. Called concurrently by
+    /// every channel thread. Returns false when there is nothing left.
+    func sendNext(on channel: Channel, progress: TransferProgress) throws(TransferError) -> Bool {
+        let chunk = UInt64(channel.chunkSize)
+        let buf = channel.readBuffer
+        switch mode {
+        case .addressable:
+            let total = size ?? 0
+            let i = nextChunk.add(1, ordering: .relaxed).oldValue
+            let offset = i * chunk
+            guard offset < total else { return false }
+            let length = Int(min(chunk, total - offset))
+            let n: Int
+            do { n = try channel.ring.readFully(fd: fd, into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<length]), offset: offset, slot: channel.inSlot) } catch {
+                throw TransferError(.localIO, "reading '\(name)' at offset \(offset) failed: \(error)")
+            }
+            guard n == length else {
+                throw TransferError(.localIO, "'\(name)' shrank while being sent (short read at offset \(offset)); nothing was reported complete")
+            }
+            let before = channel.stats.wireBytes
+            try channel.sendChunk(type: .data, position: offset, length: length, digestIndex: i)
+            progress.add(bytes: UInt64(length), wire: channel.stats.wireBytes - before)
+            return true
+        case .ordered, .migration:
+            // One reader at a time keeps the order; the sequence number is taken with the read.
+            var seq: UInt64 = 0
+            var n = 0
+            var failure: Errno?
+            lock.withLock {
+                guard !ended else { return }
+                do { n = try channel.ring.readFully(fd: fd, into: buf, offset: Ring.currentPosition, slot: channel.inSlot) } catch {
+                    failure = (error as? Errno) ?? Errno(rawValue: EIO)
+                    return
+                }
+                if n == 0 { ended = true; return }
+                seq = nextSequence
+                nextSequence += 1
+            }
+            if let failure { throw TransferError(.localIO, "reading '\(name)' failed: \(failure)") }
+            if n == 0 { return false }
+            let before = channel.stats.wireBytes
+            try channel.sendChunk(type: .streamData, position: seq, length: n, digestIndex: seq)
+            progress.add(bytes: UInt64(n), wire: channel.stats.wireBytes - before)
+            return true
+        }
+    }
+}
+
+/// The sending end of a point-to-point transfer (`devstream send`).
+///
+/// Threading: one `WorkerGroup` thread per connection; each owns a ring, a two-slot registered
+/// pool and an LZ4 state, and runs read → hash/compress → send for the chunks it claims. The
+/// caller's thread only sends the end-of-stream totals on channel 0 and waits for the ack.
+public enum TransferSender {
+    public static func send(_ source: TransferSource, to endpoint: Endpoint, options: TransferOptions,
+                            progress: TransferProgress = TransferProgress(),
+                            warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) -> TransferReport {
+        let start = Monotonic.now
+        let backend = options.backend ?? IOBackend.preferred
+        var report = TransferReport(completed: false, connections: options.connections, compression: options.compression, backend: backend)
+        do {
+            try options.validate()
+            if let size = source.size { progress.total.store(size, ordering: .relaxed) }
+            let totals = try run(source, endpoint, options, backend, progress, warn)
+            report.completed = true
+            report.bytes = totals.rawBytes
+            report.chunks = totals.chunks
+            report.wireBytes = progress.wireBytes
+            report.digest = totals.digest
+        } catch {
+            report.error = error
+            report.bytes = progress.bytes
+            report.wireBytes = progress.wireBytes
+        }
+        report.elapsed = Monotonic.now - start
+        return report
+    }
+
+    private static func run(_ source: TransferSource, _ endpoint: Endpoint, _ options: TransferOptions,
+                            _ backend: IOBackendKind, _ progress: TransferProgress,
+                            _ warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> TransferTotals {
+        let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the sender failed: \($0.message)").frame() })
+        let session = SessionID.random()
+        let n = options.connections
+        var features: FeatureBits = [.xxh3]
+        if options.compression { features.insert(.lz4) }
+        let group = try WorkerGroup<Channel>(count: n, abort: abort) { (i) throws(TransferError) in
+            let ring: Ring
+            do { ring = try Ring(entries: 16, backend: backend) } catch {
+                throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
+            }
+            let fd = try Sockets.connect(endpoint, ring: ring, timeout: options.timeout)
+            abort.watch(fd)
+            let ch = Channel(index: i, fd: fd, ring: ring, chunkSize: options.chunkSize, compression: options.compression,
+                             acceleration: options.acceleration, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
+            let preamble = Preamble(features: features, sessionID: session, channelIndex: UInt16(i), channelCount: UInt16(n),
+                                    chunkSize: UInt32(options.chunkSize), mode: source.mode, totalSize: source.size ?? Preamble.unknownSize)
+            do { try preamble.encoded().withUnsafeBytes { try ring.sendAll(fd: fd, $0, timeout: options.timeout) } } catch {
+                throw TransferError.network(error as? Errno ?? .connectionReset, "sending the preamble", channel: i)
+            }
+            let reply = try ch.receive()
+            guard reply.header.type == .accept else {
+                if reply.header.type == .reject, let m = try? ErrorMessage.decode(reply.control) {
+                    throw TransferError(.rejected, "the receiver at \(endpoint) rejected the connection: \(m.message)")
+                }
+                throw Channel.unexpected(reply, expecting: "accept", channel: i)
+            }
+            return ch
+        }
+        defer { group.shutdown() }
+
+        // Data: every channel claims chunks until the source is exhausted, then ends its channel.
+        let merged = Mutex(ChannelStats())
+        try group.run { (_, ch) throws(TransferError) in
+            while try source.sendNext(on: ch, progress: progress) {
+                if abort.isAborted { return }
+            }
+            try ch.sendControl(.channelEnd, payload: ChannelEnd(chunks: ch.stats.chunks, rawBytes: ch.stats.rawBytes).encoded())
+            let s = ch.stats
+            merged.withLock { $0.merge(s) }
+        }
+        let stats = merged.withLock { $0 }
+        let totals = TransferTotals(chunks: stats.chunks, rawBytes: stats.rawBytes, wireBytes: stats.wireBytes, digest: stats.digest.value)
+
+        // End of stream on channel 0, then wait for the receiver's ack: it has written and
+        // synced everything and verified the totals.
+        try group.run(only: 0) { (_, ch) throws(TransferError) in
+            try ch.sendControl(.endOfStream, payload: totals.encoded())
+            let reply = try ch.receive(timeout: options.timeout + .seconds(60))
+            guard reply.header.type == .ack else { throw Channel.unexpected(reply, expecting: "ack", channel: 0) }
+            let acked: TransferTotals
+            do { acked = try TransferTotals.decode(reply.control) } catch {
+                throw TransferError(.protocolViolation, "malformed ack from the receiver: \(error)")
+            }
+            guard acked.chunks == totals.chunks, acked.rawBytes == totals.rawBytes, acked.digest == totals.digest else {
+                throw TransferError(.corruption, "the receiver acknowledged different totals (\(acked.rawBytes) bytes, digest \(TransferDigest.hex(acked.digest))) than were sent (\(totals.rawBytes) bytes, digest \(TransferDigest.hex(totals.digest)))")
+            }
+        }
+        return totals
+    }
+}

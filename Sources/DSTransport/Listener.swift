@@ -1,0 +1,178 @@
+import Glibc
+import DSRing
+import DSWire
+
+/// What the first valid preamble establishes.
+public struct SessionInfo: Sendable {
+    public var id: SessionID
+    public var mode: TransferMode
+    public var channelCount: Int
+    public var chunkSize: Int
+    public var totalSize: UInt64?
+    public var features: FeatureBits
+}
+
+/// Accepts the N connections of one session on a listening socket, on its own thread and ring.
+///
+/// The first valid preamble establishes the session; later connections must carry the same
+/// session id, channel count and chunk size and an unused channel index. Anything else is
+/// answered with a `reject` frame and closed, and the session goes on. A first connection that
+/// is not devstream at all (bad magic, garbage) fails the receive: it handles one transfer.
+public final class SessionListener: @unchecked Sendable {
+    // @unchecked: `joined`, `session`, `failure`, `stopping` are guarded by `lock`; the listening
+    // fd is immutable.
+    public let fd: Int32
+    public let port: UInt16
+    public let endpoint: Endpoint
+    private let lock = ConditionLock()
+    private var session: SessionInfo?
+    private var joined: [Int: Int32] = [:]
+    private var failure: TransferError?
+    private var stopping = false
+    private var thread: OSThread?
+    private let timeout: Duration
+    private let backend: IOBackendKind
+    private let warn: @Sendable (String) -> Void
+    /// Connections rejected so far (tests read it).
+    public private(set) var rejectedCount = 0
+
+    public init(endpoint: Endpoint, timeout: Duration, backend: IOBackendKind? = nil,
+                warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+        (fd, port) = try Sockets.listen(endpoint)
+        self.endpoint = Endpoint(host: endpoint.host, port: port)
+        self.timeout = timeout
+        self.backend = backend ?? IOBackend.preferred
+        self.warn = warn
+    }
+
+    deinit { stop(); close(fd) }
+
+    /// Starts accepting on a background thread.
+    public func start() {
+        thread = OSThread { [self] in acceptLoop() }
+    }
+
+    /// Waits until every channel of the session has joined.
+    /// - Returns: the session and the sockets by channel index.
+    public func waitForSession(timeout: Duration?) throws(TransferError) -> (SessionInfo, [Int32]) {
+        var result: (SessionInfo, [Int32])?
+        var err: TransferError?
+        lock.withLock {
+            let ok = lock.wait(until: {
+                failure != nil || (session.map { joined.count == $0.channelCount } ?? false)
+            }, timeout: timeout)
+            if let f = failure { err = f; return }
+            guard ok, let s = session else {
+                err = TransferError(.timeout, session == nil
+                    ? "no sender connected to \(endpoint) within the timeout"
+                    : "only \(joined.count) of \(session!.channelCount) connections of the session arrived within the timeout")
+                return
+            }
+            result = (s, (0..<s.channelCount).map { joined[$0]! })
+        }
+        if let err { throw err }
+        return result!
+    }
+
+    /// Stops accepting and joins the thread. Idempotent.
+    public func stop() {
+        lock.withLock { stopping = true }
+        shutdown(fd, Int32(SHUT_RDWR))
+        thread?.join()
+        thread = nil
+    }
+
+    private func acceptLoop() {
+        guard let ring = try? Ring(entries: 4, backend: backend) else {
+            lock.withLock { failure = TransferError(.localIO, "cannot create an I/O ring for accepting"); lock.broadcast() }
+            return
+        }
+        while !lock.withLock({ stopping }) {
+            let conn: Int
+            do { conn = try ring.perform(.accept(fd: fd)) } catch {
+                if lock.withLock({ stopping }) { return }
+                if error == .interrupted || error == .wouldBlock || error.rawValue == ECONNABORTED { continue }
+                lock.withLock { failure = TransferError(.localIO, "accept on \(endpoint) failed: \(error)"); lock.broadcast() }
+                return
+            }
+            handle(Int32(conn), ring: ring)
+        }
+    }
+
+    private func peerName(_ fd: Int32) -> String {
+        var addr = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) } } == 0
+        guard ok, addr.sin_family == sa_family_t(AF_INET) else { return "a peer" }
+        var buf = [CChar](repeating: 0, count: 32)
+        var a = addr.sin_addr
+        inet_ntop(AF_INET, &a, &buf, 32)
+        return "\(String(cString: buf)):\(UInt16(bigEndian: addr.sin_port))"
+    }
+
+    private func reject(_ conn: Int32, ring: Ring, _ message: String) {
+        let frame = ErrorMessage(code: 2, message: message).frame(type: .reject)
+        _ = try? frame.withUnsafeBytes { try ring.sendAll(fd: conn, $0, timeout: .seconds(2)) }
+        shutdown(conn, Int32(SHUT_WR))
+        close(conn)
+        lock.withLock { rejectedCount += 1 }
+    }
+
+    private func handle(_ conn: Int32, ring: Ring) {
+        Sockets.configure(conn, timeout: timeout)
+        let who = peerName(conn)
+        var buf = [UInt8](repeating: 0, count: Preamble.size)
+        let n = (try? buf.withUnsafeMutableBytes { try ring.recvExactly(fd: conn, into: $0, timeout: min(timeout, .seconds(10))) }) ?? 0
+        let preamble: Preamble
+        do {
+            guard n == Preamble.size else { throw WireError.truncatedPayload(needed: Preamble.size, remaining: n) }
+            preamble = try buf.withUnsafeBytes { try Preamble.decode($0) }
+        } catch {
+            close(conn)
+            let message = "the connection from \(who) is not a devstream sender (\(error))"
+            let fatal = lock.withLock { () -> Bool in
+                rejectedCount += 1
+                guard session == nil else { return false }
+                failure = TransferError(.protocolViolation, message + "; no transfer took place")
+                lock.broadcast()
+                return true
+            }
+            if !fatal { warn("warning: rejected \(message)") }
+            return
+        }
+        var refusal: String?
+        lock.withLock {
+            if session == nil {
+                session = SessionInfo(id: preamble.sessionID, mode: preamble.mode, channelCount: Int(preamble.channelCount),
+                                      chunkSize: Int(preamble.chunkSize),
+                                      totalSize: preamble.totalSize == Preamble.unknownSize ? nil : preamble.totalSize,
+                                      features: preamble.features)
+            }
+            let s = session!
+            if preamble.sessionID != s.id {
+                refusal = "the receiver is busy with another session (\(s.id)); this connection belongs to session \(preamble.sessionID)"
+            } else if Int(preamble.channelCount) != s.channelCount || Int(preamble.chunkSize) != s.chunkSize
+                        || preamble.mode != s.mode {
+                refusal = "channel \(preamble.channelIndex) disagrees with the session's channel count, chunk size or mode"
+            } else if joined[Int(preamble.channelIndex)] != nil {
+                refusal = "channel \(preamble.channelIndex) of session \(s.id) has already joined"
+            } else if joined.count == s.channelCount {
+                refusal = "session \(s.id) is complete"
+            }
+        }
+        if let refusal {
+            warn("warning: rejected a connection from \(who): \(refusal)")
+            reject(conn, ring: ring, refusal)
+            return
+        }
+        let frame = ErrorMessage.acceptFrame
+        do { try frame.withUnsafeBytes { try ring.sendAll(fd: conn, $0, timeout: timeout) } } catch {
+            close(conn)
+            return
+        }
+        lock.withLock {
+            joined[Int(preamble.channelIndex)] = conn
+            lock.broadcast()
+        }
+    }
+}

@@ -1,0 +1,54 @@
+import Foundation
+import Testing
+@testable import DSDevices
+
+@Suite struct FileDeviceTests {
+    static func tempPath(_ name: String) -> String {
+        NSTemporaryDirectory() + "ds-file-\(getpid())-\(name)"
+    }
+
+    @Test func roundTripThroughSpecs() throws {
+        let srcPath = Self.tempPath("src"), dstPath = Self.tempPath("dst")
+        defer { unlink(srcPath); unlink(dstPath) }
+        let content = ContentGenerator.bytes(count: (3 << 20) + 1234, profile: .mixed, seed: 11, offset: 0)
+        #expect(FileManager.default.createFile(atPath: srcPath, contents: Data(content)))
+        let src = try #require(try DeviceSpec("file:\(srcPath)").makeSource() as? FileDevice)
+        #expect(src.size == UInt64(content.count))
+        #expect(src.migrationFlags == [.stopCopy])
+        #expect(src.state == .running)
+        let dst = try #require(try DeviceSpec("file:\(dstPath)").makeDestination(size: src.size) as? FileDevice)
+        defer { src.close(); dst.close() }
+        #expect(dst.state == .resuming)
+        try src.setState(.stopCopy)
+        var chunks: [UInt64] = []
+        try src.takeDirtyChunks(into: &chunks)
+        #expect(chunks == [0, 1, 2, 3])
+        var none: [UInt64] = []
+        try src.takeDirtyChunks(into: &none)
+        #expect(none.isEmpty)
+        #expect(try copyChunks(chunks, from: src, to: dst) == content.count)
+        try dst.loadConfig(try src.saveConfig())
+        try dst.setState(.stop)
+        try dst.setState(.running)
+        let expected = content.withUnsafeBytes { xxh3($0.baseAddress, $0.count) }
+        #expect(try src.digest() == expected)
+        #expect(try dst.digest() == expected)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dstPath)) == Data(content))
+    }
+
+    @Test func errors() throws {
+        let path = Self.tempPath("err")
+        defer { unlink(path) }
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(count: 8192)))
+        let src = try FileDevice(sourcePath: path)
+        defer { src.close() }
+        expectError(.blockedTransition, "RUNNING -> PRE_COPY") { try src.setState(.preCopy) }
+        expectError(.invalidState, "reading is allowed in STOP_COPY") { _ = try src.dataFD(for: .save) }
+        expectError(.invalidState) { _ = try src.precopyInfo() }
+        expectError(.io, "No such file") { _ = try FileDevice(sourcePath: path + "-missing") }
+        let dst = try FileDevice(destinationPath: path + "-dst", size: 4096)
+        defer { dst.close(); unlink(path + "-dst") }
+        expectError(.malformedStream, "8192") { try dst.loadConfig(try src.saveConfig()) }
+        expectError(.invalidState, "state RESUMING") { _ = try dst.dataFD(for: .save) }
+    }
+}
