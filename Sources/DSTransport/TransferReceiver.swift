@@ -1,0 +1,168 @@
+import Glibc
+import Synchronization
+import DSRing
+import DSWire
+import DSCodec
+
+/// The receiving end of a point-to-point transfer (`devstream receive --output`).
+///
+/// The listener accepts the session's N connections; then one `WorkerGroup` thread per channel
+/// (its own ring and two-slot registered pool) receives frames, validates the header before
+/// anything else, decodes with `LZ4_decompress_safe`, verifies the XXH3, and writes at the
+/// chunk's offset (or in order, for streams and unseekable outputs). Nothing is reported
+/// complete — and `FILE.partial` is not renamed to `FILE` — until every chunk is covered, the
+/// totals and digest match the sender's end-of-stream, and the data is fsynced.
+public final class TransferReceiver {
+    public let listener: SessionListener
+    public let options: TransferOptions
+    public let progress = TransferProgress()
+    private let warn: @Sendable (String) -> Void
+
+    /// Binds `endpoint` (port 0 picks one: see `listener.endpoint`) and starts accepting.
+    public init(listen endpoint: Endpoint, options: TransferOptions,
+                warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+        try options.validate()
+        self.options = options
+        self.warn = warn
+        listener = try SessionListener(endpoint: endpoint, timeout: options.timeout, backend: options.backend, warn: warn)
+        listener.start()
+    }
+
+    /// Receives one transfer into `output` (a path, or `-` for stdout).
+    /// - Parameter acceptTimeout: how long to wait for a sender (nil: forever).
+    public func receive(output: String, acceptTimeout: Duration? = nil) -> TransferReport {
+        let backend = options.backend ?? IOBackend.preferred
+        var report = TransferReport(completed: false, connections: 0, compression: false, backend: backend)
+        var start = Monotonic.now
+        var sink: FileSink?
+        do {
+            let (session, sockets) = try listener.waitForSession(timeout: acceptTimeout)
+            start = Monotonic.now
+            report.connections = session.channelCount
+            report.compression = session.features.contains(.lz4)
+            if let t = session.totalSize { progress.total.store(t, ordering: .relaxed) }
+            sink = try FileSink(path: output, size: session.totalSize)
+            let totals = try run(session, sockets, sink!, backend)
+            report.completed = true
+            report.bytes = totals.rawBytes
+            report.chunks = totals.chunks
+            report.digest = totals.digest
+        } catch {
+            sink?.discard()
+            report.error = error
+            report.bytes = progress.bytes
+        }
+        listener.stop()
+        report.wireBytes = progress.wireBytes
+        report.elapsed = Monotonic.now - start
+        return report
+    }
+
+    private func run(_ session: SessionInfo, _ sockets: [Int32], _ sink: FileSink,
+                     _ backend: IOBackendKind) throws(TransferError) -> TransferTotals {
+        defer { for fd in sockets { close(fd) } }
+        let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the receiver failed: \($0.message)").frame() })
+        for fd in sockets { abort.watch(fd) }
+        let chunk = UInt64(session.chunkSize)
+        let total = session.totalSize
+        let addressable = session.mode == .addressable
+        if addressable, let total { sink.expect(chunks: (total + chunk - 1) / chunk) }
+        let options = self.options, progress = self.progress, warn = self.warn
+
+        let group = try WorkerGroup<Channel>(count: session.channelCount, abort: abort) { (i) throws(TransferError) in
+            let ring: Ring
+            do { ring = try Ring(entries: 16, backend: backend) } catch {
+                throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
+            }
+            let ch = Channel(index: i, fd: sockets[i], ring: ring, chunkSize: session.chunkSize, compression: false,
+                             acceleration: 1, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
+            return ch
+        }
+        defer { group.shutdown(); sink.wake() }
+        let merged = Mutex(ChannelStats())
+        do {
+            try group.run { (i, ch) throws(TransferError) in
+                while true {
+                    let before = ch.stats.wireBytes
+                    let frame = try ch.receive()
+                    let h = frame.header
+                    switch h.type {
+                    case .data where addressable:
+                        guard let total else { throw TransferError(.protocolViolation, "data frame in a session of unknown size") }
+                        let length = UInt64(h.rawLength)
+                        guard h.position % chunk == 0, h.position < total,
+                              length == min(chunk, total - h.position) else {
+                            throw TransferError(.protocolViolation, "chunk at offset \(h.position) with \(length) bytes does not fit a \(total)-byte transfer in \(chunk)-byte chunks")
+                        }
+                        let index = h.position / chunk
+                        guard sink.cover(index) else {
+                            throw TransferError(.protocolViolation, "chunk at offset \(h.position) arrived twice")
+                        }
+                        if sink.seekable {
+                            try sink.write(frame.bytes, at: h.position, ring: ch.ring, slot: frame.slot)
+                        } else {
+                            try sink.writeInOrder(frame.bytes, index: index, ring: ch.ring, slot: frame.slot,
+                                                  timeout: options.timeout, abort: abort)
+                        }
+                        ch.stats.digest.add(index: index, length: Int(length), checksum: h.checksum)
+                        ch.stats.chunks += 1
+                        ch.stats.rawBytes += length
+                    case .streamData where !addressable:
+                        try sink.writeInOrder(frame.bytes, index: h.position, ring: ch.ring, slot: frame.slot,
+                                              timeout: options.timeout, abort: abort)
+                        ch.stats.digest.add(index: h.position, length: Int(h.rawLength), checksum: h.checksum)
+                        ch.stats.chunks += 1
+                        ch.stats.rawBytes += UInt64(h.rawLength)
+                    case .channelEnd:
+                        let end: ChannelEnd
+                        do { end = try ChannelEnd.decode(frame.control) } catch {
+                            throw TransferError(.protocolViolation, "malformed channel end on channel \(i): \(error)")
+                        }
+                        guard end.chunks == ch.stats.chunks, end.rawBytes == ch.stats.rawBytes else {
+                            throw TransferError(.corruption, "channel \(i) ended with \(ch.stats.chunks) chunks / \(ch.stats.rawBytes) bytes received but the sender sent \(end.chunks) / \(end.rawBytes)")
+                        }
+                        let s = ch.stats
+                        merged.withLock { $0.merge(s) }
+                        return
+                    default:
+                        throw Channel.unexpected(frame, expecting: addressable ? "data" : "stream data", channel: i)
+                    }
+                    progress.add(bytes: UInt64(h.rawLength), wire: ch.stats.wireBytes - before)
+                }
+            }
+
+            // Channel 0 then carries the totals; check them, sync, rename, and only then ack.
+            let stats = merged.withLock { $0 }
+            try group.run(only: 0) { (_, ch) throws(TransferError) in
+                let frame = try ch.receive()
+                guard frame.header.type == .endOfStream else { throw Channel.unexpected(frame, expecting: "end of stream", channel: 0) }
+                let totals: TransferTotals
+                do { totals = try TransferTotals.decode(frame.control) } catch {
+                    throw TransferError(.protocolViolation, "malformed end of stream: \(error)")
+                }
+                guard totals.chunks == stats.chunks, totals.rawBytes == stats.rawBytes else {
+                    throw TransferError(.corruption, "the sender's totals (\(totals.chunks) chunks, \(totals.rawBytes) bytes) differ from what arrived (\(stats.chunks) chunks, \(stats.rawBytes) bytes)")
+                }
+                if addressable, let total {
+                    guard stats.rawBytes == total, sink.coveredCount == Int((total + chunk - 1) / chunk) else {
+                        throw TransferError(.corruption, "incomplete transfer: \(stats.rawBytes) of \(total) bytes arrived")
+                    }
+                } else {
+                    guard sink.writtenInOrder == stats.chunks else {
+                        throw TransferError(.corruption, "stream incomplete: \(sink.writtenInOrder) of \(stats.chunks) chunks written")
+                    }
+                }
+                guard totals.digest == stats.digest.value else {
+                    throw TransferError(.corruption, "transfer digest mismatch: the sender's is \(TransferDigest.hex(totals.digest)), the received data's is \(TransferDigest.hex(stats.digest.value))")
+                }
+                try sink.commit(size: addressable ? total : nil)
+                let ack = TransferTotals(chunks: stats.chunks, rawBytes: stats.rawBytes, wireBytes: stats.wireBytes, digest: stats.digest.value)
+                try ch.sendControl(.ack, payload: ack.encoded())
+            }
+            return TransferTotals(chunks: stats.chunks, rawBytes: stats.rawBytes, wireBytes: stats.wireBytes, digest: stats.digest.value)
+        } catch {
+            abort.abort(error)
+            throw abort.error ?? error
+        }
+    }
+}

@@ -1,0 +1,107 @@
+import ArgumentParser
+import DeviceStream
+import Foundation
+import Glibc
+
+@main
+struct Devstream: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "devstream",
+        abstract: "Move device state between hosts: point-to-point transfers and live migration.",
+        subcommands: [Send.self, Receive.self, Migrate.self, Demo.self])
+}
+
+/// Options shared by the data-path commands.
+struct DataPathOptions: ParsableArguments {
+    @Option(help: "TCP connections (channels), each one thread, one io_uring, one socket.")
+    var connections: Int = 2
+    @Option(help: "Chunk compression: lz4 or none.")
+    var compression: String = "lz4"
+    @Option(help: "LZ4 acceleration (1 = best ratio; higher = faster).")
+    var acceleration: Int = 1
+    @Option(help: "Raw bytes per chunk (4K ... 16M).")
+    var chunkSize: String = "1M"
+    @Option(help: "Fail when the peer makes no progress for this long (e.g. 30s, 500ms).")
+    var timeout: String = "30s"
+
+    func transferOptions() throws -> TransferOptions {
+        var o = TransferOptions()
+        o.connections = connections
+        switch compression {
+        case "lz4": o.compression = true
+        case "none": o.compression = false
+        default: throw ValidationError("--compression must be lz4 or none, got '\(compression)'")
+        }
+        o.acceleration = acceleration
+        o.chunkSize = Int(try parseSize(chunkSize, option: "--chunk-size"))
+        o.timeout = try parseDuration(timeout, option: "--timeout")
+        do { try o.validate() } catch { throw ValidationError(error.message) }
+        return o
+    }
+}
+
+func parseSize(_ s: String, option: String) throws -> UInt64 {
+    do { return try SizeParsing.parse(s) } catch { throw ValidationError("\(option): \(error)") }
+}
+
+func parseDuration(_ s: String, option: String) throws -> Duration {
+    do { return try DurationParsing.parse(s) } catch { throw ValidationError("\(option): \(error)") }
+}
+
+struct Send: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Send a file, a block device or stdin (-) to a receiver.")
+    @Argument(help: "The file to send, or - for stdin.") var file: String
+    @Option(help: "The receiver, HOST:PORT.") var to: String
+    @OptionGroup var data: DataPathOptions
+    @Flag(help: "Print one JSON object on stdout at the end.") var json = false
+
+    func run() throws {
+        Terminal.ignoreSignals()
+        let options = try data.transferOptions()
+        let endpoint: Endpoint
+        do { endpoint = try Endpoint.parse(to) } catch { throw ValidationError(error.message) }
+        let source: TransferSource
+        do { source = try TransferSource(path: file) } catch {
+            Report.fail(error, json: json, extra: ["connections": options.connections, "compression": data.compression])
+        }
+        let progress = TransferProgress()
+        let ticker = Terminal.progressTicker(progress, label: "send")
+        let report = TransferSender.send(source, to: endpoint, options: options, progress: progress)
+        ticker?.stop()
+        Report.finish(report, json: json, verb: "sent", compressionName: data.compression)
+    }
+}
+
+struct Receive: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Receive one transfer into a file (or -), or, with --device, one live migration.")
+    @Option(help: "Where to listen, HOST:PORT (port 0 picks one; the first stdout line names it).") var listen: String
+    @Option(help: "Output file, device, or - for stdout.") var output: String?
+    @Option(help: "Destination device spec (repeatable), for a migration.") var device: [String] = []
+    @Option(help: "Fail when the peer makes no progress for this long.") var timeout: String = "30s"
+    @Flag(help: "Print one JSON object on stdout at the end.") var json = false
+
+    func run() throws {
+        Terminal.ignoreSignals()
+        let endpoint: Endpoint
+        do { endpoint = try Endpoint.parse(listen) } catch { throw ValidationError(error.message) }
+        var options = TransferOptions()
+        options.timeout = try parseDuration(timeout, option: "--timeout")
+        if !device.isEmpty {
+            guard output == nil else { throw ValidationError("give either --output (a transfer) or --device (a migration), not both") }
+            try MigrationCLI.receive(endpoint: endpoint, devices: device, options: options, json: json)
+            return
+        }
+        guard let output else { throw ValidationError("--output FILE (or -) is required, or --device SPEC for a migration") }
+        let receiver: TransferReceiver
+        do { receiver = try TransferReceiver(listen: endpoint, options: options) } catch {
+            Report.fail(error, json: json, extra: [:])
+        }
+        Terminal.announce("listening on \(receiver.listener.endpoint)")
+        let ticker = Terminal.progressTicker(receiver.progress, label: "receive")
+        let report = receiver.receive(output: output)
+        ticker?.stop()
+        Report.finish(report, json: json, verb: "received", compressionName: report.compression ? "lz4" : "none",
+                      stdoutIsData: output == "-")
+    }
+}

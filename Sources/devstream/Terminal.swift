@@ -1,0 +1,115 @@
+import DeviceStream
+import Foundation
+import Glibc
+
+enum Terminal {
+    static var stderrIsTTY: Bool { isatty(2) == 1 }
+
+    /// SIGPIPE and SIGXFSZ become errors (EPIPE, EFBIG) the code reports, not silent deaths.
+    static func ignoreSignals() {
+        signal(SIGPIPE, SIG_IGN)
+        signal(SIGXFSZ, SIG_IGN)
+    }
+
+    /// The `listening on HOST:PORT` line: the first stdout line, flushed at once.
+    static func announce(_ line: String) {
+        var s = line + "\n"
+        s.withUTF8 { b in _ = Glibc.write(1, b.baseAddress, b.count) }
+    }
+
+    static func line(_ s: String) {
+        printWarning(s)
+    }
+
+    final class Ticker: @unchecked Sendable {
+        // @unchecked: `stopped` is only read and written under `lock`.
+        private let lock = ConditionLock()
+        private var stopped = false
+        private var thread: OSThread?
+        init(_ body: @escaping @Sendable () -> Void) {
+            thread = OSThread { [self] in
+                while true {
+                    let done = lock.withLock { lock.wait(until: { stopped }, timeout: .milliseconds(250)) }
+                    if done { return }
+                    body()
+                }
+            }
+        }
+        func stop() {
+            lock.withLock { stopped = true; lock.broadcast() }
+            thread?.join()
+            if Terminal.stderrIsTTY { printWarningRaw("\r\u{1B}[K") }
+        }
+    }
+
+    /// A live progress line on stderr, only when stderr is a terminal.
+    static func progressTicker(_ p: TransferProgress, label: String) -> Ticker? {
+        guard stderrIsTTY else { return nil }
+        let start = Monotonic.now
+        return Ticker {
+            let b = p.bytes, t = p.total.load(ordering: .relaxed)
+            let secs = max((Monotonic.now - start).seconds, 0.001)
+            let pct = t == UInt64.max || t == 0 ? "" : String(format: " %5.1f%%", Double(b) * 100 / Double(t))
+            printWarningRaw("\r\u{1B}[K\(label): \(Format.bytes(b))\(pct)  \(Format.rate(Double(b) / secs))")
+        }
+    }
+}
+
+func printWarningRaw(_ s: String) {
+    var s = s
+    s.withUTF8 { b in _ = Glibc.write(2, b.baseAddress, b.count) }
+}
+
+enum Format {
+    static func bytes(_ n: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var v = Double(n), i = 0
+        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
+        return i == 0 ? "\(n) B" : String(format: "%.2f %@", v, units[i])
+    }
+    static func rate(_ bps: Double) -> String { bytes(UInt64(max(bps, 0))) + "/s" }
+    static func ms(_ d: Duration) -> Double { (d.milliseconds * 1000).rounded() / 1000 }
+}
+
+enum Report {
+    /// Prints `object` as one line of JSON on stdout.
+    static func json(_ object: [String: Any]) {
+        let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        FileHandle.standardOutput.write(data)
+        FileHandle.standardOutput.write("\n".data(using: .utf8)!)
+    }
+
+    /// Reports a failure before a transfer started, and exits non-zero.
+    static func fail(_ error: TransferError, json: Bool, extra: [String: Any]) -> Never {
+        if json {
+            var o = extra
+            o["status"] = "failed"; o["error"] = error.message
+            Report.json(o)
+        }
+        printWarning("devstream: error: \(error.message)")
+        exit(1)
+    }
+
+    static func finish(_ r: TransferReport, json: Bool, verb: String, compressionName: String, stdoutIsData: Bool = false) {
+        if json && !stdoutIsData {
+            var o: [String: Any] = [
+                "status": r.completed ? "completed" : "failed",
+                "bytes": r.bytes, "wire_bytes": r.wireBytes, "chunks": r.chunks,
+                "elapsed_ms": Format.ms(r.elapsed),
+                "throughput_bytes_per_sec": r.throughput.rounded(),
+                "connections": r.connections, "compression": compressionName,
+                "io_backend": r.backend.rawValue,
+            ]
+            if let d = r.digest { o["xxh3"] = TransferDigest.hex(d) }
+            if let e = r.error { o["error"] = e.message }
+            Report.json(o)
+        }
+        if r.completed {
+            let ratio = r.wireBytes > 0 ? String(format: ", ratio %.2f", Double(r.bytes) / Double(r.wireBytes)) : ""
+            printWarning("devstream: \(verb) \(Format.bytes(r.bytes)) in \(String(format: "%.3f", r.elapsed.seconds)) s (\(Format.rate(r.throughput)), \(r.connections) connections, \(compressionName)\(ratio)), xxh3 \(r.digest.map(TransferDigest.hex) ?? "-")")
+            exit(0)
+        }
+        printWarning("devstream: error: \(r.error?.message ?? "transfer failed")")
+        exit(1)
+    }
+}
