@@ -139,12 +139,15 @@ public enum TransferSender {
         let n = options.connections
         var features: FeatureBits = [.xxh3]
         if options.compression { features.insert(.lz4) }
+        let sockets = Mutex<[Int32]>([])
+        defer { for fd in sockets.withLock({ $0 }) { close(fd) } }
         let group = try WorkerGroup<Channel>(count: n, abort: abort) { (i) throws(TransferError) in
             let ring: Ring
             do { ring = try Ring(entries: 16, backend: backend) } catch {
                 throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
             }
             let fd = try Sockets.connect(endpoint, ring: ring, timeout: options.timeout)
+            sockets.withLock { $0.append(fd) }
             abort.watch(fd)
             let ch = Channel(index: i, fd: fd, ring: ring, chunkSize: options.chunkSize, compression: options.compression,
                              acceleration: options.acceleration, timeout: options.timeout, warn: i == 0 ? warn : { _ in })

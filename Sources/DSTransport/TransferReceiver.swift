@@ -35,13 +35,20 @@ public final class TransferReceiver {
         var report = TransferReport(completed: false, connections: 0, compression: false, backend: backend)
         var start = Monotonic.now
         var sink: FileSink?
-        do {
+        do throws(TransferError) {
             let (session, sockets) = try listener.waitForSession(timeout: acceptTimeout)
             start = Monotonic.now
             report.connections = session.channelCount
             report.compression = session.features.contains(.lz4)
             if let t = session.totalSize { progress.total.store(t, ordering: .relaxed) }
-            sink = try FileSink(path: output, size: session.totalSize)
+            do throws(TransferError) { sink = try FileSink(path: output, size: session.totalSize) } catch {
+                // Tell the sender why before hanging up.
+                let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the receiver failed: \($0.message)").frame() })
+                for fd in sockets { abort.watch(fd) }
+                abort.abort(error)
+                for fd in sockets { close(fd) }
+                throw error
+            }
             let totals = try run(session, sockets, sink!, backend)
             report.completed = true
             report.bytes = totals.rawBytes

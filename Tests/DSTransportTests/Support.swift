@@ -1,0 +1,151 @@
+import Glibc
+import Foundation
+import DSRing
+import DSWire
+import DSCodec
+@testable import DSTransport
+
+func tmpPath(_ name: String) -> String {
+    "/tmp/dstransport-\(getpid())-\(UInt32.random(in: 0...UInt32.max))-\(name)"
+}
+
+/// Seeded bytes with mixed compressibility: zero runs, a counter pattern, random.
+func testData(_ count: Int, seed: UInt64) -> [UInt8] {
+    var s = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+    var out = [UInt8](repeating: 0, count: count)
+    var i = 0
+    while i < count {
+        s ^= s << 13; s ^= s >> 7; s ^= s << 17
+        let run = min(count - i, 4096 + Int(s % 60000))
+        switch s % 3 {
+        case 0: break // zeros
+        case 1: for j in 0..<run { out[i + j] = UInt8(truncatingIfNeeded: (i + j) / 7) }
+        default:
+            var r = s
+            for j in 0..<run { r ^= r << 13; r ^= r >> 7; r ^= r << 17; out[i + j] = UInt8(truncatingIfNeeded: r) }
+        }
+        i += run
+    }
+    return out
+}
+
+func writeFile(_ path: String, _ bytes: [UInt8]) {
+    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+}
+
+func readFile(_ path: String) -> [UInt8]? {
+    FileManager.default.contents(atPath: path).map { [UInt8]($0) }
+}
+
+func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+func options(connections: Int = 2, compression: Bool = true, chunk: Int = 64 << 10, timeout: Duration = .seconds(5),
+             backend: IOBackendKind? = nil) -> TransferOptions {
+    var o = TransferOptions()
+    o.connections = connections
+    o.compression = compression
+    o.chunkSize = chunk
+    o.timeout = timeout
+    o.backend = backend
+    return o
+}
+
+/// Runs a receiver on a thread and a sender here; returns both reports.
+func transfer(source: String, output: String, options: TransferOptions, to endpoint: Endpoint? = nil,
+              receiverOptions: TransferOptions? = nil) throws -> (sent: TransferReport, received: TransferReport) {
+    let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: receiverOptions ?? options, warn: { _ in })
+    nonisolated(unsafe) var received: TransferReport?
+    let t = OSThread { received = receiver.receive(output: output, acceptTimeout: .seconds(10)) }
+    let src = try TransferSource(path: source)
+    let sent = TransferSender.send(src, to: endpoint ?? receiver.listener.endpoint, options: options, warn: { _ in })
+    t.join()
+    return (sent, received!)
+}
+
+/// A one-connection TCP proxy that forwards both ways and lets a test corrupt, truncate or
+/// cut the client → server byte stream.
+final class FaultProxy: @unchecked Sendable {
+    enum Fault { case none, flip(at: Int), truncate(after: Int), kill(after: Int) }
+    let listenFD: Int32
+    let port: UInt16
+    private var thread: OSThread?
+
+    init(to target: Endpoint, fault: Fault) throws {
+        (listenFD, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
+        let lfd = listenFD
+        thread = OSThread {
+            let client = accept(lfd, nil, nil)
+            guard client >= 0 else { return }
+            let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET); addr.sin_port = target.port.bigEndian
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(server, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            // server → client, verbatim.
+            let back = OSThread {
+                var buf = [UInt8](repeating: 0, count: 65536)
+                while true {
+                    let n = buf.withUnsafeMutableBytes { recv(server, $0.baseAddress, $0.count, 0) }
+                    if n <= 0 { break }
+                    _ = buf.withUnsafeBytes { send(client, $0.baseAddress, n, Int32(MSG_NOSIGNAL)) }
+                }
+                shutdown(client, Int32(SHUT_WR))
+            }
+            var buf = [UInt8](repeating: 0, count: 65536)
+            var total = 0
+            loop: while true {
+                let n = buf.withUnsafeMutableBytes { recv(client, $0.baseAddress, $0.count, 0) }
+                if n <= 0 { break }
+                var count = n
+                switch fault {
+                case .flip(let at) where at >= total && at < total + n: buf[at - total] ^= 0x01
+                case .truncate(let after), .kill(let after):
+                    if total + n > after {
+                        count = after - total
+                        _ = buf.withUnsafeBytes { send(server, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
+                        break loop
+                    }
+                default: break
+                }
+                _ = buf.withUnsafeBytes { send(server, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
+                total += count
+            }
+            if case .kill = fault {
+                // A killed peer: both directions die at once.
+                var lin = linger(l_onoff: 1, l_linger: 0)
+                setsockopt(server, SOL_SOCKET, SO_LINGER, &lin, socklen_t(MemoryLayout<linger>.size))
+                setsockopt(client, SOL_SOCKET, SO_LINGER, &lin, socklen_t(MemoryLayout<linger>.size))
+                shutdown(server, Int32(SHUT_RDWR)); shutdown(client, Int32(SHUT_RDWR))
+                close(server); close(client)
+                back.join()
+                return
+            }
+            shutdown(server, Int32(SHUT_WR))
+            back.join()
+            close(server); close(client)
+        }
+    }
+
+    var endpoint: Endpoint { Endpoint(host: "127.0.0.1", port: port) }
+    func join() { thread?.join(); close(listenFD) }
+}
+
+/// Connects a raw TCP socket to `endpoint`.
+func rawConnect(_ endpoint: Endpoint) -> Int32 {
+    let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET); addr.sin_port = endpoint.port.bigEndian
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    return s
+}
+
+func sendRaw(_ fd: Int32, _ bytes: [UInt8]) {
+    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+}
+
+func frameBytes(_ h: FrameHeader, payload: [UInt8] = []) -> [UInt8] {
+    var b = [UInt8](repeating: 0, count: FrameHeader.size)
+    b.withUnsafeMutableBytes { h.encode(into: $0) }
+    return b + payload
+}

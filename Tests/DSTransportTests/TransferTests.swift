@@ -1,0 +1,247 @@
+import Testing
+import Glibc
+import DSRing
+import DSWire
+import DSCodec
+@testable import DSTransport
+
+@Suite(.serialized) struct TransferRoundTripTests {
+    @Test(arguments: [1, 2, 4], [true, false])
+    func fileRoundTrip(connections: Int, compression: Bool) throws {
+        let src = tmpPath("src"), out = tmpPath("out")
+        defer { unlink(src); unlink(out) }
+        let data = testData(3_000_000 + connections * 777, seed: UInt64(connections))
+        writeFile(src, data)
+        let (sent, received) = try transfer(source: src, output: out, options: options(connections: connections, compression: compression))
+        #expect(sent.completed, "\(sent.error?.message ?? "")")
+        #expect(received.completed, "\(received.error?.message ?? "")")
+        #expect(readFile(out) == data)
+        #expect(!exists(out + ".partial"))
+        #expect(sent.digest != nil && sent.digest == received.digest)
+        #expect(sent.bytes == UInt64(data.count) && received.bytes == UInt64(data.count))
+        if compression { #expect(sent.wireBytes < UInt64(data.count)) } else { #expect(sent.wireBytes > UInt64(data.count)) }
+    }
+
+    /// The blocking fallback passes the same round trips (forced per transfer here; the CLI
+    /// tests force it with DEVSTREAM_IO_BACKEND=blocking).
+    @Test(arguments: [1, 3])
+    func blockingFallbackRoundTrip(connections: Int) throws {
+        let src = tmpPath("src"), out = tmpPath("out")
+        defer { unlink(src); unlink(out) }
+        let data = testData(2_500_000, seed: 9)
+        writeFile(src, data)
+        let (sent, received) = try transfer(source: src, output: out, options: options(connections: connections, backend: .blocking))
+        #expect(sent.completed && received.completed)
+        #expect(sent.backend == .blocking && received.backend == .blocking)
+        #expect(readFile(out) == data)
+    }
+
+    @Test func emptyFile() throws {
+        let src = tmpPath("src"), out = tmpPath("out")
+        defer { unlink(src); unlink(out) }
+        writeFile(src, [])
+        let (sent, received) = try transfer(source: src, output: out, options: options())
+        #expect(sent.completed && received.completed)
+        #expect(readFile(out) == [])
+    }
+
+    /// A pipe in, a pipe out: the ordered path, no seeking at either end.
+    @Test(arguments: [1, 3])
+    func orderedStreamThroughPipes(connections: Int) throws {
+        let data = testData(2_000_000, seed: 5)
+        var inPipe: [Int32] = [0, 0], outPipe: [Int32] = [0, 0]
+        #expect(pipe(&inPipe) == 0 && pipe(&outPipe) == 0)
+        let writer = OSThread {
+            _ = data.withUnsafeBytes { b in
+                var off = 0
+                while off < b.count { let n = write(inPipe[1], b.baseAddress! + off, b.count - off); if n <= 0 { break }; off += n }
+            }
+            close(inPipe[1])
+        }
+        nonisolated(unsafe) var collected = [UInt8]()
+        let reader = OSThread {
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = buf.withUnsafeMutableBytes { read(outPipe[0], $0.baseAddress, $0.count) }
+                if n <= 0 { break }
+                collected += buf[0..<n]
+            }
+        }
+        let (sent, received) = try transfer(source: "/proc/self/fd/\(inPipe[0])", output: "/proc/self/fd/\(outPipe[1])",
+                                            options: options(connections: connections))
+        close(outPipe[1])
+        writer.join(); reader.join()
+        close(inPipe[0]); close(outPipe[0])
+        #expect(sent.completed && received.completed, "\(sent.error?.message ?? "") \(received.error?.message ?? "")")
+        #expect(collected == data)
+        #expect(sent.digest == received.digest)
+    }
+}
+
+@Suite(.serialized) struct TransferFaultTests {
+    func prepared(_ n: Int = 1_500_000) -> (String, String, [UInt8]) {
+        let src = tmpPath("src"), out = tmpPath("out")
+        let data = testData(n, seed: 3)
+        writeFile(src, data)
+        return (src, out, data)
+    }
+
+    @Test func connectionRefused() throws {
+        let (src, out, _) = prepared()
+        defer { unlink(src); unlink(out) }
+        let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
+        close(lfd)  // nothing listens there now
+        let r = TransferSender.send(try TransferSource(path: src), to: Endpoint(host: "127.0.0.1", port: port), options: options(), warn: { _ in })
+        #expect(!r.completed)
+        #expect(r.error?.code == .connect)
+        #expect(r.error?.message.contains("Connection refused") == true)
+    }
+
+    /// Flipped bytes in the preamble, a frame header, a payload and the end-of-stream: the
+    /// receiver refuses every one, and no FILE (nor FILE.partial) is left.
+    @Test(arguments: [5, 50, 64 + 10, 64 + 40 + 20, 64 + 40 + 30_000, 500_000])
+    func flippedByte(at offset: Int) throws {
+        let (src, out, _) = prepared()
+        defer { unlink(src); unlink(out) }
+        let o = options(connections: 1)
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
+        let proxy = try FaultProxy(to: receiver.listener.endpoint, fault: .flip(at: offset))
+        nonisolated(unsafe) var received: TransferReport?
+        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let sent = TransferSender.send(try TransferSource(path: src), to: proxy.endpoint, options: o, warn: { _ in })
+        t.join(); proxy.join()
+        #expect(!sent.completed)
+        #expect(received?.completed == false)
+        #expect(received?.error != nil)
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    @Test(arguments: [0, 30, 64 + 20, 64 + 40 + 5000, 400_000])
+    func truncatedStream(after bytes: Int) throws {
+        let (src, out, _) = prepared()
+        defer { unlink(src); unlink(out) }
+        let o = options(connections: 1)
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
+        let proxy = try FaultProxy(to: receiver.listener.endpoint, fault: .truncate(after: bytes))
+        nonisolated(unsafe) var received: TransferReport?
+        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let sent = TransferSender.send(try TransferSource(path: src), to: proxy.endpoint, options: o, warn: { _ in })
+        t.join(); proxy.join()
+        #expect(!sent.completed)
+        #expect(received?.completed == false)
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    /// The connection dies abruptly (RST) mid-transfer: both ends fail with a message.
+    @Test func peerKilledMidTransfer() throws {
+        let (src, out, _) = prepared(4_000_000)
+        defer { unlink(src); unlink(out) }
+        let o = options(connections: 1, compression: false)
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
+        let proxy = try FaultProxy(to: receiver.listener.endpoint, fault: .kill(after: 2_000_000))
+        nonisolated(unsafe) var received: TransferReport?
+        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let sent = TransferSender.send(try TransferSource(path: src), to: proxy.endpoint, options: o, warn: { _ in })
+        t.join(); proxy.join()
+        #expect(!sent.completed && sent.error != nil)
+        #expect(received?.completed == false)
+        #expect(received?.error?.code == .peerClosed)
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    /// A hand-made stream with a frame whose raw length is impossible.
+    @Test func impossibleLength() throws {
+        let out = tmpPath("out")
+        defer { unlink(out) }
+        let o = options(connections: 1)
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
+        nonisolated(unsafe) var received: TransferReport?
+        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let fd = rawConnect(receiver.listener.endpoint)
+        let p = Preamble(features: [.xxh3], sessionID: .random(), channelIndex: 0, channelCount: 1, chunkSize: 65536,
+                         mode: .addressable, totalSize: 1 << 20)
+        sendRaw(fd, p.encoded())
+        sendRaw(fd, frameBytes(FrameHeader(type: .data, rawLength: 1 << 24, wireLength: 1 << 24, position: 0)))
+        t.join()
+        close(fd)
+        #expect(received?.completed == false)
+        #expect(received?.error?.code == .protocolViolation)
+        #expect(received?.error?.message.contains("raw length") == true)
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    /// Something that is not devstream connects first: the receive fails and says so.
+    @Test func garbageFromANonDevstreamPeer() throws {
+        let out = tmpPath("out")
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(), warn: { _ in })
+        nonisolated(unsafe) var received: TransferReport?
+        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let fd = rawConnect(receiver.listener.endpoint)
+        sendRaw(fd, Array("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8) + [UInt8](repeating: 0x41, count: 64))
+        t.join()
+        close(fd)
+        #expect(received?.completed == false)
+        #expect(received?.error?.message.contains("not a devstream sender") == true)
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    /// An unrelated sender tries to join while another session holds the receiver: it is
+    /// rejected with a message, and the holder's session is not disturbed.
+    @Test func unrelatedConnectionIsRejected() throws {
+        let (src, out, _) = prepared()
+        defer { unlink(src); unlink(out) }
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(timeout: .seconds(2)), warn: { _ in })
+        nonisolated(unsafe) var received: TransferReport?
+        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        // Session A: channel 0 of 2 joins and then stalls.
+        let fd = rawConnect(receiver.listener.endpoint)
+        sendRaw(fd, Preamble(features: [.xxh3], sessionID: SessionID(high: 1, low: 1), channelIndex: 0, channelCount: 2,
+                             chunkSize: 65536, mode: .addressable, totalSize: 100).encoded())
+        usleep(100_000)
+        // Session B: a real sender.
+        let intruder = TransferSender.send(try TransferSource(path: src), to: receiver.listener.endpoint, options: options(), warn: { _ in })
+        #expect(!intruder.completed)
+        #expect(intruder.error?.code == .rejected)
+        #expect(intruder.error?.message.contains("busy with another session") == true)
+        #expect(receiver.listener.rejectedCount >= 1)
+        t.join()
+        close(fd)
+        // Session A never completed its channels: the receive fails on its own timeout.
+        #expect(received?.completed == false)
+        #expect(received?.error?.code == .timeout)
+    }
+
+    @Test func unwritableOutput() throws {
+        let (src, _, _) = prepared()
+        defer { unlink(src) }
+        let out = "/nonexistent-dir-\(getpid())/file"
+        let (sent, received) = try transfer(source: src, output: out, options: options())
+        #expect(!received.completed)
+        #expect(received.error?.code == .localIO)
+        #expect(received.error?.message.contains("cannot write") == true)
+        #expect(!sent.completed)
+        #expect(sent.error?.message.contains("receiver") == true)
+    }
+
+    /// The receiver goes silent: the sender's stall timeout fires.
+    @Test func stalledReceiverIsDetected() throws {
+        let (src, out, _) = prepared(8_000_000)
+        defer { unlink(src); unlink(out) }
+        let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
+        defer { close(lfd) }
+        // Accepts, answers the preamble, then never reads again.
+        let t = OSThread {
+            let c = accept(lfd, nil, nil)
+            var buf = [UInt8](repeating: 0, count: 64)
+            _ = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress, 64, Int32(MSG_WAITALL)) }
+            sendRaw(c, ErrorMessage.acceptFrame)
+            usleep(2_500_000)
+            close(c)
+        }
+        let o = options(connections: 1, compression: false, timeout: .milliseconds(800))
+        let r = TransferSender.send(try TransferSource(path: src), to: Endpoint(host: "127.0.0.1", port: port), options: o, warn: { _ in })
+        t.join()
+        #expect(!r.completed)
+        #expect(r.error?.code == .timeout)
+    }
+}
