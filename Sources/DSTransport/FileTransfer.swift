@@ -135,36 +135,9 @@ public enum TransferSender {
                             _ backend: IOBackendKind, _ progress: TransferProgress,
                             _ warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> TransferTotals {
         let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the sender failed: \($0.message)").frame() })
-        let session = SessionID.random()
-        let n = options.connections
-        var features: FeatureBits = [.xxh3]
-        if options.compression { features.insert(.lz4) }
-        let sockets = Mutex<[Int32]>([])
-        defer { for fd in sockets.withLock({ $0 }) { close(fd) } }
-        let group = try WorkerGroup<Channel>(count: n, abort: abort) { (i) throws(TransferError) in
-            let ring: Ring
-            do { ring = try Ring(entries: 16, backend: backend) } catch {
-                throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
-            }
-            let fd = try Sockets.connect(endpoint, ring: ring, timeout: options.timeout)
-            sockets.withLock { $0.append(fd) }
-            abort.watch(fd)
-            let ch = Channel(index: i, fd: fd, ring: ring, chunkSize: options.chunkSize, compression: options.compression,
-                             acceleration: options.acceleration, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
-            let preamble = Preamble(features: features, sessionID: session, channelIndex: UInt16(i), channelCount: UInt16(n),
-                                    chunkSize: UInt32(options.chunkSize), mode: source.mode, totalSize: source.size ?? Preamble.unknownSize)
-            do { try preamble.encoded().withUnsafeBytes { try ring.sendAll(fd: fd, $0, timeout: options.timeout) } } catch {
-                throw TransferError.network(error as? Errno ?? .connectionReset, "sending the preamble", channel: i)
-            }
-            let reply = try ch.receive()
-            guard reply.header.type == .accept else {
-                if reply.header.type == .reject, let m = try? ErrorMessage.decode(reply.control) {
-                    throw TransferError(.rejected, "the receiver at \(endpoint) rejected the connection: \(m.message)")
-                }
-                throw Channel.unexpected(reply, expecting: "accept", channel: i)
-            }
-            return ch
-        }
+        let (group, sockets) = try ChannelSet.connect(to: endpoint, options: options, mode: source.mode, totalSize: source.size,
+                                                      abort: abort, backend: backend, warn: warn)
+        defer { for fd in sockets { close(fd) } }
         defer { group.shutdown() }
 
         // Data: every channel claims chunks until the source is exhausted, then ends its channel.

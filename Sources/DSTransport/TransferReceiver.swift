@@ -69,22 +69,13 @@ public final class TransferReceiver {
                      _ backend: IOBackendKind) throws(TransferError) -> TransferTotals {
         defer { for fd in sockets { close(fd) } }
         let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the receiver failed: \($0.message)").frame() })
-        for fd in sockets { abort.watch(fd) }
         let chunk = UInt64(session.chunkSize)
         let total = session.totalSize
         let addressable = session.mode == .addressable
         if addressable, let total { sink.expect(chunks: (total + chunk - 1) / chunk) }
         let options = self.options, progress = self.progress, warn = self.warn
 
-        let group = try WorkerGroup<Channel>(count: session.channelCount, abort: abort) { (i) throws(TransferError) in
-            let ring: Ring
-            do { ring = try Ring(entries: 16, backend: backend) } catch {
-                throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
-            }
-            let ch = Channel(index: i, fd: sockets[i], ring: ring, chunkSize: session.chunkSize, compression: false,
-                             acceleration: 1, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
-            return ch
-        }
+        let group = try ChannelSet.serve(session, sockets: sockets, options: options, abort: abort, backend: backend, warn: warn)
         defer { group.shutdown(); sink.wake() }
         let merged = Mutex(ChannelStats())
         do {
