@@ -7,7 +7,8 @@ import DSWire
 /// transfers and migrations.
 public enum ChannelSet {
     /// Sender side: each thread makes its ring, connects, sends its preamble and waits for the
-    /// receiver's `accept`. The caller closes `sockets` after shutting the group down.
+    /// receiver's `accept`. The caller closes `sockets` (indexed by channel) after shutting the
+    /// group down.
     public static func connect(to endpoint: Endpoint, options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
                                abort: AbortSignal, backend: IOBackendKind,
                                warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (group: WorkerGroup<Channel>, sockets: [Int32]) {
@@ -15,7 +16,8 @@ public enum ChannelSet {
         let n = options.connections
         var features: FeatureBits = [.xxh3]
         if options.compression { features.insert(.lz4) }
-        let sockets = Mutex<[Int32]>([])
+        // By channel index (not connection order): channel 0 carries the control frames.
+        let sockets = Mutex<[Int32]>([Int32](repeating: -1, count: n))
         do {
             let group = try WorkerGroup<Channel>(count: n, abort: abort) { (i) throws(TransferError) in
                 let ring: Ring
@@ -23,7 +25,7 @@ public enum ChannelSet {
                     throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
                 }
                 let fd = try Sockets.connect(endpoint, ring: ring, timeout: options.timeout)
-                sockets.withLock { $0.append(fd) }
+                sockets.withLock { $0[i] = fd }
                 abort.watch(fd)
                 let ch = Channel(index: i, fd: fd, ring: ring, chunkSize: options.chunkSize, compression: options.compression,
                                  acceleration: options.acceleration, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
@@ -43,7 +45,7 @@ public enum ChannelSet {
             }
             return (group, sockets.withLock { $0 })
         } catch {
-            for fd in sockets.withLock({ $0 }) { close(fd) }
+            for fd in sockets.withLock({ $0 }) where fd >= 0 { close(fd) }
             throw error
         }
     }

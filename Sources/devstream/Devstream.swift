@@ -25,19 +25,25 @@ struct DataPathOptions: ParsableArguments {
     var timeout: String = "30s"
 
     func transferOptions() throws -> TransferOptions {
-        var o = TransferOptions()
-        o.connections = connections
-        switch compression {
-        case "lz4": o.compression = true
-        case "none": o.compression = false
-        default: throw ValidationError("--compression must be lz4 or none, got '\(compression)'")
-        }
-        o.acceleration = acceleration
-        o.chunkSize = Int(try parseSize(chunkSize, option: "--chunk-size"))
-        o.timeout = try parseDuration(timeout, option: "--timeout")
-        do { try o.validate() } catch { throw ValidationError(error.message) }
-        return o
+        try makeTransferOptions(connections: connections, compression: compression, acceleration: acceleration,
+                                chunkSize: chunkSize, timeout: timeout)
     }
+}
+
+func makeTransferOptions(connections: Int, compression: String, acceleration: Int = 1, chunkSize: String = "1M",
+                         timeout: String = "30s") throws -> TransferOptions {
+    var o = TransferOptions()
+    o.connections = connections
+    switch compression {
+    case "lz4": o.compression = true
+    case "none": o.compression = false
+    default: throw ValidationError("--compression must be lz4 or none, got '\(compression)'")
+    }
+    o.acceleration = acceleration
+    o.chunkSize = Int(try parseSize(chunkSize, option: "--chunk-size"))
+    o.timeout = try parseDuration(timeout, option: "--timeout")
+    do { try o.validate() } catch { throw ValidationError(error.message) }
+    return o
 }
 
 func parseSize(_ s: String, option: String) throws -> UInt64 {

@@ -1,18 +1,169 @@
 import ArgumentParser
 import DeviceStream
+import Foundation
+import Glibc
+
+/// Options of the source side of a migration.
+struct MigrationOptions: ParsableArguments {
+    @Option(help: "The downtime budget switchover must fit (e.g. 300ms).") var downtimeLimit: String = "300ms"
+    @Option(help: "Pre-copy bandwidth cap in bytes per second (e.g. 200M); switchover is unthrottled.") var maxBandwidth: String?
+    @Option(help: "When pre-copy does not converge: wait (until --deadline), switchover, or abort.") var onNonconvergence: String = "wait"
+    @Option(help: "Give up (or switch over, per policy) this long after the start.") var deadline: String = "60s"
+
+    func configuration(_ data: TransferOptions) throws -> MigrationConfiguration {
+        try makeMigrationConfiguration(data, downtimeLimit: downtimeLimit, maxBandwidth: maxBandwidth,
+                                       onNonconvergence: onNonconvergence, deadline: deadline)
+    }
+}
+
+func makeMigrationConfiguration(_ data: TransferOptions, downtimeLimit: String, maxBandwidth: String? = nil,
+                                onNonconvergence: String, deadline: String) throws -> MigrationConfiguration {
+    var c = MigrationConfiguration()
+    c.transfer = data
+    c.downtimeLimit = try parseDuration(downtimeLimit, option: "--downtime-limit")
+    c.maxBandwidth = try maxBandwidth.map { try parseSize($0.hasSuffix("/s") ? String($0.dropLast(2)) : $0, option: "--max-bandwidth") }
+    guard let p = NonConvergencePolicy(rawValue: onNonconvergence) else {
+        throw ValidationError("--on-nonconvergence must be wait, switchover or abort, got '\(onNonconvergence)'")
+    }
+    c.policy = p
+    c.deadline = try parseDuration(deadline, option: "--deadline")
+    return c
+}
+
+func openDevices(_ specs: [String], destination: Bool) throws -> [any MigratableDevice] {
+    var out: [any MigratableDevice] = []
+    for s in specs {
+        do {
+            let spec = try DeviceSpec(s)
+            out.append(destination ? try spec.makeDestination(size: nil) : try spec.makeSource())
+        } catch {
+            for d in out { d.close() }
+            throw ValidationError("--device \(s): \(error)")
+        }
+    }
+    return out
+}
 
 struct Migrate: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Live-migrate devices to a receiver (devstream receive --device).")
-    func run() throws { throw ValidationError("migrate: not built yet") }
+    static let configuration = CommandConfiguration(abstract: "Live-migrate devices to a destination (devstream receive --device).")
+    @Option(help: "Device spec (repeatable): sim:..., vfio-emu:..., file:PATH, vfio:PATH.") var device: [String] = []
+    @Option(help: "The destination, HOST:PORT.") var to: String
+    @OptionGroup var data: DataPathOptions
+    @OptionGroup var migration: MigrationOptions
+    @Flag(help: "Print one JSON object on stdout at the end.") var json = false
+
+    func run() throws {
+        Terminal.ignoreSignals()
+        guard !device.isEmpty else { throw ValidationError("give at least one --device SPEC") }
+        let config = try migration.configuration(try data.transferOptions())
+        let endpoint: Endpoint
+        do { endpoint = try Endpoint.parse(to) } catch { throw ValidationError(error.message) }
+        let devices = try openDevices(device, destination: false)
+        defer { for d in devices { d.close() } }
+        let report = MigrationSource(devices: devices, configuration: config).migrate(to: endpoint, onEvent: MigrationCLI.printer(json: json))
+        MigrationCLI.finish(report, json: json, side: "source")
+    }
 }
 
 struct Demo: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "A whole live migration of a simulated device over loopback.")
-    func run() throws { throw ValidationError("demo: not built yet") }
+    static let configuration = CommandConfiguration(
+        abstract: "A whole live migration of a simulated device over loopback, both ends in this process.")
+    @Option(help: "Device memory size.") var size: String = "1G"
+    @Option(help: "Bytes per second the workload dirties while the device runs.") var dirtyRate: String = "64M"
+    @Option(help: "Fraction of the memory that takes most writes.") var hot: String = "10%"
+    @Option(help: "The downtime budget.") var downtimeLimit: String = "300ms"
+    @Option(help: "TCP connections.") var connections: Int = 2
+    @Option(help: "lz4 or none.") var compression: String = "lz4"
+    @Option(help: "When pre-copy does not converge: wait, switchover, abort.") var onNonconvergence: String = "wait"
+    @Option(help: "Deadline.") var deadline: String = "60s"
+    @Flag(help: "Print one JSON object on stdout at the end.") var json = false
+
+    func run() throws {
+        Terminal.ignoreSignals()
+        let config = try makeMigrationConfiguration(try makeTransferOptions(connections: connections, compression: compression),
+                                                    downtimeLimit: downtimeLimit, onNonconvergence: onNonconvergence, deadline: deadline)
+        let rate = dirtyRate.hasSuffix("/s") ? String(dirtyRate.dropLast(2)) : dirtyRate
+        let spec = "sim:size=\(size),dirty-rate=\(rate),hot=\(hot),profile=mixed,seed=1"
+        if !json { Terminal.line("demo: creating \(spec) and an empty destination of the same size") }
+        let source = try openDevices([spec], destination: false)
+        let dest = try openDevices(["sim:size=\(size)"], destination: true)
+        defer { for d in source + dest { d.close() } }
+        let destination: MigrationDestination
+        do { destination = try MigrationDestination(listen: Endpoint(host: "127.0.0.1", port: 0), devices: dest, options: config.transfer, warn: { _ in }) } catch {
+            throw ValidationError(error.message)
+        }
+        if !json { Terminal.line("demo: destination listening on \(destination.listener.endpoint); migrating with a \(downtimeLimit) downtime limit") }
+        nonisolated(unsafe) var destReport: MigrationReport?
+        let t = OSThread { destReport = destination.run(acceptTimeout: .seconds(30)) }
+        let report = MigrationSource(devices: source, configuration: config).migrate(to: destination.listener.endpoint,
+                                                                                     onEvent: MigrationCLI.printer(json: json))
+        t.join()
+        var r = report
+        if let d = destReport, !d.completed, r.completed {
+            r.completed = false
+            r.error = d.error
+        }
+        // The demo's own proof: every destination digest equals its source's.
+        let allEqual = r.devices.allSatisfy { $0.sourceDigest != nil && $0.sourceDigest == $0.destinationDigest }
+        if r.completed && !allEqual {
+            r.completed = false
+            r.error = TransferError(.corruption, "a destination digest differs from its source's")
+        }
+        MigrationCLI.finish(r, json: json, side: "demo")
+    }
 }
 
 enum MigrationCLI {
-    static func receive(endpoint: Endpoint, devices: [String], options: TransferOptions, json: Bool) throws {
-        throw ValidationError("receive --device: not built yet")
+    static func printer(json: Bool) -> (MigrationEvent) -> Void {
+        { event in
+            guard !json else { return }
+            switch event {
+            case .setupDone(let d):
+                Terminal.line(String(format: "setup done in %.1f ms", d.milliseconds))
+            case .iteration(let r):
+                let bw = r.bandwidth.map { Format.rate($0) } ?? "-"
+                let pred = r.predictedDowntime.map { String(format: "%.1f ms", $0.milliseconds) } ?? "-"
+                Terminal.line("iteration \(r.iteration): sent \(Format.bytes(r.sentBytes)) in \(String(format: "%.0f", r.duration.milliseconds)) ms, dirty \(Format.bytes(r.dirtyBytes)), bandwidth \(bw), predicted downtime \(pred)")
+            case .switchover(let p, let reason):
+                Terminal.line("switchover (\(reason)): predicted downtime \(p.map { String(format: "%.1f ms", $0.milliseconds) } ?? "-")")
+            }
+        }
+    }
+
+    static func receive(endpoint: Endpoint, devices specs: [String], options: TransferOptions, json: Bool) throws {
+        let devices = try openDevices(specs, destination: true)
+        defer { for d in devices { d.close() } }
+        let destination: MigrationDestination
+        do { destination = try MigrationDestination(listen: endpoint, devices: devices, options: options) } catch {
+            Report.fail(error, json: json, extra: [:])
+        }
+        Terminal.announce("listening on \(destination.listener.endpoint)")
+        let report = destination.run()
+        finish(report, json: json, side: "destination")
+    }
+
+    static func jsonValue(_ v: Any) -> Any {
+        if v is NSNullLike { return NSNull() }
+        if let d = v as? [String: Any] { return d.mapValues(jsonValue) }
+        if let a = v as? [Any] { return a.map(jsonValue) }
+        return v
+    }
+
+    static func finish(_ r: MigrationReport, json: Bool, side: String) -> Never {
+        if json { Report.json(jsonValue(r.jsonObject) as! [String: Any]) }
+        if r.completed {
+            var line = "devstream: migration completed in \(String(format: "%.2f", r.totalTime.seconds)) s"
+            if let d = r.downtime { line += String(format: ", downtime %.1f ms", d.milliseconds) }
+            if let e = r.expectedDowntime { line += String(format: " (predicted %.1f ms", e.milliseconds) + String(format: ", limit %.0f ms)", r.downtimeLimit.milliseconds) }
+            line += ", \(r.iterations) iterations, pre-copy \(Format.bytes(r.precopyBytes)), stop-copy \(Format.bytes(r.stopcopyBytes))"
+            if !json { Terminal.line(line) }
+            for d in r.devices where !json {
+                let s = d.sourceDigest.map(TransferDigest.hex) ?? "-", t = d.destinationDigest.map(TransferDigest.hex) ?? "-"
+                Terminal.line("  device \(d.id) \(d.spec): \(Format.bytes(d.bytes)) moved, source xxh3 \(s), destination xxh3 \(t)\(s == t && s != "-" ? " (equal)" : "")")
+            }
+            exit(0)
+        }
+        printWarning("devstream: error: \(r.error?.message ?? "migration failed")")
+        exit(1)
     }
 }

@@ -1,0 +1,250 @@
+import Glibc
+import Synchronization
+import DSWire
+import DSRing
+import DSTransport
+import DSDevices
+
+/// The destination end of a live migration (`devstream receive --device`).
+///
+/// It accepts one migration session, matches the source's device headers to its own devices
+/// (each in RESUMING), loads chunks as they arrive on N channels — at their offsets, or in
+/// sequence for stream devices — tells the source when each device's initial data is loaded
+/// (switchover-ack), and after every device's end of state has been verified against what
+/// was loaded, takes the devices RESUMING → STOP → RUNNING and acknowledges. If anything
+/// fails the devices are left not running and the error says so.
+public final class MigrationDestination {
+    public let devices: [any MigratableDevice]
+    public let listener: SessionListener
+    public let options: TransferOptions
+    private let warn: @Sendable (String) -> Void
+
+    /// Binds `endpoint` (port 0 picks one: `listener.endpoint`) and starts accepting.
+    public init(listen endpoint: Endpoint, devices: [any MigratableDevice], options: TransferOptions,
+                warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+        try options.validate()
+        self.devices = devices
+        self.options = options
+        self.warn = warn
+        listener = try SessionListener(endpoint: endpoint, timeout: options.timeout, backend: options.backend, warn: warn)
+        listener.start()
+    }
+
+    /// Receives one migration.
+    public func run(acceptTimeout: Duration? = nil) -> MigrationReport {
+        var report = MigrationReport()
+        report.devices = devices.enumerated().map { DeviceReport(id: $0.offset, spec: $0.element.spec, bytes: 0) }
+        let start = Monotonic.now
+        let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the destination failed: \($0.message)").frame() })
+        var sockets: [Int32] = []
+        var loaders: [DeviceLoader] = []
+        do throws(TransferError) {
+            let (session, s) = try listener.waitForSession(timeout: acceptTimeout)
+            sockets = s
+            guard session.mode == .migration else {
+                for fd in s { abort.watch(fd) }
+                throw TransferError(.protocolViolation, "the sender started a plain transfer, but this receiver expects a migration (--device)")
+            }
+            report.connections = session.channelCount
+            report.compression = session.features.contains(.lz4)
+            try load(session, sockets: s, abort: abort, report: &report, loaders: &loaders)
+            report.completed = true
+        } catch {
+            abort.abort(error)
+            for l in loaders { l.wake() }
+            let states = devices.map { "\($0.spec) is not running (state \($0.state))" }
+            report.error = TransferError(error.code, "\(error.message); on the destination \(states.joined(separator: ", "))")
+        }
+        listener.stop()
+        for fd in sockets { close(fd) }
+        report.totalTime = Monotonic.now - start
+        return report
+    }
+
+    private func load(_ session: SessionInfo, sockets: [Int32], abort: AbortSignal, report: inout MigrationReport,
+                      loaders: inout [DeviceLoader]) throws(TransferError) {
+        let backend = options.backend ?? IOBackend.preferred
+        let group = try ChannelSet.serve(session, sockets: sockets, options: options, abort: abort, backend: backend, warn: warn)
+        defer { group.shutdown() }
+        let n = session.channelCount
+        let devices = self.devices
+        let options = self.options
+        let setupStart = Monotonic.now
+
+        // load_setup: device headers on channel 0, matched to the local devices.
+        let made = Mutex<[DeviceLoader]>([])
+        try group.run(only: 0) { (_, ch) throws(TransferError) in
+            var count = Int.max
+            var list: [DeviceLoader] = []
+            while list.count < count {
+                let f = try ch.receive()
+                guard f.header.type == .deviceSection else { throw Channel.unexpected(f, expecting: "device section", channel: 0) }
+                count = Int(f.header.aux)
+                guard count == devices.count else {
+                    throw TransferError(.usage, "the source migrates \(count) device(s) but this destination has \(devices.count) (--device)")
+                }
+                let id = Int(f.header.stream)
+                guard id == list.count else { throw TransferError(.protocolViolation, "device section \(id) out of order") }
+                let header: DeviceHeader
+                do { header = try DeviceHeader.decode(f.control) } catch {
+                    throw TransferError(.protocolViolation, "malformed device section: \(error)")
+                }
+                do throws(DeviceError) { list.append(try DeviceLoader(id: id, device: devices[id], header: header, channels: n)) } catch {
+                    throw TransferError(.device, error.message)
+                }
+            }
+            made.withLock { $0 = list }
+            try ch.sendControl(.accept)
+        }
+        loaders = made.withLock { $0 }
+        let loadersCopy = loaders
+        report.setupTime = Monotonic.now - setupStart
+
+        // Control replies share channel 0's socket with worker 0's receives: one sender at a time.
+        let control = ControlReplies(fd: sockets[0], timeout: options.timeout)
+        let pendingInit = Mutex<[Int: [UInt64]]>([:])
+        let acked = Mutex<Set<Int>>([])
+        let endOfState = Mutex<[Int: DeviceTotals]>([:])
+        let configs = Mutex<Set<Int>>([])
+        let loadStart = Monotonic.now
+        @Sendable func checkAck(_ d: Int) throws(TransferError) {
+            guard let counts = pendingInit.withLock({ $0[d] }), !acked.withLock({ $0.contains(d) }) else { return }
+            guard loadersCopy[d].hasLoaded(counts) else { return }
+            let first = acked.withLock { $0.insert(d).inserted }
+            if first { try control.send(.switchoverAck, stream: UInt16(d)) }
+        }
+        try group.run { (i, ch) throws(TransferError) in
+            while true {
+                let f = try ch.receive()
+                let h = f.header
+                let d = Int(h.stream)
+                if h.type != .channelEnd && h.type != .iterationMark && h.type != .switchover && h.type != .endOfStream {
+                    guard d < loadersCopy.count else { throw TransferError(.protocolViolation, "frame for unknown device \(d)") }
+                }
+                switch h.type {
+                case .data:
+                    try loadersCopy[d].load(f.bytes, at: h.position, channel: i, ring: ch.ring, slot: f.slot)
+                    try checkAck(d)
+                case .streamData:
+                    try loadersCopy[d].loadStream(f.bytes, seq: h.position, channel: i, timeout: options.timeout, abort: abort)
+                    try checkAck(d)
+                case .iterationMark:
+                    if i == 0 {
+                        let loaded = loadersCopy.reduce(UInt64(0)) { $0 + $1.loadedBytes }
+                        let secs = max((Monotonic.now - loadStart).seconds, 1e-6)
+                        try control.send(.loadStats, payload: Timings(a: Double(loaded), b: Double(loaded) / secs).encoded())
+                    }
+                case .initDataSent where i == 0:
+                    let t: DeviceTotals
+                    do { t = try DeviceTotals.decode(f.control, channels: n) } catch {
+                        throw TransferError(.protocolViolation, "malformed init-data-sent: \(error)")
+                    }
+                    pendingInit.withLock { $0[d] = t.chunksPerChannel }
+                    try checkAck(d)
+                case .switchover where i == 0:
+                    break
+                case .configState where i == 0:
+                    do { try loadersCopy[d].device.loadConfig(f.control) } catch {
+                        throw TransferError(.device, "device \(d) refused its config state: \(error)")
+                    }
+                    configs.withLock { _ = $0.insert(d) }
+                case .endOfState where i == 0:
+                    let t: DeviceTotals
+                    do { t = try DeviceTotals.decode(f.control, channels: n) } catch {
+                        throw TransferError(.protocolViolation, "malformed end of state: \(error)")
+                    }
+                    endOfState.withLock { $0[d] = t }
+                case .channelEnd:
+                    let end: ChannelEnd
+                    do { end = try ChannelEnd.decode(f.control) } catch {
+                        throw TransferError(.protocolViolation, "malformed channel end: \(error)")
+                    }
+                    guard end.chunks == ch.stats.chunks, end.rawBytes == ch.stats.rawBytes else {
+                        throw TransferError(.corruption, "channel \(i) ended with \(ch.stats.chunks) chunks received but \(end.chunks) sent")
+                    }
+                    return
+                default:
+                    throw Channel.unexpected(f, expecting: "migration data", channel: i)
+                }
+                if h.type.isData { ch.stats.chunks += 1; ch.stats.rawBytes += UInt64(h.rawLength) }
+            }
+        }
+
+        // Every device's end of state must match what was loaded, chunk for chunk, per channel.
+        let ends = endOfState.withLock { $0 }
+        for l in loaders {
+            guard let t = ends[l.id] else { throw TransferError(.corruption, "device \(l.id): the stream ended without its end-of-state") }
+            guard l.loadedPerChannel == t.chunksPerChannel, l.loadedBytes == t.bytes else {
+                throw TransferError(.corruption, "device \(l.id): loaded \(l.loadedBytes) bytes in \(l.loadedPerChannel) chunks per channel, but the source sent \(t.bytes) in \(t.chunksPerChannel)")
+            }
+            guard configs.withLock({ $0.contains(l.id) }) else { throw TransferError(.corruption, "device \(l.id): no config state arrived") }
+        }
+        let loadTime = Monotonic.now - loadStart
+        let resumeStart = Monotonic.now
+        for l in loaders {
+            do throws(DeviceError) { try l.resume() } catch { throw TransferError(.device, "device \(l.id) (\(l.device.spec)) cannot resume: \(error)") }
+        }
+        let resumeTime = Monotonic.now - resumeStart
+        try control.send(.resumed, payload: Timings(a: loadTime.milliseconds, b: resumeTime.milliseconds).encoded())
+        report.destinationLoadTime = loadTime
+        report.destinationResumeTime = resumeTime
+        var digests: [UInt64?] = []
+        for l in loaders {
+            let d = try? l.device.digest()
+            digests.append(d)
+            report.devices[l.id].destinationDigest = d
+            report.devices[l.id].bytes = l.loadedBytes
+        }
+        try control.send(.ack, payload: DigestList(digests: digests).encoded())
+        report.receiverLoadRate = Double(loaders.reduce(UInt64(0)) { $0 + $1.loadedBytes }) / max(loadTime.seconds, 1e-6)
+
+        // The source's summary: downtime as it measured it, and its digests.
+        let summary = Mutex<MigrationSummary?>(nil)
+        try? group.run(only: 0) { (_, ch) throws(TransferError) in
+            let f = try ch.receive(timeout: .seconds(30))
+            guard f.header.type == .endOfStream, let s = try? MigrationSummary.decode(f.control) else { return }
+            summary.withLock { $0 = s }
+        }
+        let wires = Mutex<UInt64>(0)
+        try? group.run { (_, ch) throws(TransferError) in let x = ch.stats.wireBytes; wires.withLock { $0 += x } }
+        report.wireBytes = wires.withLock { $0 }
+        if let s = summary.withLock({ $0 }) {
+            report.downtime = s.downtime
+            report.expectedDowntime = s.expected
+            report.downtimeLimit = s.limit
+            report.iterations = s.iterations
+            report.precopyBytes = s.precopyBytes
+            report.stopcopyBytes = s.stopcopyBytes
+            for (i, d) in s.sourceDigests.enumerated() where i < report.devices.count { report.devices[i].sourceDigest = d }
+        }
+    }
+}
+
+/// Destination → source frames on channel 0, sent with plain blocking syscalls under a lock
+/// (they are small and rare; worker 0 keeps receiving on the same socket meanwhile).
+final class ControlReplies: Sendable {
+    let fd: Int32
+    let lock = Mutex(())
+    init(fd: Int32, timeout: Duration) { self.fd = fd }
+
+    func send(_ type: FrameType, stream: UInt16 = 0, payload: [UInt8] = []) throws(TransferError) {
+        let header = FrameHeader(type: type, stream: stream, rawLength: UInt32(payload.count), wireLength: UInt32(payload.count),
+                                 checksum: payload.withUnsafeBytes { xxh3($0) })
+        var bytes = [UInt8](repeating: 0, count: FrameHeader.size)
+        bytes.withUnsafeMutableBytes { header.encode(into: $0) }
+        bytes += payload
+        let ok = lock.withLock { _ in
+            bytes.withUnsafeBytes { b -> Bool in
+                var off = 0
+                while off < b.count {
+                    let n = Glibc.send(fd, b.baseAddress! + off, b.count - off, Int32(MSG_NOSIGNAL))
+                    if n < 0 && errno == EINTR { continue }
+                    if n <= 0 { return false }
+                    off += n
+                }
+                return true
+            }
+        }
+        guard ok else { throw TransferError(.peerClosed, "sending \(type) to the source failed: \(Errno.current)") }
+    }
+}

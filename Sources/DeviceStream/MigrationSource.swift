@@ -1,0 +1,428 @@
+import Glibc
+import Synchronization
+import DSWire
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
+
+/// Progress events a source emits while it migrates.
+public enum MigrationEvent: Sendable {
+    case setupDone(Duration)
+    case iteration(IterationReport)
+    case switchover(predicted: Duration?, reason: String)
+}
+
+/// The source end of a live migration.
+///
+/// It runs the devices' save hooks over the data path: setup (device headers; devices enter
+/// PRE_COPY), pre-copy rounds of dirty data spread over N channels, the scheduler's decision
+/// after each round, then switchover (devices to STOP_COPY, the rest of the state, config,
+/// end of state) and the destination's "every device is RUNNING". On any failure the source
+/// devices go back to RUNNING with their state intact.
+public final class MigrationSource {
+    public let devices: [any MigratableDevice]
+    public let configuration: MigrationConfiguration
+    private let warn: @Sendable (String) -> Void
+
+    public init(devices: [any MigratableDevice], configuration: MigrationConfiguration,
+                warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) {
+        self.devices = devices
+        self.configuration = configuration
+        self.warn = warn
+    }
+
+    /// Migrates every device to the destination listening at `endpoint`.
+    public func migrate(to endpoint: Endpoint, onEvent: @escaping (MigrationEvent) -> Void = { _ in }) -> MigrationReport {
+        let start = Monotonic.now
+        var report = MigrationReport()
+        report.downtimeLimit = configuration.downtimeLimit
+        report.connections = configuration.transfer.connections
+        report.compression = configuration.transfer.compression
+        report.devices = devices.enumerated().map { DeviceReport(id: $0.offset, spec: $0.element.spec, bytes: 0) }
+        let savers = devices.enumerated().map { DeviceSaver(id: $0.offset, device: $0.element) }
+        let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the source failed: \($0.message)").frame() })
+        var run = SourceRun(savers: savers, configuration: configuration, abort: abort, report: report)
+        do {
+            try run.execute(endpoint: endpoint, start: start, warn: warn, onEvent: onEvent)
+            report = run.report
+            report.completed = true
+        } catch {
+            abort.abort(error)
+            run.shutdown()
+            report = run.report
+            var states: [String] = []
+            for s in savers {
+                do throws(DeviceError) { try s.cleanup(success: false) } catch {
+                    states.append("\(s.device.spec) could not be restarted: \(error)")
+                    continue
+                }
+                states.append("\(s.device.spec) is \(s.device.state) again on the source")
+            }
+            report.error = TransferError(error.code, "\(error.message); \(states.joined(separator: ", "))")
+        }
+        run.shutdown()
+        report.totalTime = Monotonic.now - start
+        return report
+    }
+}
+
+/// Destination → source messages, read on channel 0 by their own thread and ring.
+final class Feedback: @unchecked Sendable {
+    // @unchecked: every field is guarded by `lock`.
+    private let lock = ConditionLock()
+    private var acks: Set<Int> = []
+    private(set) var receiverRate: Double?
+    private var resumed: Timings?
+    private var digests: DigestList?
+    private var failure: TransferError?
+    private var thread: OSThread?
+
+    func start(fd: Int32, options: TransferOptions, backend: IOBackendKind, abort: AbortSignal) {
+        thread = OSThread { [self] in
+            let ring: Ring
+            do { ring = try Ring(entries: 4, backend: backend) } catch {
+                let e = TransferError(.localIO, "cannot create an I/O ring for destination feedback: \(error)")
+                lock.withLock { failure = e; lock.broadcast() }
+                abort.abort(e)
+                return
+            }
+            let ch = Channel(index: 0, fd: fd, ring: ring, chunkSize: WireLimits.minChunkSize, compression: false,
+                             acceleration: 1, timeout: max(options.timeout, .seconds(600)))
+            do throws(TransferError) {
+                while true {
+                    let f = try ch.receive()
+                    switch f.header.type {
+                    case .switchoverAck: lock.withLock { acks.insert(Int(f.header.stream)); lock.broadcast() }
+                    case .loadStats:
+                        let t = try decode { () throws(WireError) in try Timings.decode(f.control) }
+                        lock.withLock { receiverRate = t.b }
+                    case .resumed:
+                        let t = try decode { () throws(WireError) in try Timings.decode(f.control) }
+                        lock.withLock { resumed = t; lock.broadcast() }
+                    case .ack:
+                        let d = try decode { () throws(WireError) in try DigestList.decode(f.control) }
+                        lock.withLock { digests = d; lock.broadcast() }
+                        return
+                    default:
+                        throw Channel.unexpected(f, expecting: "destination feedback", channel: 0)
+                    }
+                }
+            } catch {
+                let e = error.code == .peerClosed
+                    ? TransferError(.peerClosed, "the destination went away (\(error.message))") : error
+                lock.withLock { if failure == nil { failure = e }; lock.broadcast() }
+                abort.abort(e)
+            }
+        }
+    }
+
+    private func decode<T>(_ body: () throws(WireError) -> T) throws(TransferError) -> T {
+        do { return try body() } catch { throw TransferError(.protocolViolation, "malformed destination message: \(error)") }
+    }
+
+    func takeAcks() -> Set<Int> { lock.withLock { acks } }
+
+    func waitResumed(timeout: Duration) throws(TransferError) -> Timings {
+        var out: Timings?, err: TransferError?
+        lock.withLock {
+            _ = lock.wait(until: { resumed != nil || failure != nil }, timeout: timeout)
+            out = resumed; err = failure
+        }
+        if let out { return out }
+        throw err ?? TransferError(.timeout, "the destination did not report its devices running within \(timeout)")
+    }
+
+    func waitDigests(timeout: Duration) throws(TransferError) -> DigestList {
+        var out: DigestList?, err: TransferError?
+        lock.withLock {
+            _ = lock.wait(until: { digests != nil || failure != nil }, timeout: timeout)
+            out = digests; err = failure
+        }
+        if let out { return out }
+        throw err ?? TransferError(.timeout, "the destination did not report its digests within \(timeout)")
+    }
+
+    func join() { thread?.join(); thread = nil }
+}
+
+/// Paces pre-copy to `--max-bandwidth` across channels (a shared token schedule).
+final class Pacer: Sendable {
+    let rate: Double
+    let start: Duration
+    let sent = Atomic<UInt64>(0)
+    init(rate: UInt64) { self.rate = Double(rate); start = Monotonic.now }
+    func account(_ bytes: Int) {
+        let total = sent.add(UInt64(bytes), ordering: .relaxed).newValue
+        let due = start + .nanoseconds(Int64(Double(total) / rate * 1e9))
+        let now = Monotonic.now
+        if due > now {
+            let (s, atto) = (due - now).components
+            var ts = timespec(tv_sec: Int(s), tv_nsec: Int(atto / 1_000_000_000))
+            nanosleep(&ts, nil)
+        }
+    }
+}
+
+/// Per-device, per-channel counts of chunks and bytes sent.
+final class SentCounters: Sendable {
+    let chunks: Mutex<[[UInt64]]>
+    let bytes: Mutex<[UInt64]>
+    init(devices: Int, channels: Int) {
+        chunks = Mutex([[UInt64]](repeating: [UInt64](repeating: 0, count: channels), count: devices))
+        bytes = Mutex([UInt64](repeating: 0, count: devices))
+    }
+    func add(device: Int, channel: Int, bytes n: Int) {
+        chunks.withLock { $0[device][channel] += 1 }
+        bytes.withLock { $0[device] += UInt64(n) }
+    }
+    func totals(device: Int) -> DeviceTotals {
+        DeviceTotals(chunksPerChannel: chunks.withLock { $0[device] }, bytes: bytes.withLock { $0[device] }, digest: nil)
+    }
+}
+
+/// The state of one source run (kept apart so a failure can still read what happened).
+struct SourceRun {
+    let savers: [DeviceSaver]
+    let configuration: MigrationConfiguration
+    let abort: AbortSignal
+    var report: MigrationReport
+    var group: WorkerGroup<Channel>?
+    var sockets: [Int32] = []
+    let feedback = Feedback()
+
+    init(savers: [DeviceSaver], configuration: MigrationConfiguration, abort: AbortSignal, report: MigrationReport) {
+        self.savers = savers
+        self.configuration = configuration
+        self.abort = abort
+        self.report = report
+    }
+
+    mutating func shutdown() {
+        group?.shutdown()
+        group = nil
+        abort.shutdownAll()
+        feedback.join()
+        for fd in sockets { close(fd) }
+        sockets = []
+    }
+
+    private func device(_ error: DeviceError) -> TransferError { TransferError(.device, error.message) }
+
+    /// One round: every channel claims ranges, then drains the stream devices.
+    func sendRound(_ items: [SaveItem], streams: [DeviceSaver], flags: FrameFlags, iteration: Int, pacer: Pacer?,
+                   counters: SentCounters) throws(TransferError) -> (bytes: UInt64, wire: UInt64) {
+        guard let group else { return (0, 0) }
+        let cursor = Atomic<Int>(0)
+        let totals = Mutex<(UInt64, UInt64)>((0, 0))
+        let fds = try savers.map { (s) throws(TransferError) -> Int32 in
+            guard let a = s.device as? any AddressableDevice else { return -1 }
+            do throws(DeviceError) { return try a.dataFD(for: .save) } catch { throw device(error) }
+        }
+        let savers = self.savers
+        try group.run { (i, ch) throws(TransferError) in
+            var bytes: UInt64 = 0
+            let wire0 = ch.stats.wireBytes
+            while true {
+                let k = cursor.add(1, ordering: .relaxed).oldValue
+                guard k < items.count else { break }
+                guard case .range(let d, let offset, let length) = items[k] else { continue }
+                let buf = UnsafeMutableRawBufferPointer(rebasing: ch.readBuffer[0..<length])
+                let n: Int
+                do { n = try ch.ring.readFully(fd: fds[d], into: buf, offset: offset, slot: ch.inSlot) } catch {
+                    throw TransferError(.device, "reading device \(d) (\(savers[d].device.spec)) at \(offset) failed: \(error)")
+                }
+                guard n == length else { throw TransferError(.device, "device \(d) returned \(n) of \(length) bytes at \(offset)") }
+                pacer?.account(length)
+                try ch.sendChunk(type: .data, stream: UInt16(d), position: offset, length: length, digestIndex: 0,
+                                 flags: flags, aux: UInt32(iteration))
+                counters.add(device: d, channel: i, bytes: length)
+                bytes += UInt64(length)
+            }
+            for s in streams {
+                while true {
+                    let piece: (seq: UInt64, count: Int)?
+                    do { piece = try s.readStream(into: ch.readBuffer) } catch {
+                        throw TransferError(.device, "reading device \(s.id) (\(s.device.spec)) failed: \(error)")
+                    }
+                    guard let piece else { break }
+                    pacer?.account(piece.count)
+                    try ch.sendChunk(type: .streamData, stream: UInt16(s.id), position: piece.seq, length: piece.count,
+                                     digestIndex: 0, flags: flags, aux: UInt32(iteration))
+                    counters.add(device: s.id, channel: i, bytes: piece.count)
+                    bytes += UInt64(piece.count)
+                }
+            }
+            // Every channel marks the round's end: a keepalive for channels that had no data.
+            try ch.sendControl(.iterationMark, aux: UInt32(iteration))
+            let w = ch.stats.wireBytes - wire0
+            totals.withLock { $0.0 += bytes; $0.1 += w }
+        }
+        return totals.withLock { $0 }
+    }
+
+    mutating func execute(endpoint: Endpoint, start: Duration, warn: @escaping @Sendable (String) -> Void,
+                          onEvent: (MigrationEvent) -> Void) throws(TransferError) {
+        let options = configuration.transfer
+        try options.validate()
+        guard !savers.isEmpty, savers.count <= WireLimits.maxDevices else {
+            throw TransferError(.usage, "a migration carries 1...\(WireLimits.maxDevices) devices, got \(savers.count)")
+        }
+        let backend = options.backend ?? IOBackend.preferred
+        let (g, s) = try ChannelSet.connect(to: endpoint, options: options, mode: .migration, totalSize: nil,
+                                            abort: abort, backend: backend, warn: warn)
+        group = g
+        sockets = s
+        let n = options.connections
+        let counters = SentCounters(devices: savers.count, channels: n)
+        let savers = self.savers
+
+        // save_setup: devices enter PRE_COPY; headers go on channel 0; the destination answers
+        // once its devices are set up (RESUMING). That exchange is the first round-trip sample.
+        let t0 = Monotonic.now
+        for s in savers { do throws(DeviceError) { try s.saveSetup() } catch { throw device(error) } }
+        let stopProxy = Monotonic.now - t0
+        let rttStart = Monotonic.now
+        try g.run(only: 0) { (_, ch) throws(TransferError) in
+            for s in savers {
+                try ch.sendControl(.deviceSection, stream: UInt16(s.id), aux: UInt32(savers.count), payload: s.header.encoded())
+            }
+            let reply = try ch.receive()
+            guard reply.header.type == .accept else { throw Channel.unexpected(reply, expecting: "setup accept", channel: 0) }
+        }
+        let rtt = Monotonic.now - rttStart
+        report.setupTime = Monotonic.now - start
+        onEvent(.setupDone(report.setupTime))
+        feedback.start(fd: s[0], options: options, backend: backend, abort: abort)
+
+        var sched = PrecopyScheduler(configuration: SchedulerConfiguration(
+            downtimeLimit: configuration.downtimeLimit, maxBandwidth: configuration.maxBandwidth, policy: configuration.policy,
+            deadline: configuration.deadline,
+            defaultFixedCosts: FixedCosts(stopTransition: max(stopProxy, .milliseconds(1)), configState: rtt,
+                                          destinationResume: .milliseconds(2), roundTrip: rtt),
+            maxIterations: configuration.maxIterations), start: Instant(nanoseconds: Monotonic.nanoseconds))
+        let precopyDevices = savers.filter { $0.supportsPrecopy }
+        for s in precopyDevices { sched.registerDevice(id: s.id) }
+        let streams = precopyDevices.filter { $0.header.kind == 1 }
+
+        // Pre-copy rounds until the scheduler says otherwise.
+        var iteration = 0
+        var decision: Action = .iterate(rateLimit: nil)
+        while true {
+            iteration += 1
+            var items: [SaveItem] = []
+            for s in precopyDevices where s.header.kind == 0 {
+                do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &items) } catch { throw device(error) }
+            }
+            for s in streams { do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &items) } catch { throw device(error) } }
+            let pacer = sched.precopyRateLimit.map { Pacer(rate: $0) }
+            let roundStart = Monotonic.now
+            let (bytes, wire) = try sendRound(items.filter { if case .range = $0 { true } else { false } }, streams: streams,
+                                              flags: [], iteration: iteration, pacer: pacer, counters: counters)
+            let duration = Monotonic.now - roundStart
+            if iteration == 1 {
+                try g.run(only: 0) { (_, ch) throws(TransferError) in
+                    for s in precopyDevices {
+                        try ch.sendControl(.initDataSent, stream: UInt16(s.id), payload: counters.totals(device: s.id).encoded())
+                    }
+                }
+            }
+            report.precopyBytes += bytes
+            report.iterations = iteration
+            sched.recordSent(bytes: bytes, wireBytes: wire, over: duration)
+            if let r = feedback.receiverRate { sched.recordReceiverLoadRate(bytesPerSecond: r); report.receiverLoadRate = r }
+            for id in feedback.takeAcks() { sched.switchoverAcknowledged(deviceID: id) }
+            var dirty: UInt64 = 0
+            for s in savers {
+                let p: (precopy: UInt64, stopCopyOnly: UInt64)
+                do throws(DeviceError) { p = try s.pending() } catch { throw device(error) }
+                sched.updateRemaining(deviceID: s.id, dirtyBytes: p.precopy, stopCopyOnlyBytes: p.stopCopyOnly)
+                dirty += p.precopy + p.stopCopyOnly
+            }
+            decision = sched.nextAction(now: Instant(nanoseconds: Monotonic.nanoseconds))
+            let round = IterationReport(iteration: iteration, sentBytes: bytes, wireBytes: wire, dirtyBytes: dirty,
+                                        bandwidth: sched.bandwidthBytesPerSecond, predictedDowntime: sched.predictedDowntime,
+                                        duration: duration)
+            report.rounds.append(round)
+            onEvent(.iteration(round))
+            if let e = abort.error { throw e }
+            switch decision {
+            case .iterate:
+                if bytes == 0 { usleep(20_000) }  // nothing was dirty: let the workload run, do not spin
+                continue
+            case .waitForSwitchoverAck:
+                usleep(10_000)
+                continue
+            case .switchover, .abort:
+                break
+            }
+            break
+        }
+        if case .abort(let reason) = decision {
+            report.converged = false
+            throw TransferError(.aborted, "migration aborted, staying on the source: \(reason)")
+        }
+        guard case .switchover(let reason) = decision else { throw TransferError(.aborted, "unexpected scheduler decision") }
+        report.converged = reason == .converged || reason == .nothingToSend
+        report.switchoverReason = reason.rawValue
+        report.expectedDowntime = sched.predictedDowntime
+        onEvent(.switchover(predicted: sched.predictedDowntime, reason: reason.rawValue))
+
+        // complete_precopy: downtime starts when the first device leaves a running state.
+        let downStart = Monotonic.now
+        for s in savers { do throws(DeviceError) { _ = try s.enterStopCopy() } catch { throw device(error) } }
+        try g.run(only: 0) { (_, ch) throws(TransferError) in try ch.sendControl(.switchover) }
+        var items: [SaveItem] = []
+        for s in savers where s.header.kind == 0 {
+            do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &items) } catch { throw device(error) }
+        }
+        let allStreams = savers.filter { $0.header.kind == 1 }
+        for s in allStreams { do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &items) } catch { throw device(error) } }
+        let (stopBytes, _) = try sendRound(items.filter { if case .range = $0 { true } else { false } }, streams: allStreams,
+                                           flags: [.stopCopy], iteration: iteration + 1, pacer: nil, counters: counters)
+        report.stopcopyBytes = stopBytes
+        try g.run(only: 0) { (_, ch) throws(TransferError) in
+            for s in savers {
+                let config: [UInt8]
+                do throws(DeviceError) { config = try s.device.saveConfig() } catch { throw TransferError(.device, error.message) }
+                try ch.sendControl(.configState, stream: UInt16(s.id), payload: config)
+                try ch.sendControl(.endOfState, stream: UInt16(s.id), payload: counters.totals(device: s.id).encoded())
+            }
+        }
+        try g.run { (_, ch) throws(TransferError) in
+            try ch.sendControl(.channelEnd, payload: ChannelEnd(chunks: ch.stats.chunks, rawBytes: ch.stats.rawBytes).encoded())
+        }
+        let timings = try feedback.waitResumed(timeout: options.timeout)
+        report.downtime = Monotonic.now - downStart
+        report.destinationLoadTime = .microseconds(Int64(timings.a * 1000))
+        report.destinationResumeTime = .microseconds(Int64(timings.b * 1000))
+
+        // Proof: the destination's digests against the source's (both devices are stopped
+        // now, or running without a workload on the destination).
+        let dest = try feedback.waitDigests(timeout: options.timeout + .seconds(60))
+        var sourceDigests: [UInt64?] = []
+        for s in savers {
+            report.devices[s.id].bytes = counters.totals(device: s.id).bytes
+            let d = try? s.device.digest()
+            sourceDigests.append(d)
+            report.devices[s.id].sourceDigest = d
+            report.devices[s.id].destinationDigest = s.id < dest.digests.count ? dest.digests[s.id] : nil
+        }
+        var w: UInt64 = 0
+        let summary = MigrationSummary(downtime: report.downtime!, expected: report.expectedDowntime, limit: configuration.downtimeLimit,
+                                       iterations: iteration, precopyBytes: report.precopyBytes, stopcopyBytes: report.stopcopyBytes,
+                                       sourceDigests: sourceDigests)
+        try g.run(only: 0) { (_, ch) throws(TransferError) in try ch.sendControl(.endOfStream, payload: summary.encoded()) }
+        let wires = Mutex<UInt64>(0)
+        try g.run { (_, ch) throws(TransferError) in let x = ch.stats.wireBytes; wires.withLock { $0 += x } }
+        w = wires.withLock { $0 }
+        report.wireBytes = w
+        for s in savers {
+            let src = report.devices[s.id].sourceDigest, dst = report.devices[s.id].destinationDigest
+            if let src, let dst, src != dst {
+                throw TransferError(.corruption, "device \(s.id) (\(s.device.spec)): the destination's state digest \(TransferDigestHex.hex(dst)) differs from the source's \(TransferDigestHex.hex(src))")
+            }
+        }
+        for s in savers { do throws(DeviceError) { try s.cleanup(success: true) } catch { throw device(error) } }
+    }
+}
