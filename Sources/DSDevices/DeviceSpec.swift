@@ -2,7 +2,7 @@
 ///
 /// Kinds and keys:
 /// - `sim:size=SIZE[,dirty-rate=SIZE/s][,hot=PCT][,profile=mixed|zero|random|text][,seed=N][,chunk=SIZE]`
-///   (defaults: size=1G, dirty-rate=0, hot=10%, profile=mixed, seed=1, chunk=1M);
+///   (defaults: size=1G, dirty-rate=0, hot=10%, profile=mixed, seed=1, chunk=4K: the dirty-tracking granularity);
 /// - `vfio-emu:size=SIZE[,dirty-rate=SIZE][,seed=N]` (size required; dirty-rate=0, seed=1);
 /// - `file:PATH`; `vfio:PATH` (a real VFIO v2 device, opened by `VFIODevice`).
 ///
@@ -19,7 +19,7 @@ public struct DeviceSpec: Sendable, Equatable, CustomStringConvertible {
         public var hotFraction: Double = 0.1
         public var profile: ContentProfile = .mixed
         public var seed: UInt64 = 1
-        public var chunkSize: Int = 1 << 20
+        public var chunkSize: Int = 4 << 10  // dirty tracking per 4 KiB page, as KVM and VFIO track
         public init() {}
     }
 

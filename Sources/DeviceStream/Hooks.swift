@@ -103,16 +103,31 @@ public final class DeviceSaver: @unchecked Sendable {
         if let a = device as? any AddressableDevice {
             var chunks: [UInt64] = []
             try a.takeDirtyChunks(into: &chunks)
+            // Coalesce runs of adjacent dirty tracking chunks (pages) into transfer chunks of at
+            // most `chunkSize`, so fine-grained tracking does not mean tiny frames.
             let track = UInt64(a.trackingChunkSize)
-            for c in chunks {
-                var off = c * track
-                let end = min(off + track, a.size)
-                while off < end {
-                    let n = Int(min(UInt64(chunkSize), end - off))
+            chunks.sort()
+            var runStart: UInt64 = 0, runEnd: UInt64 = 0  // byte range [runStart, runEnd)
+            func flush() {
+                var off = runStart
+                while off < runEnd {
+                    let n = Int(min(UInt64(chunkSize), runEnd - off))
                     items.append(.range(device: id, offset: off, length: n))
                     off += UInt64(n)
                 }
             }
+            for c in chunks {
+                let off = c * track
+                let end = min(off + track, a.size)
+                if off == runEnd && runEnd > runStart {
+                    runEnd = end
+                } else {
+                    flush()
+                    runStart = off
+                    runEnd = end
+                }
+            }
+            flush()
         } else {
             streamLock.withLock { streamEnded = false }
             items.append(.drain(device: id))

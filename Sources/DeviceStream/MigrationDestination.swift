@@ -107,6 +107,9 @@ public final class MigrationDestination {
         let endOfState = Mutex<[Int: DeviceTotals]>([:])
         let configs = Mutex<Set<Int>>([])
         let loadStart = Monotonic.now
+        // The load rate per round: bytes loaded between round marks over the time from the
+        // round's first chunk to its mark (idle gaps between rounds do not count).
+        let roundRate = Mutex<(lastBytes: UInt64, firstData: Duration?)>((0, nil))
         @Sendable func checkAck(_ d: Int) throws(TransferError) {
             guard let counts = pendingInit.withLock({ $0[d] }), !acked.withLock({ $0.contains(d) }) else { return }
             guard loadersCopy[d].hasLoaded(counts) else { return }
@@ -123,16 +126,23 @@ public final class MigrationDestination {
                 }
                 switch h.type {
                 case .data:
+                    roundRate.withLock { if $0.firstData == nil { $0.firstData = Monotonic.now } }
                     try loadersCopy[d].load(f.bytes, at: h.position, channel: i, ring: ch.ring, slot: f.slot)
                     try checkAck(d)
                 case .streamData:
+                    roundRate.withLock { if $0.firstData == nil { $0.firstData = Monotonic.now } }
                     try loadersCopy[d].loadStream(f.bytes, seq: h.position, channel: i, timeout: options.timeout, abort: abort)
                     try checkAck(d)
                 case .iterationMark:
                     if i == 0 {
                         let loaded = loadersCopy.reduce(UInt64(0)) { $0 + $1.loadedBytes }
-                        let secs = max((Monotonic.now - loadStart).seconds, 1e-6)
-                        try control.send(.loadStats, payload: Timings(a: Double(loaded), b: Double(loaded) / secs).encoded())
+                        let now = Monotonic.now
+                        let rate = roundRate.withLock { r -> Double? in
+                            defer { r = (loaded, nil) }
+                            guard let first = r.firstData, loaded - r.lastBytes >= 1 << 20 else { return nil }
+                            return Double(loaded - r.lastBytes) / max((now - first).seconds, 1e-6)
+                        }
+                        if let rate { try control.send(.loadStats, payload: Timings(a: Double(loaded), b: rate).encoded()) }
                     }
                 case .initDataSent where i == 0:
                     let t: DeviceTotals

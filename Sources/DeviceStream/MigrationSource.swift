@@ -370,7 +370,9 @@ struct SourceRun {
 
         // complete_precopy: downtime starts when the first device leaves a running state.
         let downStart = Monotonic.now
+        let trace = Trace(start: downStart)
         for s in savers { do throws(DeviceError) { _ = try s.enterStopCopy() } catch { throw device(error) } }
+        trace.mark("devices in STOP_COPY")
         try g.run(only: 0) { (_, ch) throws(TransferError) in try ch.sendControl(.switchover) }
         var items: [SaveItem] = []
         for s in savers where s.header.kind == 0 {
@@ -381,6 +383,7 @@ struct SourceRun {
         let (stopBytes, _) = try sendRound(items.filter { if case .range = $0 { true } else { false } }, streams: allStreams,
                                            flags: [.stopCopy], iteration: iteration + 1, pacer: nil, counters: counters)
         report.stopcopyBytes = stopBytes
+        trace.mark("stop-copy data sent (\(stopBytes) bytes, \(items.count) items)")
         try g.run(only: 0) { (_, ch) throws(TransferError) in
             for s in savers {
                 let config: [UInt8]
@@ -389,10 +392,13 @@ struct SourceRun {
                 try ch.sendControl(.endOfState, stream: UInt16(s.id), payload: counters.totals(device: s.id).encoded())
             }
         }
+        trace.mark("config and end of state sent")
         try g.run { (_, ch) throws(TransferError) in
             try ch.sendControl(.channelEnd, payload: ChannelEnd(chunks: ch.stats.chunks, rawBytes: ch.stats.rawBytes).encoded())
         }
+        trace.mark("channel ends sent")
         let timings = try feedback.waitResumed(timeout: options.timeout)
+        trace.mark("destination resumed (load \(timings.a) ms, resume \(timings.b) ms)")
         report.downtime = Monotonic.now - downStart
         report.destinationLoadTime = .microseconds(Int64(timings.a * 1000))
         report.destinationResumeTime = .microseconds(Int64(timings.b * 1000))
@@ -424,5 +430,15 @@ struct SourceRun {
             }
         }
         for s in savers { do throws(DeviceError) { try s.cleanup(success: true) } catch { throw device(error) } }
+    }
+}
+
+/// Switchover phase timings on stderr when DEVSTREAM_TRACE is set (a debugging aid).
+struct Trace {
+    let start: Duration
+    let on = getenv("DEVSTREAM_TRACE") != nil
+    func mark(_ what: @autoclosure () -> String) {
+        guard on else { return }
+        printWarning("trace: +\((Monotonic.now - start).milliseconds) ms \(what())")
     }
 }
