@@ -67,6 +67,10 @@ public final class DeviceSaver: @unchecked Sendable {
     private let streamLock = ConditionLock()
     private var nextSequence: UInt64 = 0
     private var streamEnded = false
+    /// Bytes planned per dirty byte in the last round (gap closing sends some clean pages).
+    private var amplification = 1.0
+    /// The largest run of clean bytes a round sends to join two dirty runs into one frame.
+    static let maxGap: UInt64 = 64 << 10
 
     public init(id: Int, device: any MigratableDevice) {
         self.id = id
@@ -91,7 +95,7 @@ public final class DeviceSaver: @unchecked Sendable {
     public func pending() throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64) {
         if !supportsPrecopy { return (0, try device.stopCopySize()) }
         if let a = device as? any AddressableDevice {
-            return (a.dirtyByteCount(), 0)
+            return (UInt64(Double(a.dirtyByteCount()) * amplification), 0)
         }
         let info = try device.precopyInfo()
         return (info.initialBytes + info.dirtyBytes, 0)
@@ -119,10 +123,17 @@ public final class DeviceSaver: @unchecked Sendable {
             for c in chunks {
                 let off = c * track
                 let end = min(off + track, a.size)
-                if off == runEnd && runEnd > runStart {
+                // Close gaps of clean pages up to `maxGap`: re-sending a few unchanged pages
+                // costs less than a frame per scattered page (the bytes are current, so the
+                // destination stays consistent).
+                if runEnd > runStart && off >= runEnd && off - runEnd <= DeviceSaver.maxGap
+                    && end - runStart <= UInt64(chunkSize) {
                     runEnd = end
                 } else {
                     flush()
+            let dirtyBytes = UInt64(chunks.count) * track
+            let planned = items.reduce(UInt64(0)) { if case .range(let d, _, let n) = $1, d == id { $0 + UInt64(n) } else { $0 } }
+            if dirtyBytes > 0 { amplification = max(1, Double(planned) / Double(dirtyBytes)) }
                     runStart = off
                     runEnd = end
                 }
@@ -168,7 +179,7 @@ public final class DeviceSaver: @unchecked Sendable {
     public func cleanup(success: Bool) throws(DeviceError) {
         if success {
             if device.state != .stop { try device.setState(.stop) }
-        } else if !VFIOStateMachine.isRunning(device.state) || device.state != .running {
+        } else if device.state != .running {
             try device.setState(.running)
         }
     }

@@ -234,6 +234,79 @@ enum Bench {
 }
 
 struct MigrationSweep: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "migration", abstract: "Sweep dirty rates and downtime limits over live migrations of a simulated device.")
-    func run() throws { throw ValidationError("migration sweep: not built yet") }
+    static let configuration = CommandConfiguration(
+        commandName: "migration",
+        abstract: "Sweep dirty rates (fractions of the measured bandwidth) and downtime limits over live migrations of a simulated device.")
+    @Option(help: "Simulated device size.") var size: String = "1G"
+    @Option(help: "Dirty rates as fractions of the measured bandwidth.") var dirtyFractions: String = "0,0.1,0.3,0.6"
+    @Option(help: "Downtime limits.") var limits: String = "100ms,300ms"
+    @Option(help: "TCP connections.") var connections: Int = 2
+    @Option(help: "Deadline per run; a run that has not converged by then switches over anyway.") var deadline: String = "10s"
+    @Option(help: "Hot fraction of the device.") var hot: Double = 0.1
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let bytes = try SizeParsing.parse(size)
+        let fractions = dirtyFractions.split(separator: ",").compactMap { Double($0) }
+        let limitList = try limits.split(separator: ",").map { try DurationParsing.parse(String($0)) }
+        let dl = try DurationParsing.parse(deadline)
+        // The bandwidth the fractions refer to: a migration with no dirtying, measured here
+        // (the second of two: the first pays for the process's first touch of fresh memory).
+        _ = try Self.migrate(size: bytes, dirtyRate: 0, hot: hot, limit: .milliseconds(300), connections: connections, deadline: dl)
+        let probe = try Self.migrate(size: bytes, dirtyRate: 0, hot: hot, limit: .milliseconds(300), connections: connections, deadline: dl)
+        guard let bandwidth = probe.rounds.first.map({ Double($0.sentBytes) / $0.duration.seconds }) else {
+            throw ValidationError("the probe migration failed: \(probe.error?.message ?? "?")")
+        }
+        var rows: [[String: Any]] = []
+        if !json {
+            print(String(format: "stream-bench migration: %@ sim device, %d connections, measured bandwidth %.0f MiB/s", Format.bytes(bytes), connections, bandwidth / 1048576))
+            print("| dirty rate | limit | converged | iterations | downtime (measured) | downtime (predicted) | total time |")
+            print("|---|---|---|---|---|---|---|")
+        }
+        for f in fractions {
+            for limit in limitList {
+                let rate = UInt64(bandwidth * f)
+                let r = try Self.migrate(size: bytes, dirtyRate: rate, hot: hot, limit: limit, connections: connections, deadline: dl)
+                let row: [String: Any] = [
+                    "dirty_fraction": f, "dirty_rate_bytes_per_sec": rate, "downtime_limit_ms": limit.milliseconds,
+                    "status": r.completed ? "completed" : "failed", "converged": r.converged ?? false,
+                    "iterations": r.iterations, "downtime_ms": r.downtime?.milliseconds ?? -1,
+                    "expected_downtime_ms": r.expectedDowntime?.milliseconds ?? -1, "total_time_ms": r.totalTime.milliseconds,
+                    "error": r.error?.message ?? "",
+                ]
+                rows.append(row)
+                if !json {
+                    let down = r.downtime.map { String(format: "%.1f ms", $0.milliseconds) } ?? "-"
+                    let pred = r.expectedDowntime.map { String(format: "%.1f ms", $0.milliseconds) } ?? "-"
+                    print(String(format: "| %.0f%% (%@/s) | %.0f ms | %@ | %d | %@ | %@ | %.2f s |", f * 100, Format.bytes(rate), limit.milliseconds,
+                                 r.completed ? ((r.converged ?? false) ? "yes" : "no (\(r.switchoverReason ?? "-"))") : "failed: \(r.error?.message ?? "")",
+                                 r.iterations, down, pred, r.totalTime.seconds))
+                }
+            }
+        }
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: ["bandwidth_bytes_per_sec": bandwidth.rounded(), "size": bytes, "runs": rows], options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        }
+    }
+
+    /// One in-process migration of a fresh simulated device over loopback.
+    static func migrate(size: UInt64, dirtyRate: UInt64, hot: Double, limit: Duration, connections: Int, deadline: Duration) throws -> MigrationReport {
+        let src = try SimulatedDevice(size: size, dirtyRate: dirtyRate, hotFraction: hot, profile: .mixed, seed: 1)
+        let dst = try SimulatedDevice(destinationSize: size)
+        defer { src.close(); dst.close() }
+        var config = MigrationConfiguration()
+        config.transfer.connections = connections
+        config.downtimeLimit = limit
+        config.policy = .switchover
+        config.deadline = deadline
+        let destination = try MigrationDestination(listen: Endpoint(host: "127.0.0.1", port: 0), devices: [dst], options: config.transfer, warn: { _ in })
+        nonisolated(unsafe) var destReport: MigrationReport?
+        let t = OSThread { destReport = destination.run(acceptTimeout: .seconds(30)) }
+        var r = MigrationSource(devices: [src], configuration: config, warn: { _ in }).migrate(to: destination.listener.endpoint)
+        t.join()
+        if r.completed, let d = destReport, !d.completed { r.completed = false; r.error = d.error }
+        return r
+    }
 }
