@@ -39,13 +39,15 @@ let package = Package(
         .executableTarget(name: "stream-bench", dependencies: [
             "DeviceStream", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // Shared by the test targets (a fault-injecting proxy, data helpers); not a product.
+        .target(name: "DSTestSupport", dependencies: ["DSTransport", "DSWire", "DSCodec", "DSRing"], path: "Tests/DSTestSupport"),
         .testTarget(name: "DSWireTests", dependencies: ["DSWire"]),
         .testTarget(name: "DSCodecTests", dependencies: ["DSCodec"]),
         .testTarget(name: "DSRingTests", dependencies: ["DSRing"]),
-        .testTarget(name: "DSTransportTests", dependencies: ["DSTransport", "DSCodec"]),
+        .testTarget(name: "DSTransportTests", dependencies: ["DSTransport", "DSCodec", "DSTestSupport"]),
         .testTarget(name: "DSDevicesTests", dependencies: ["DSDevices"]),
         .testTarget(name: "DSSchedulerTests", dependencies: ["DSScheduler"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["DeviceStream"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["DeviceStream", "DSTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -60,7 +60,7 @@ public final class SimulatedDevice: AddressableDevice, @unchecked Sendable {
 
     /// A source device: content of `profile`/`seed`, in RUNNING, dirtied at `dirtyRate` bytes/s.
     public init(size: UInt64, dirtyRate: UInt64 = 0, hotFraction: Double = 0.1, profile: ContentProfile = .mixed,
-                seed: UInt64 = 1, chunkSize: Int = 1 << 20, spec: String? = nil) throws(DeviceError) {
+                seed: UInt64 = 1, chunkSize: Int = 4 << 10, spec: String? = nil) throws(DeviceError) {
         let text = spec ?? "sim:size=\(size),dirty-rate=\(dirtyRate),hot=\(hotFraction),profile=\(profile.rawValue),seed=\(seed),chunk=\(chunkSize)"
         (fd, base) = try Self.makeMapping(size: size, chunkSize: chunkSize, spec: text, populate: true)
         self.spec = text
@@ -85,7 +85,7 @@ public final class SimulatedDevice: AddressableDevice, @unchecked Sendable {
     }
 
     /// A destination device: `destinationSize` zero bytes, in RESUMING, no workload.
-    public init(destinationSize: UInt64, chunkSize: Int = 1 << 20, spec: String? = nil) throws(DeviceError) {
+    public init(destinationSize: UInt64, chunkSize: Int = 4 << 10, spec: String? = nil) throws(DeviceError) {
         let text = spec ?? "sim:size=\(destinationSize)"
         (fd, base) = try Self.makeMapping(size: destinationSize, chunkSize: chunkSize, spec: text)
         self.spec = text
@@ -267,7 +267,7 @@ public final class SimulatedDevice: AddressableDevice, @unchecked Sendable {
 
     /// Test hook: writes `bytes` at `offset` the way the device would (through its mapping) and
     /// marks the chunk dirty.
-    func simulateDeviceWrite(at offset: UInt64, _ bytes: [UInt8]) {
+    public func simulateDeviceWrite(at offset: UInt64, _ bytes: [UInt8]) {
         lock.lock(); defer { lock.unlock() }
         guard let base, offset + UInt64(bytes.count) <= size, !bytes.isEmpty else { return }
         bytes.withUnsafeBytes { (base + Int(offset)).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }

@@ -4,6 +4,7 @@ import DSRing
 import DSWire
 import DSCodec
 @testable import DSTransport
+import DSTestSupport
 
 @Suite(.serialized) struct TransferRoundTripTests {
     @Test(arguments: [1, 2, 4], [true, false])

@@ -3,14 +3,14 @@ import Foundation
 import DSRing
 import DSWire
 import DSCodec
-@testable import DSTransport
+import DSTransport
 
-func tmpPath(_ name: String) -> String {
+public func tmpPath(_ name: String) -> String {
     "/tmp/dstransport-\(getpid())-\(UInt32.random(in: 0...UInt32.max))-\(name)"
 }
 
 /// Seeded bytes with mixed compressibility: zero runs, a counter pattern, random.
-func testData(_ count: Int, seed: UInt64) -> [UInt8] {
+public func testData(_ count: Int, seed: UInt64) -> [UInt8] {
     var s = seed &* 0x9E37_79B9_7F4A_7C15 | 1
     var out = [UInt8](repeating: 0, count: count)
     var i = 0
@@ -29,17 +29,17 @@ func testData(_ count: Int, seed: UInt64) -> [UInt8] {
     return out
 }
 
-func writeFile(_ path: String, _ bytes: [UInt8]) {
+public func writeFile(_ path: String, _ bytes: [UInt8]) {
     FileManager.default.createFile(atPath: path, contents: Data(bytes))
 }
 
-func readFile(_ path: String) -> [UInt8]? {
+public func readFile(_ path: String) -> [UInt8]? {
     FileManager.default.contents(atPath: path).map { [UInt8]($0) }
 }
 
-func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+public func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
-func options(connections: Int = 2, compression: Bool = true, chunk: Int = 64 << 10, timeout: Duration = .seconds(5),
+public func options(connections: Int = 2, compression: Bool = true, chunk: Int = 64 << 10, timeout: Duration = .seconds(5),
              backend: IOBackendKind? = nil) -> TransferOptions {
     var o = TransferOptions()
     o.connections = connections
@@ -51,7 +51,7 @@ func options(connections: Int = 2, compression: Bool = true, chunk: Int = 64 << 
 }
 
 /// Runs a receiver on a thread and a sender here; returns both reports.
-func transfer(source: String, output: String, options: TransferOptions, to endpoint: Endpoint? = nil,
+public func transfer(source: String, output: String, options: TransferOptions, to endpoint: Endpoint? = nil,
               receiverOptions: TransferOptions? = nil) throws -> (sent: TransferReport, received: TransferReport) {
     let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: receiverOptions ?? options, warn: { _ in })
     nonisolated(unsafe) var received: TransferReport?
@@ -64,13 +64,13 @@ func transfer(source: String, output: String, options: TransferOptions, to endpo
 
 /// A one-connection TCP proxy that forwards both ways and lets a test corrupt, truncate or
 /// cut the client → server byte stream.
-final class FaultProxy: @unchecked Sendable {
-    enum Fault { case none, flip(at: Int), truncate(after: Int), kill(after: Int) }
-    let listenFD: Int32
-    let port: UInt16
+public final class FaultProxy: @unchecked Sendable {
+    public enum Fault: Sendable { case none, flip(at: Int), truncate(after: Int), kill(after: Int), flipAfterSwitchover, truncateAfterSwitchover }
+    public let listenFD: Int32
+    public let port: UInt16
     private var thread: OSThread?
 
-    init(to target: Endpoint, fault: Fault) throws {
+    public init(to target: Endpoint, fault: Fault) throws {
         (listenFD, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
         let lfd = listenFD
         thread = OSThread {
@@ -93,10 +93,18 @@ final class FaultProxy: @unchecked Sendable {
             }
             var buf = [UInt8](repeating: 0, count: 65536)
             var total = 0
+            var tracker = FrameTracker()
             loop: while true {
                 let n = buf.withUnsafeMutableBytes { recv(client, $0.baseAddress, $0.count, 0) }
                 if n <= 0 { break }
                 var count = n
+                tracker.feed(buf[0..<n])
+                var fault = fault
+                if let s = tracker.switchoverEnd {
+                    // 45 bytes past the switchover frame: inside the next frame's payload.
+                    if case .flipAfterSwitchover = fault { fault = .flip(at: s + 45) }
+                    if case .truncateAfterSwitchover = fault { fault = .truncate(after: s + 10) }
+                }
                 switch fault {
                 case .flip(let at) where at >= total && at < total + n: buf[at - total] ^= 0x01
                 case .truncate(let after), .kill(let after):
@@ -126,12 +134,12 @@ final class FaultProxy: @unchecked Sendable {
         }
     }
 
-    var endpoint: Endpoint { Endpoint(host: "127.0.0.1", port: port) }
-    func join() { thread?.join(); close(listenFD) }
+    public var endpoint: Endpoint { Endpoint(host: "127.0.0.1", port: port) }
+    public func join() { thread?.join(); close(listenFD) }
 }
 
 /// Connects a raw TCP socket to `endpoint`.
-func rawConnect(_ endpoint: Endpoint) -> Int32 {
+public func rawConnect(_ endpoint: Endpoint) -> Int32 {
     let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET); addr.sin_port = endpoint.port.bigEndian
@@ -140,12 +148,40 @@ func rawConnect(_ endpoint: Endpoint) -> Int32 {
     return s
 }
 
-func sendRaw(_ fd: Int32, _ bytes: [UInt8]) {
+public func sendRaw(_ fd: Int32, _ bytes: [UInt8]) {
     _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
 }
 
-func frameBytes(_ h: FrameHeader, payload: [UInt8] = []) -> [UInt8] {
+public func frameBytes(_ h: FrameHeader, payload: [UInt8] = []) -> [UInt8] {
     var b = [UInt8](repeating: 0, count: FrameHeader.size)
     b.withUnsafeMutableBytes { h.encode(into: $0) }
     return b + payload
+}
+
+/// Follows a sender's byte stream frame by frame (preamble, then 40-byte headers and their
+/// payloads) to find where the `switchover` frame ends.
+struct FrameTracker {
+    var offset = 0
+    var phase = 0  // 0 preamble, 1 header, 2 payload
+    var need = Preamble.size
+    var header: [UInt8] = []
+    var switchoverEnd: Int?
+
+    mutating func feed(_ bytes: ArraySlice<UInt8>) {
+        var i = bytes.startIndex
+        while i < bytes.endIndex {
+            let take = min(need, bytes.endIndex - i)
+            if phase == 1 { header += bytes[i..<(i + take)] }
+            i += take; need -= take; offset += take
+            guard need == 0 else { continue }
+            switch phase {
+            case 0: phase = 1; need = FrameHeader.size; header = []
+            case 1:
+                let wire = Int(header[8]) | Int(header[9]) << 8 | Int(header[10]) << 16 | Int(header[11]) << 24
+                if header[0] == FrameType.switchover.rawValue && switchoverEnd == nil { switchoverEnd = offset + wire }
+                if wire > 0 { phase = 2; need = wire } else { need = FrameHeader.size; header = [] }
+            default: phase = 1; need = FrameHeader.size; header = []
+            }
+        }
+    }
 }
