@@ -227,7 +227,7 @@ extension ErrorMessage {
 
 extension ErrorMessage {
     /// An `accept` frame (empty payload).
-    static let acceptFrame: [UInt8] = {
+    package static let acceptFrame: [UInt8] = {
         let header = FrameHeader(type: .accept, rawLength: 0, wireLength: 0, checksum: [UInt8]().withUnsafeBytes { xxh3($0) })
         var bytes = [UInt8](repeating: 0, count: FrameHeader.size)
         bytes.withUnsafeMutableBytes { header.encode(into: $0) }

@@ -13,8 +13,12 @@ import DSDevices
 /// (switchover-ack), and after every device's end of state has been verified against what
 /// was loaded, takes the devices RESUMING → STOP → RUNNING and acknowledges. If anything
 /// fails the devices are left not running and the error says so.
-public final class MigrationDestination {
-    public let devices: [any MigratableDevice]
+public final class MigrationDestination: @unchecked Sendable {
+    // @unchecked: `devices` is written only by `run`'s setup phase (worker 0, while the caller
+    // waits) and read after it.
+    /// The destination devices (made at load setup when the destination was given specs).
+    public private(set) var devices: [any MigratableDevice]
+    private let specs: [String]?
     public let listener: SessionListener
     public let options: TransferOptions
     private let warn: @Sendable (String) -> Void
@@ -24,16 +28,35 @@ public final class MigrationDestination {
                 warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         try options.validate()
         self.devices = devices
+        self.specs = nil
         self.options = options
         self.warn = warn
         listener = try SessionListener(endpoint: endpoint, timeout: options.timeout, backend: options.backend, warn: warn)
         listener.start()
     }
 
+    /// Like `init(listen:devices:options:)`, but the devices are made from `specs` at load
+    /// setup, once the source's headers give their sizes (a `file:PATH` destination needs one).
+    public init(listen endpoint: Endpoint, specs: [String], options: TransferOptions,
+                warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+        try options.validate()
+        for s in specs {
+            do { _ = try DeviceSpec(s) } catch { throw TransferError(.usage, "--device \(s): \(error)") }
+        }
+        self.devices = []
+        self.specs = specs
+        self.options = options
+        self.warn = warn
+        listener = try SessionListener(endpoint: endpoint, timeout: options.timeout, backend: options.backend, warn: warn)
+        listener.start()
+    }
+
+    /// Closes the devices this destination made from specs.
+    public func closeDevices() { if specs != nil { for d in devices { d.close() } } }
+
     /// Receives one migration.
     public func run(acceptTimeout: Duration? = nil) -> MigrationReport {
         var report = MigrationReport()
-        report.devices = devices.enumerated().map { DeviceReport(id: $0.offset, spec: $0.element.spec, bytes: 0) }
         let start = Monotonic.now
         let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the destination failed: \($0.message)").frame() })
         var sockets: [Int32] = []
@@ -68,6 +91,7 @@ public final class MigrationDestination {
         defer { group.shutdown() }
         let n = session.channelCount
         let devices = self.devices
+        let specs = self.specs
         let options = self.options
         let setupStart = Monotonic.now
 
@@ -80,8 +104,9 @@ public final class MigrationDestination {
                 let f = try ch.receive()
                 guard f.header.type == .deviceSection else { throw Channel.unexpected(f, expecting: "device section", channel: 0) }
                 count = Int(f.header.aux)
-                guard count == devices.count else {
-                    throw TransferError(.usage, "the source migrates \(count) device(s) but this destination has \(devices.count) (--device)")
+                let have = specs?.count ?? devices.count
+                guard count == have else {
+                    throw TransferError(.usage, "the source migrates \(count) device(s) but this destination has \(have) (--device)")
                 }
                 let id = Int(f.header.stream)
                 guard id == list.count else { throw TransferError(.protocolViolation, "device section \(id) out of order") }
@@ -89,7 +114,16 @@ public final class MigrationDestination {
                 do { header = try DeviceHeader.decode(f.control) } catch {
                     throw TransferError(.protocolViolation, "malformed device section: \(error)")
                 }
-                do throws(DeviceError) { list.append(try DeviceLoader(id: id, device: devices[id], header: header, channels: n)) } catch {
+                do throws(DeviceError) {
+                    let device: any MigratableDevice
+                    if let specs {
+                        device = try DeviceSpec(specs[id]).makeDestination(size: header.kind == 0 ? header.size : nil)
+                        made.withLock { _ in self.devices.append(device) }
+                    } else {
+                        device = devices[id]
+                    }
+                    list.append(try DeviceLoader(id: id, device: device, header: header, channels: n))
+                } catch {
                     throw TransferError(.device, error.message)
                 }
             }
@@ -98,6 +132,7 @@ public final class MigrationDestination {
         }
         loaders = made.withLock { $0 }
         let loadersCopy = loaders
+        report.devices = loaders.map { DeviceReport(id: $0.id, spec: $0.device.spec, bytes: 0) }
         report.setupTime = Monotonic.now - setupStart
 
         // Control replies share channel 0's socket with worker 0's receives: one sender at a time.

@@ -216,7 +216,9 @@ struct SourceRun {
         let cursor = Atomic<Int>(0)
         let totals = Mutex<(UInt64, UInt64)>((0, 0))
         let fds = try savers.map { (s) throws(TransferError) -> Int32 in
-            guard let a = s.device as? any AddressableDevice else { return -1 }
+            // Only devices in a saving state have data this round (a device without pre-copy
+            // waits in RUNNING until stop-copy).
+            guard let a = s.device as? any AddressableDevice, VFIOStateMachine.isSaving(s.device.state) else { return -1 }
             do throws(DeviceError) { return try a.dataFD(for: .save) } catch { throw device(error) }
         }
         let savers = self.savers

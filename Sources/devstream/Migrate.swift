@@ -131,12 +131,11 @@ enum MigrationCLI {
     }
 
     static func receive(endpoint: Endpoint, devices specs: [String], options: TransferOptions, json: Bool) throws {
-        let devices = try openDevices(specs, destination: true)
-        defer { for d in devices { d.close() } }
         let destination: MigrationDestination
-        do { destination = try MigrationDestination(listen: endpoint, devices: devices, options: options) } catch {
+        do { destination = try MigrationDestination(listen: endpoint, specs: specs, options: options) } catch {
             Report.fail(error, json: json, extra: [:])
         }
+        defer { destination.closeDevices() }
         Terminal.announce("listening on \(destination.listener.endpoint)")
         let report = destination.run()
         finish(report, json: json, side: "destination")

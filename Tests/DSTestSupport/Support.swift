@@ -185,3 +185,8 @@ struct FrameTracker {
         }
     }
 }
+
+extension ErrorMessage {
+    /// An `accept` frame, for tests that play a receiver by hand.
+    public static var acceptFrameForTests: [UInt8] { acceptFrame }
+}
