@@ -1,0 +1,200 @@
+import Testing
+import Foundation
+import Glibc
+import DSTestSupport
+
+/// The real `devstream` binary, run as a user would, over loopback.
+enum CLI {
+    static var binary: String {
+        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        return dir + "/devstream"
+    }
+
+    final class Running: @unchecked Sendable {
+        let process = Process()
+        let out = Pipe(), err = Pipe()
+        var firstLine = ""
+        var stdoutBytes: [UInt8] = []
+        func wait() -> (status: Int32, stdout: String, stderr: String, stdoutBytes: [UInt8]) {
+            // Drain stdout before waiting: a receiver writing data to `-` fills the pipe.
+            stdoutBytes = Array(firstLine.utf8) + [UInt8](out.fileHandleForReading.readDataToEndOfFile())
+            let o = String(decoding: stdoutBytes.dropFirst(firstLine.utf8.count), as: UTF8.self)
+            let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            return (process.terminationStatus, firstLine + o, e, stdoutBytes)
+        }
+    }
+
+    /// Starts `devstream args...` (through `sh -c` when `shellPrefix` is given, e.g. a ulimit).
+    static func start(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil, stdin: String? = nil) throws -> Running {
+        let r = Running()
+        if let shellPrefix {
+            r.process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            r.process.arguments = ["-c", "\(shellPrefix); exec '\(binary)' " + args.map { "'\($0)'" }.joined(separator: " ")]
+        } else {
+            r.process.executableURL = URL(fileURLWithPath: binary)
+            r.process.arguments = args
+        }
+        var e = ProcessInfo.processInfo.environment
+        for (k, v) in env { e[k] = v }
+        r.process.environment = e
+        r.process.standardOutput = r.out
+        r.process.standardError = r.err
+        if let stdin { r.process.standardInput = FileHandle(forReadingAtPath: stdin) }
+        try r.process.run()
+        return r
+    }
+
+    static func run(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil, stdin: String? = nil) throws -> (status: Int32, stdout: String, stderr: String, stdoutBytes: [UInt8]) {
+        try start(args, env: env, shellPrefix: shellPrefix, stdin: stdin).wait()
+    }
+
+    /// Starts a receiver on port 0 and returns it with the port from its first stdout line.
+    static func receiver(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil) throws -> (Running, String) {
+        let r = try start(["receive", "--listen", "127.0.0.1:0"] + args, env: env, shellPrefix: shellPrefix)
+        var line = [UInt8]()
+        let h = r.out.fileHandleForReading
+        while true {
+            let b = h.readData(ofLength: 1)
+            if b.isEmpty || b[0] == 10 { break }
+            line.append(b[0])
+        }
+        r.firstLine = String(decoding: line, as: UTF8.self) + "\n"
+        let s = String(decoding: line, as: UTF8.self)
+        guard s.hasPrefix("listening on 127.0.0.1:") else { throw CLIError.noListenLine(s) }
+        return (r, String(s.dropFirst("listening on ".count)))
+    }
+
+    enum CLIError: Error { case noListenLine(String) }
+
+    static func json(_ s: String) -> [String: Any]? {
+        guard let line = s.split(separator: "\n").last(where: { $0.hasPrefix("{") }) else { return nil }
+        return try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+    }
+}
+
+@Suite(.serialized) struct CLITests {
+    func file(_ name: String, bytes: Int, seed: UInt64) -> String {
+        let p = tmpPath(name)
+        writeFile(p, testData(bytes, seed: seed))
+        return p
+    }
+
+    @Test func sendReceiveJSON() throws {
+        let src = file("cli-src", bytes: 5_000_000, seed: 1), out = tmpPath("cli-out")
+        defer { unlink(src); unlink(out) }
+        let (recv, addr) = try CLI.receiver(["--output", out, "--json"])
+        let sent = try CLI.run(["send", src, "--to", addr, "--connections", "3", "--json"])
+        let got = recv.wait()
+        #expect(sent.status == 0, "\(sent.stderr)")
+        #expect(got.status == 0, "\(got.stderr)")
+        let s = try #require(CLI.json(sent.stdout)), r = try #require(CLI.json(got.stdout))
+        for key in ["status", "bytes", "wire_bytes", "elapsed_ms", "throughput_bytes_per_sec", "connections", "compression", "xxh3"] {
+            #expect(s[key] != nil && r[key] != nil, "missing \(key)")
+        }
+        #expect(s["status"] as? String == "completed" && r["status"] as? String == "completed")
+        #expect(s["xxh3"] as? String == r["xxh3"] as? String)
+        #expect(s["bytes"] as? Int == 5_000_000)
+        #expect(s["connections"] as? Int == 3)
+        #expect(readFile(out) == readFile(src))
+        #expect(!exists(out + ".partial"))
+    }
+
+    @Test func stdinToStdoutWithForcedFallback() throws {
+        let src = file("cli-stdin", bytes: 3_000_000, seed: 2)
+        defer { unlink(src) }
+        let env = ["DEVSTREAM_IO_BACKEND": "blocking"]
+        let (recv, addr) = try CLI.receiver(["--output", "-"], env: env)
+        let sender = try CLI.start(["send", "-", "--to", addr, "--json"], env: env, stdin: src)
+        let got = recv.wait()  // drains the receiver's stdout while the sender runs
+        let sent = sender.wait()
+        #expect(sent.status == 0 && got.status == 0, "\(sent.stderr) \(got.stderr)")
+        #expect(CLI.json(sent.stdout)?["io_backend"] as? String == "blocking")
+        // stdout: the listening line, then exactly the data.
+        let all = got.stdoutBytes
+        let data = Array(all[(all.firstIndex(of: 10)! + 1)...])
+        #expect(data.count == 3_000_000)
+        #expect(data == readFile(src))
+    }
+
+    @Test func connectionRefusedExitsNonZero() throws {
+        let src = file("cli-refused", bytes: 1000, seed: 3)
+        defer { unlink(src) }
+        let (lfd, port) = try DSTransportListenPort.free()
+        close(lfd)
+        let r = try CLI.run(["send", src, "--to", "127.0.0.1:\(port)"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("cannot connect") && r.stderr.contains("Connection refused"))
+    }
+
+    /// A file-size limit (ulimit -f) stands in for a full disk: no FILE, no FILE.partial, both
+    /// ends fail with a message.
+    @Test func fullDiskLeavesNoFile() throws {
+        let src = file("cli-big", bytes: 4_000_000, seed: 4), out = tmpPath("cli-full")
+        defer { unlink(src); unlink(out); unlink(out + ".partial") }
+        let (recv, addr) = try CLI.receiver(["--output", out], shellPrefix: "ulimit -f 2000")
+        let sent = try CLI.run(["send", src, "--to", addr])
+        let got = recv.wait()
+        #expect(got.status != 0)
+        #expect(got.stderr.contains("file-size limit") || got.stderr.contains("File too large"), "\(got.stderr)")
+        #expect(sent.status != 0)
+        #expect(sent.stderr.contains("receiver"), "\(sent.stderr)")
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    @Test func unwritableOutputExitsNonZero() throws {
+        let src = file("cli-unw", bytes: 1000, seed: 5)
+        defer { unlink(src) }
+        let (recv, addr) = try CLI.receiver(["--output", "/proc/no-such-dir/x"])
+        let sent = try CLI.run(["send", src, "--to", addr])
+        let got = recv.wait()
+        #expect(got.status != 0 && sent.status != 0)
+        #expect(got.stderr.contains("cannot write"))
+    }
+
+    @Test func demoJSON() throws {
+        let r = try CLI.run(["demo", "--size", "32M", "--dirty-rate", "8M", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let j = try #require(CLI.json(r.stdout))
+        for key in ["status", "total_time_ms", "setup_time_ms", "downtime_ms", "expected_downtime_ms", "downtime_limit_ms",
+                    "iterations", "precopy_bytes", "stopcopy_bytes", "wire_bytes", "throughput_bytes_per_sec", "devices"] {
+            #expect(j[key] != nil, "missing \(key)")
+        }
+        let devices = try #require(j["devices"] as? [[String: Any]])
+        #expect(devices.count == 1)
+        #expect(devices[0]["source_xxh3"] as? String == devices[0]["destination_xxh3"] as? String)
+        #expect((devices[0]["source_xxh3"] as? String)?.count == 16)
+    }
+
+    @Test func migrateAndReceiveCLI() throws {
+        let (recv, addr) = try CLI.receiver(["--device", "sim:size=16M", "--device", "vfio-emu:size=4M", "--json"])
+        let m = try CLI.run(["migrate", "--device", "sim:size=16M,dirty-rate=8M", "--device", "vfio-emu:size=4M,dirty-rate=1M",
+                             "--to", addr, "--downtime-limit", "200ms", "--json"])
+        let got = recv.wait()
+        #expect(m.status == 0 && got.status == 0, "\(m.stderr) \(got.stderr)")
+        let s = try #require(CLI.json(m.stdout)), d = try #require(CLI.json(got.stdout))
+        #expect(s["downtime_limit_ms"] as? Double == 200)
+        let sd = try #require(s["devices"] as? [[String: Any]]), dd = try #require(d["devices"] as? [[String: Any]])
+        #expect(sd.count == 2 && dd.count == 2)
+        for i in 0..<2 { #expect(sd[i]["destination_xxh3"] as? String == dd[i]["destination_xxh3"] as? String) }
+        #expect(d["downtime_ms"] != nil)
+    }
+
+    @Test func badDeviceSpecListsValidKinds() throws {
+        let r = try CLI.run(["migrate", "--device", "gpu:x=1", "--to", "127.0.0.1:9"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("valid kinds") && r.stderr.contains("vfio-emu:size=SIZE"))
+    }
+}
+
+enum DSTransportListenPort {
+    static func free() throws -> (Int32, UInt16) {
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET); addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
+        return (s, UInt16(bigEndian: addr.sin_port))
+    }
+}
