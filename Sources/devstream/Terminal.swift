@@ -99,6 +99,7 @@ enum Report {
                 "throughput_bytes_per_sec": r.throughput.rounded(),
                 "connections": r.connections, "compression": compressionName,
                 "io_backend": r.backend.rawValue,
+                "peak_rss_bytes": peakRSS(),
             ]
             if let d = r.digest { o["xxh3"] = TransferDigest.hex(d) }
             if let e = r.error { o["error"] = e.message }
@@ -112,4 +113,14 @@ enum Report {
         printWarning("devstream: error: \(r.error?.message ?? "transfer failed")")
         exit(1)
     }
+}
+
+/// This process's peak resident set size (VmHWM), in bytes.
+func peakRSS() -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        let kb = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
+        return kb * 1024
+    }
+    return 0
 }
