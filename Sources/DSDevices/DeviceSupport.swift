@@ -119,6 +119,18 @@ final class AtomicBitmap: @unchecked Sendable {
         }
     }
 
+    /// Appends the set bits' indices to `out` without clearing them.
+    func peek(into out: inout [UInt64]) {
+        for i in 0 ..< wordCount {
+            var w = words[i].load(ordering: .relaxed)
+            while w != 0 {
+                let b = w.trailingZeroBitCount
+                out.append(UInt64(i * 64 + b))
+                w &= w - 1
+            }
+        }
+    }
+
     var popcount: Int {
         var n = 0
         for i in 0 ..< wordCount { n += words[i].load(ordering: .relaxed).nonzeroBitCount }

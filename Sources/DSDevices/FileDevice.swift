@@ -161,6 +161,14 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
         }
     }
 
+    public func peekDirtyChunks(into chunks: inout [UInt64]) throws(DeviceError) {
+        lock.lock(); defer { lock.unlock() }
+        try checkOpen()
+        guard initialPending else { return }
+        let count = (size + UInt64(trackingChunkSize) - 1) / UInt64(trackingChunkSize)
+        for i in 0 ..< count { chunks.append(i) }
+    }
+
     public func dirtyByteCount() -> UInt64 {
         lock.lock(); defer { lock.unlock() }
         return VFIOStateMachine.isSaving(current) && !initialPending ? 0 : size

@@ -102,6 +102,9 @@ public protocol AddressableDevice: MigratableDevice {
     /// The first call after entering PRE_COPY (or STOP_COPY directly) reports every chunk.
     /// A chunk written after its bit was cleared is reported again by a later call.
     func takeDirtyChunks(into chunks: inout [UInt64]) throws(DeviceError)
+    /// Appends the indices `takeDirtyChunks` would return now, without clearing anything (for
+    /// exact `pending` estimates).
+    func peekDirtyChunks(into chunks: inout [UInt64]) throws(DeviceError)
     /// Bytes currently dirty (not yet taken), for `pending` estimates.
     func dirtyByteCount() -> UInt64
 }

@@ -187,6 +187,16 @@ public final class SimulatedDevice: AddressableDevice, @unchecked Sendable {
         }
     }
 
+    public func peekDirtyChunks(into chunks: inout [UInt64]) throws(DeviceError) {
+        lock.lock(); defer { lock.unlock() }
+        try checkOpen()
+        if initialPending {
+            for i in 0 ..< UInt64(chunkCount) { chunks.append(i) }
+        } else {
+            bitmap.peek(into: &chunks)
+        }
+    }
+
     /// Bytes of the chunks whose bits are set (the last chunk counted at its real length).
     private func bitmapBytes() -> UInt64 {
         let chunk = UInt64(trackingChunkSize)

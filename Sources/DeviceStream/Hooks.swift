@@ -67,8 +67,6 @@ public final class DeviceSaver: @unchecked Sendable {
     private let streamLock = ConditionLock()
     private var nextSequence: UInt64 = 0
     private var streamEnded = false
-    /// Bytes planned per dirty byte in the last round (gap closing sends some clean pages).
-    private var amplification = 1.0
     /// The largest run of clean bytes a round sends to join two dirty runs into one frame.
     static let maxGap: UInt64 = 64 << 10
 
@@ -95,7 +93,13 @@ public final class DeviceSaver: @unchecked Sendable {
     public func pending() throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64) {
         if !supportsPrecopy { return (0, try device.stopCopySize()) }
         if let a = device as? any AddressableDevice {
-            return (UInt64(Double(a.dirtyByteCount()) * amplification), 0)
+            // Exactly what the next plan would send, gaps closed included.
+            var chunks: [UInt64] = []
+            try a.peekDirtyChunks(into: &chunks)
+            var items: [SaveItem] = []
+            DeviceSaver.coalesce(&chunks, device: id, trackingChunk: UInt64(a.trackingChunkSize), size: a.size,
+                                 chunkSize: 1 << 20, into: &items)
+            return (items.reduce(0) { if case .range(_, _, let n) = $1 { $0 + UInt64(n) } else { $0 } }, 0)
         }
         let info = try device.precopyInfo()
         return (info.initialBytes + info.dirtyBytes, 0)
@@ -107,42 +111,42 @@ public final class DeviceSaver: @unchecked Sendable {
         if let a = device as? any AddressableDevice {
             var chunks: [UInt64] = []
             try a.takeDirtyChunks(into: &chunks)
-            // Coalesce runs of adjacent dirty tracking chunks (pages) into transfer chunks of at
-            // most `chunkSize`, so fine-grained tracking does not mean tiny frames.
-            let track = UInt64(a.trackingChunkSize)
-            chunks.sort()
-            var runStart: UInt64 = 0, runEnd: UInt64 = 0  // byte range [runStart, runEnd)
-            func flush() {
-                var off = runStart
-                while off < runEnd {
-                    let n = Int(min(UInt64(chunkSize), runEnd - off))
-                    items.append(.range(device: id, offset: off, length: n))
-                    off += UInt64(n)
-                }
-            }
-            for c in chunks {
-                let off = c * track
-                let end = min(off + track, a.size)
-                // Close gaps of clean pages up to `maxGap`: re-sending a few unchanged pages
-                // costs less than a frame per scattered page (the bytes are current, so the
-                // destination stays consistent).
-                if runEnd > runStart && off >= runEnd && off - runEnd <= DeviceSaver.maxGap
-                    && end - runStart <= UInt64(chunkSize) {
-                    runEnd = end
-                } else {
-                    flush()
-            let dirtyBytes = UInt64(chunks.count) * track
-            let planned = items.reduce(UInt64(0)) { if case .range(let d, _, let n) = $1, d == id { $0 + UInt64(n) } else { $0 } }
-            if dirtyBytes > 0 { amplification = max(1, Double(planned) / Double(dirtyBytes)) }
-                    runStart = off
-                    runEnd = end
-                }
-            }
-            flush()
+            DeviceSaver.coalesce(&chunks, device: id, trackingChunk: UInt64(a.trackingChunkSize), size: a.size,
+                                 chunkSize: chunkSize, into: &items)
         } else {
             streamLock.withLock { streamEnded = false }
             items.append(.drain(device: id))
         }
+    }
+
+    /// Turns dirty tracking chunks into transfer items: runs of adjacent pages join, and so do
+    /// runs separated by at most `maxGap` clean bytes — re-sending a few unchanged pages costs
+    /// less than a frame per scattered page (the bytes are current, so the destination stays
+    /// consistent). No item exceeds `chunkSize`.
+    static func coalesce(_ chunks: inout [UInt64], device id: Int, trackingChunk track: UInt64, size: UInt64,
+                         chunkSize: Int, into items: inout [SaveItem]) {
+        chunks.sort()
+        var runStart: UInt64 = 0, runEnd: UInt64 = 0  // byte range [runStart, runEnd)
+        func flush() {
+            var off = runStart
+            while off < runEnd {
+                let n = Int(min(UInt64(chunkSize), runEnd - off))
+                items.append(.range(device: id, offset: off, length: n))
+                off += UInt64(n)
+            }
+        }
+        for c in chunks {
+            let off = c * track
+            let end = min(off + track, size)
+            if runEnd > runStart && off >= runEnd && off - runEnd <= maxGap && end - runStart <= UInt64(chunkSize) {
+                runEnd = end
+            } else {
+                flush()
+                runStart = off
+                runEnd = end
+            }
+        }
+        flush()
     }
 
     /// complete_precopy, first half: the device stops (STOP_COPY). Returns how long it took.

@@ -331,7 +331,10 @@ struct SourceRun {
             }
             report.precopyBytes += bytes
             report.iterations = iteration
-            sched.recordSent(bytes: bytes, wireBytes: wire, over: duration)
+            // The first round is the bulk copy of the initial state: its rate says little about
+            // stop-copy, which moves scattered dirty pages. Bandwidth is learned from the later
+            // rounds, which look like stop-copy (so the first decision comes after round 2).
+            if iteration > 1 { sched.recordSent(bytes: bytes, wireBytes: wire, over: duration) }
             if let r = feedback.receiverRate { sched.recordReceiverLoadRate(bytesPerSecond: r); report.receiverLoadRate = r }
             for id in feedback.takeAcks() { sched.switchoverAcknowledged(deviceID: id) }
             var dirty: UInt64 = 0
