@@ -26,7 +26,7 @@ let package = Package(
         .systemLibrary(name: "CURing", path: "Sources/CURing"),
         .systemLibrary(name: "CLZ4", path: "Sources/CLZ4"),
         .systemLibrary(name: "CXXHash", path: "Sources/CXXHash"),
-        .target(name: "DSWire"),
+        .target(name: "DSWire", exclude: ["WIRE.md"]),
         .target(name: "DSCodec", dependencies: ["CLZ4", "CXXHash", "DSWire"]),
         .target(name: "DSRing", dependencies: ["CURing"]),
         .target(name: "DSDevices", dependencies: ["CXXHash"]),
