@@ -1,0 +1,24 @@
+import DeviceStream
+
+// The README's embedding example, compiled with the tests so it cannot go stale. It is never
+// called: it would listen on a real interface and connect to another host.
+func readmeEmbeddingExample() throws {
+    // Destination host: devices in RESUMING, made once the source's headers give their sizes.
+    let destination = try MigrationDestination(listen: Endpoint(host: "0.0.0.0", port: 7000),
+                                               specs: ["sim:size=1G"], options: TransferOptions())
+    let loaded = destination.run()                      // blocks until the migration ends
+    _ = loaded
+
+    // Source host.
+    var config = MigrationConfiguration()
+    config.downtimeLimit = .milliseconds(300)
+    config.policy = .abort                              // or .wait (until config.deadline), .switchover
+    config.transfer.connections = 4
+    let device = try DeviceSpec("sim:size=1G,dirty-rate=64M").makeSource()
+    let report = MigrationSource(devices: [device], configuration: config)
+        .migrate(to: try Endpoint.parse("10.0.0.2:7000")) { event in
+            if case .iteration(let r) = event { print(r.iteration, r.sentBytes, r.dirtyBytes) }
+        }
+    print(report.completed, report.downtime ?? .zero, report.expectedDowntime ?? .zero,
+          report.devices.map { ($0.sourceDigest, $0.destinationDigest) })
+}
