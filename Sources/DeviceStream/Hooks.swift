@@ -89,7 +89,17 @@ public final class DeviceSaver: @unchecked Sendable {
         if supportsPrecopy { try device.setState(.preCopy) }
     }
 
-    /// state_pending: (bytes that pre-copy can still move, bytes only stop-copy can move).
+    /// state_pending_estimate: a cheap estimate (dirty bytes as the device counts them, or its
+    /// pre-copy info), without the gap-closing of a real plan.
+    public func pendingEstimate() throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64) {
+        if !supportsPrecopy { return (0, try device.stopCopySize()) }
+        if let a = device as? any AddressableDevice { return (a.dirtyByteCount(), 0) }
+        let info = try device.precopyInfo()
+        return (info.initialBytes + info.dirtyBytes, 0)
+    }
+
+    /// state_pending_exact: (bytes the next round would send, bytes only stop-copy can move).
+    /// For addressable devices it plans the round on a copy of the dirty bitmap, gaps closed.
     public func pending() throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64) {
         if !supportsPrecopy { return (0, try device.stopCopySize()) }
         if let a = device as? any AddressableDevice {

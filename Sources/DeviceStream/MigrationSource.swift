@@ -23,6 +23,8 @@ public enum MigrationEvent: Sendable {
 public final class MigrationSource {
     public let devices: [any MigratableDevice]
     public let configuration: MigrationConfiguration
+    /// Live progress (device bytes sent so far), readable from any thread.
+    public let progress = TransferProgress()
     private let warn: @Sendable (String) -> Void
 
     public init(devices: [any MigratableDevice], configuration: MigrationConfiguration,
@@ -42,7 +44,7 @@ public final class MigrationSource {
         report.devices = devices.enumerated().map { DeviceReport(id: $0.offset, spec: $0.element.spec, bytes: 0) }
         let savers = devices.enumerated().map { DeviceSaver(id: $0.offset, device: $0.element) }
         let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the source failed: \($0.message)").frame() })
-        var run = SourceRun(savers: savers, configuration: configuration, abort: abort, report: report)
+        var run = SourceRun(savers: savers, configuration: configuration, abort: abort, report: report, progress: progress)
         do {
             try run.execute(endpoint: endpoint, start: start, warn: warn, onEvent: onEvent)
             report = run.report
@@ -190,8 +192,11 @@ struct SourceRun {
     var group: WorkerGroup<Channel>?
     var sockets: [Int32] = []
     let feedback = Feedback()
+    let progress: TransferProgress
 
-    init(savers: [DeviceSaver], configuration: MigrationConfiguration, abort: AbortSignal, report: MigrationReport) {
+    init(savers: [DeviceSaver], configuration: MigrationConfiguration, abort: AbortSignal, report: MigrationReport,
+         progress: TransferProgress) {
+        self.progress = progress
         self.savers = savers
         self.configuration = configuration
         self.abort = abort
@@ -222,6 +227,7 @@ struct SourceRun {
             do throws(DeviceError) { return try a.dataFD(for: .save) } catch { throw device(error) }
         }
         let savers = self.savers
+        let progress = self.progress
         try group.run { (i, ch) throws(TransferError) in
             var bytes: UInt64 = 0
             let wire0 = ch.stats.wireBytes
@@ -239,6 +245,7 @@ struct SourceRun {
                 try ch.sendChunk(type: .data, stream: UInt16(d), position: offset, length: length, digestIndex: 0,
                                  flags: flags, aux: UInt32(iteration))
                 counters.add(device: d, channel: i, bytes: length)
+                progress.add(bytes: UInt64(length), wire: 0)
                 bytes += UInt64(length)
             }
             for s in streams {
@@ -252,6 +259,7 @@ struct SourceRun {
                     try ch.sendChunk(type: .streamData, stream: UInt16(s.id), position: piece.seq, length: piece.count,
                                      digestIndex: 0, flags: flags, aux: UInt32(iteration))
                     counters.add(device: s.id, channel: i, bytes: piece.count)
+                    progress.add(bytes: UInt64(piece.count), wire: 0)
                     bytes += UInt64(piece.count)
                 }
             }

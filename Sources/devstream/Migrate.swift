@@ -60,7 +60,10 @@ struct Migrate: ParsableCommand {
         do { endpoint = try Endpoint.parse(to) } catch { throw ValidationError(error.message) }
         let devices = try openDevices(device, destination: false)
         defer { for d in devices { d.close() } }
-        let report = MigrationSource(devices: devices, configuration: config).migrate(to: endpoint, onEvent: MigrationCLI.printer(json: json))
+        let source = MigrationSource(devices: devices, configuration: config)
+        let ticker = json ? nil : Terminal.progressTicker(source.progress, label: "migrate: sent")
+        let report = source.migrate(to: endpoint, onEvent: MigrationCLI.printer(json: json, ticker: ticker))
+        ticker?.stop()
         MigrationCLI.finish(report, json: json, side: "source")
     }
 }
@@ -95,8 +98,10 @@ struct Demo: ParsableCommand {
         if !json { Terminal.line("demo: destination listening on \(destination.listener.endpoint); migrating with a \(downtimeLimit) downtime limit") }
         nonisolated(unsafe) var destReport: MigrationReport?
         let t = OSThread { destReport = destination.run(acceptTimeout: .seconds(30)) }
-        let report = MigrationSource(devices: source, configuration: config).migrate(to: destination.listener.endpoint,
-                                                                                     onEvent: MigrationCLI.printer(json: json))
+        let migration = MigrationSource(devices: source, configuration: config)
+        let ticker = json ? nil : Terminal.progressTicker(migration.progress, label: "demo: sent")
+        let report = migration.migrate(to: destination.listener.endpoint, onEvent: MigrationCLI.printer(json: json, ticker: ticker))
+        ticker?.stop()
         t.join()
         var r = report
         if let d = destReport, !d.completed, r.completed {
@@ -114,9 +119,11 @@ struct Demo: ParsableCommand {
 }
 
 enum MigrationCLI {
-    static func printer(json: Bool) -> (MigrationEvent) -> Void {
+    /// Iteration lines on stderr; on a terminal the live line (`ticker`) is cleared first.
+    static func printer(json: Bool, ticker: Terminal.Ticker? = nil) -> (MigrationEvent) -> Void {
         { event in
             guard !json else { return }
+            ticker?.clearLine()
             switch event {
             case .setupDone(let d):
                 Terminal.line(String(format: "setup done in %.1f ms", d.milliseconds))

@@ -35,6 +35,8 @@ enum Terminal {
                 }
             }
         }
+        /// Clears the live line so a normal line can be printed.
+        func clearLine() { if Terminal.stderrIsTTY { printWarningRaw("\r\u{1B}[K") } }
         func stop() {
             lock.withLock { stopped = true; lock.broadcast() }
             thread?.join()

@@ -98,6 +98,32 @@ import Glibc
         #expect(third.isEmpty)
     }
 
+    /// pending: the estimate counts dirty pages; the exact figure is what the next plan sends.
+    @Test func pendingEstimateAndExact() throws {
+        let src = try SimulatedDevice(size: 8 << 20, dirtyRate: 0, profile: .random, seed: 2)
+        defer { src.close() }
+        let saver = DeviceSaver(id: 0, device: src)
+        try saver.saveSetup()
+        #expect(try saver.pendingEstimate().precopy == 8 << 20)
+        #expect(try saver.pending().precopy == 8 << 20)
+        var items: [SaveItem] = []
+        try saver.plan(chunkSize: 1 << 20, into: &items)
+        #expect(try saver.pending().precopy == 0)
+        // Two pages 8 KiB apart: the estimate counts 2 pages, the plan joins them (3 pages).
+        src.simulateDeviceWrite(at: 1 << 20, [1])
+        src.simulateDeviceWrite(at: (1 << 20) + 8192, [2])
+        #expect(try saver.pendingEstimate().precopy == 8192)
+        #expect(try saver.pending().precopy == 12288)
+        var next: [SaveItem] = []
+        try saver.plan(chunkSize: 1 << 20, into: &next)
+        #expect(next == [.range(device: 0, offset: 1 << 20, length: 12288)])
+        let stream = try EmulatedVFIODevice(size: 1 << 20, seed: 1)
+        defer { stream.close() }
+        let s2 = DeviceSaver(id: 1, device: stream)
+        try s2.saveSetup()
+        #expect(try s2.pendingEstimate().precopy > 1 << 20)  // the whole state as records
+    }
+
     @Test func mismatchedDevicesAreRefusedAtLoadSetup() throws {
         let src = try SimulatedDevice(size: 8 << 20)
         let dst = try SimulatedDevice(destinationSize: 4 << 20)
