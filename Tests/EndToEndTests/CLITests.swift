@@ -180,6 +180,52 @@ enum CLI {
         #expect(d["downtime_ms"] != nil)
     }
 
+    /// RLIMIT_MEMLOCK too small for the registered pool (an unprivileged user, `ulimit -l 64`):
+    /// both ends register none, warn once, and the transfer still completes.
+    @Test(.enabled(if: getuid() == 0, "needs root to run the CLI as an unprivileged user"))
+    func memlockLimitFallsBackToUnregisteredBuffers() throws {
+        let src = file("cli-memlock", bytes: 3_000_000, seed: 6)
+        chmod(src, 0o644)
+        let bin = tmpPath("devstream-bin")
+        defer { unlink(src); unlink(bin) }
+        // A copy the unprivileged user can surely execute, whatever the checkout's permissions.
+        #expect(FileManager.default.fileExists(atPath: CLI.binary))
+        try FileManager.default.copyItem(atPath: CLI.binary, toPath: bin)
+        chmod(bin, 0o755)
+        func asNobody(_ args: String) -> Process {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")
+            p.arguments = ["-u", "nobody", "--", "/bin/sh", "-c", "ulimit -l 64; exec \(bin) \(args)"]
+            return p
+        }
+        let recv = asNobody("receive --listen 127.0.0.1:0 --output /dev/null --json")
+        let rout = Pipe(), rerr = Pipe()
+        recv.standardOutput = rout; recv.standardError = rerr
+        try recv.run()
+        var line = [UInt8]()
+        while true {
+            let b = rout.fileHandleForReading.readData(ofLength: 1)
+            if b.isEmpty || b[0] == 10 { break }
+            line.append(b[0])
+        }
+        let addr = String(decoding: line, as: UTF8.self).replacingOccurrences(of: "listening on ", with: "")
+        let send = asNobody("send \(src) --to \(addr) --json")
+        let sout = Pipe(), serr = Pipe()
+        send.standardOutput = sout; send.standardError = serr
+        try send.run()
+        let sentJSON = String(decoding: sout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let sentErr = String(decoding: serr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        send.waitUntilExit()
+        let recvErr = String(decoding: rerr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        recv.waitUntilExit()
+        #expect(send.terminationStatus == 0 && recv.terminationStatus == 0, "\(sentErr) \(recvErr)")
+        #expect(CLI.json(sentJSON)?["status"] as? String == "completed")
+        for err in [sentErr, recvErr] {
+            #expect(err.components(separatedBy: "could not register I/O buffers").count == 2, "one warning line: \(err)")
+            #expect(err.contains("RLIMIT_MEMLOCK"))
+        }
+    }
+
     @Test func badDeviceSpecListsValidKinds() throws {
         let r = try CLI.run(["migrate", "--device", "gpu:x=1", "--to", "127.0.0.1:9"])
         #expect(r.status != 0)
