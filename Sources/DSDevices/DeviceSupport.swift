@@ -21,6 +21,21 @@ func vfioName(_ s: VFIODeviceState) -> String {
 }
 
 /// The error a device throws when `VFIOStateMachine` has no path between two states.
+/// Walks the kernel's state machine from `current` to `target` one arc at a time, as a driver
+/// sees it: `arc(from, next)` runs for each arc in order and must make `next` the device's
+/// state. Throws `.blockedTransition` (naming `device`) when there is no path.
+func walkArcs(from current: VFIODeviceState, to target: VFIODeviceState, flags: VFIOMigrationFlags, device: String,
+              _ arc: (VFIODeviceState, VFIODeviceState) throws(DeviceError) -> Void) throws(DeviceError) {
+    guard let path = VFIOStateMachine.path(from: current, to: target, flags: flags) else {
+        throw blockedTransition(device, from: current, to: target, flags: flags)
+    }
+    var from = current
+    for next in path {
+        try arc(from, next)
+        from = next
+    }
+}
+
 func blockedTransition(_ device: String, from: VFIODeviceState, to: VFIODeviceState, flags: VFIOMigrationFlags) -> DeviceError {
     var names: [String] = []
     if flags.contains(.stopCopy) { names.append("STOP_COPY") }

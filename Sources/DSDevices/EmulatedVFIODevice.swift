@@ -151,14 +151,11 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
     public func setState(_ target: VFIODeviceState) throws(DeviceError) {
         lock.lock(); defer { lock.unlock() }
         try checkOpen()
-        guard let path = VFIOStateMachine.path(from: current, to: target, flags: migrationFlags) else {
-            throw blockedTransition("vfio-emu device", from: current, to: target, flags: migrationFlags)
-        }
-        for next in path {
-            let wasRunning = VFIOStateMachine.isRunning(current)
+        try walkArcs(from: current, to: target, flags: migrationFlags, device: "vfio-emu device") { (from, next) throws(DeviceError) in
+            let wasRunning = VFIOStateMachine.isRunning(from)
             let willRun = VFIOStateMachine.isRunning(next)
             if wasRunning && !willRun { workload?.pause() }
-            if current == .resuming && next != .resuming {
+            if from == .resuming && next != .resuming {
                 do throws(DeviceError) {
                     try finishLoading()
                 } catch {
@@ -167,7 +164,7 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
                 }
             }
             if next == .resuming { resetParser() }
-            if VFIOStateMachine.isSaving(next) && !VFIOStateMachine.isSaving(current) { startStream() }
+            if VFIOStateMachine.isSaving(next) && !VFIOStateMachine.isSaving(from) { startStream() }
             current = next
             if willRun && !wasRunning { workload?.resume() }
         }

@@ -127,11 +127,8 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
     public func setState(_ target: VFIODeviceState) throws(DeviceError) {
         lock.lock(); defer { lock.unlock() }
         try checkOpen()
-        guard let path = VFIOStateMachine.path(from: current, to: target, flags: migrationFlags) else {
-            throw blockedTransition("file device", from: current, to: target, flags: migrationFlags)
-        }
-        for next in path {
-            if VFIOStateMachine.isSaving(next) && !VFIOStateMachine.isSaving(current) { initialPending = true }
+        try walkArcs(from: current, to: target, flags: migrationFlags, device: "file device") { (from, next) throws(DeviceError) in
+            if VFIOStateMachine.isSaving(next) && !VFIOStateMachine.isSaving(from) { initialPending = true }
             if !VFIOStateMachine.isSaving(next) { initialPending = false }
             current = next
         }

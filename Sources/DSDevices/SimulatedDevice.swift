@@ -139,14 +139,11 @@ public final class SimulatedDevice: AddressableDevice, @unchecked Sendable {
     public func setState(_ target: VFIODeviceState) throws(DeviceError) {
         lock.lock(); defer { lock.unlock() }
         try checkOpen()
-        guard let path = VFIOStateMachine.path(from: current, to: target, flags: migrationFlags) else {
-            throw blockedTransition("sim device", from: current, to: target, flags: migrationFlags)
-        }
-        for next in path {
-            let wasRunning = VFIOStateMachine.isRunning(current)
+        try walkArcs(from: current, to: target, flags: migrationFlags, device: "sim device") { (from, next) throws(DeviceError) in
+            let wasRunning = VFIOStateMachine.isRunning(from)
             let willRun = VFIOStateMachine.isRunning(next)
             if wasRunning && !willRun { workload?.pause() }
-            if VFIOStateMachine.isSaving(next) && !VFIOStateMachine.isSaving(current) {
+            if VFIOStateMachine.isSaving(next) && !VFIOStateMachine.isSaving(from) {
                 armed = true
                 initialPending = true
                 bitmap.clearAll()
