@@ -26,7 +26,8 @@ enum CLI {
     }
 
     /// Starts `devstream args...` (through `sh -c` when `shellPrefix` is given, e.g. a ulimit).
-    static func start(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil, stdin: String? = nil) throws -> Running {
+    static func start(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil, stdin: String? = nil,
+                      stdinFD: Int32? = nil) throws -> Running {
         let r = Running()
         if let shellPrefix {
             r.process.executableURL = URL(fileURLWithPath: "/bin/sh")
@@ -41,7 +42,14 @@ enum CLI {
         r.process.standardOutput = r.out
         r.process.standardError = r.err
         if let stdin { r.process.standardInput = FileHandle(forReadingAtPath: stdin) }
+        var inherited: FileHandle?
+        if let stdinFD {
+            inherited = FileHandle(fileDescriptor: dup(stdinFD), closeOnDealloc: true)
+            r.process.standardInput = inherited
+        }
         try r.process.run()
+        // The child has its copy; ours would keep a pipe's read end alive (and a writer blocked).
+        try? inherited?.close()
         return r
     }
 
@@ -226,6 +234,56 @@ enum CLI {
         }
     }
 
+    /// A sender process killed (SIGKILL) mid-transfer: the receiver exits non-zero, says the
+    /// sender went away, and leaves no FILE.
+    @Test func senderKilledMidTransfer() throws {
+        let out = tmpPath("cli-killed-sender")
+        defer { unlink(out); unlink(out + ".partial") }
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        let (recv, addr) = try CLI.receiver(["--output", out])
+        let sender = try CLI.start(["send", "/proc/self/fd/0", "--to", addr, "--connections", "2"],
+                                   stdinFD: fds[0])
+        close(fds[0])
+        let chunk = testData(1 << 20, seed: 11)
+        for _ in 0..<4 { _ = chunk.withUnsafeBytes { write(fds[1], $0.baseAddress, $0.count) } }
+        usleep(200_000)
+        kill(sender.process.processIdentifier, SIGKILL)
+        close(fds[1])
+        _ = sender.wait()
+        let got = recv.wait()
+        #expect(got.status != 0)
+        #expect(got.stderr.contains("closed"), "\(got.stderr)")
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    /// A receiver process killed mid-transfer: the sender exits non-zero within seconds.
+    @Test func receiverKilledMidTransfer() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        let (recv, addr) = try CLI.receiver(["--output", "/dev/null"])
+        let sender = try CLI.start(["send", "-", "--to", addr, "--timeout", "5s"], stdinFD: fds[0])
+        close(fds[0])
+        let chunk = testData(1 << 20, seed: 12)
+        for _ in 0..<4 { _ = chunk.withUnsafeBytes { write(fds[1], $0.baseAddress, $0.count) } }
+        usleep(200_000)
+        signal(SIGPIPE, SIG_IGN)  // the writer below outlives the sender
+        kill(recv.process.processIdentifier, SIGKILL)
+        // Keep feeding: the sender must notice the dead peer on its next sends. (Wait for the
+        // receiver only after the sender: children inherit each other's pipe ends.)
+        let writer = OSThreadForTests {
+            for _ in 0..<64 { if chunk.withUnsafeBytes({ write(fds[1], $0.baseAddress, $0.count) }) < 0 { break } }
+            close(fds[1])
+        }
+        let t0 = Date()
+        let sent = sender.wait()
+        writer.join()
+        _ = recv.wait()
+        #expect(sent.status != 0)
+        #expect(Date().timeIntervalSince(t0) < 10)
+        #expect(sent.stderr.contains("peer") || sent.stderr.contains("receiver"), "\(sent.stderr)")
+    }
+
     @Test func badDeviceSpecListsValidKinds() throws {
         let r = try CLI.run(["migrate", "--device", "gpu:x=1", "--to", "127.0.0.1:9"])
         #expect(r.status != 0)
@@ -243,4 +301,18 @@ enum DSTransportListenPort {
         _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
         return (s, UInt16(bigEndian: addr.sin_port))
     }
+}
+
+/// A joinable thread for tests.
+final class OSThreadForTests: @unchecked Sendable {
+    private var tid = pthread_t()
+    private let body: () -> Void
+    init(_ body: @escaping () -> Void) {
+        self.body = body
+        pthread_create(&tid, nil, { p in
+            Unmanaged<OSThreadForTests>.fromOpaque(p!).takeRetainedValue().body()
+            return nil
+        }, Unmanaged.passRetained(self).toOpaque())
+    }
+    func join() { pthread_join(tid, nil) }
 }
