@@ -18,7 +18,10 @@ public final class FileSink: @unchecked Sendable {
     private let turn = ConditionLock()
     private var next: UInt64 = 0
     private var nextOffset: UInt64 = 0
-    private var covered: [UInt64] = []
+    /// Chunks received: every index below `coveredBelow`, plus those in `coveredAbove`. Memory
+    /// follows what actually arrived out of order, never a size claimed by the peer.
+    private var coveredBelow: UInt64 = 0
+    private var coveredAbove = Set<UInt64>()
     private var finished = false
 
     /// Opens the output. With a known `size` a regular file is preallocated, so a full disk or a
@@ -44,7 +47,7 @@ public final class FileSink: @unchecked Sendable {
             }
             fd = f; ownsFD = true; partialPath = partial; seekable = true
             if let size, size > 0 {
-                let rc = posix_fallocate(f, 0, off_t(size))
+                let rc = off_t(exactly: size).map { posix_fallocate(f, 0, $0) } ?? EFBIG
                 if rc != 0 && rc != EOPNOTSUPP && rc != EINVAL {
                     close(f); unlink(partial)
                     throw TransferError(.localIO, "cannot reserve \(size) bytes for '\(path)': \(Errno(rawValue: rc)); free space or raise the file-size limit")
@@ -63,22 +66,17 @@ public final class FileSink: @unchecked Sendable {
 
     deinit { if ownsFD { close(fd) } }
 
-    /// Prepares the coverage map for `chunks` chunks (addressable transfers).
-    func expect(chunks: UInt64) {
-        covered = [UInt64](repeating: 0, count: Int((chunks + 63) / 64))
-    }
-
     /// Marks chunk `index` received; false if it was already (a duplicate).
     func cover(_ index: UInt64) -> Bool {
         turn.withLock {
-            let w = Int(index / 64), bit = UInt64(1) << (index % 64)
-            guard w < covered.count, covered[w] & bit == 0 else { return false }
-            covered[w] |= bit
+            guard index >= coveredBelow, coveredAbove.insert(index).inserted else { return false }
+            while coveredAbove.remove(coveredBelow) != nil { coveredBelow += 1 }
             return true
         }
     }
 
-    var coveredCount: Int { turn.withLock { covered.reduce(0) { $0 + $1.nonzeroBitCount } } }
+    /// Chunks received so far (each exactly once).
+    var coveredCount: UInt64 { turn.withLock { coveredBelow + UInt64(coveredAbove.count) } }
 
     /// Writes a chunk at `offset` through `ring` (WRITE_FIXED from `slot` where registered).
     func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int) throws(TransferError) {
@@ -122,7 +120,7 @@ public final class FileSink: @unchecked Sendable {
     /// Syncs and, for a regular file, renames `FILE.partial` to `FILE` (and syncs the directory).
     /// Only called once the whole transfer is verified.
     func commit(size: UInt64?) throws(TransferError) {
-        if let size, partialPath != nil, ftruncate(fd, off_t(size)) != 0 {
+        if let size, partialPath != nil, let length = off_t(exactly: size), ftruncate(fd, length) != 0 {
             throw TransferError(.localIO, "cannot set the size of '\(partialPath!)': \(Errno.current)")
         }
         if fsync(fd) != 0 {

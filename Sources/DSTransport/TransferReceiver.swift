@@ -72,9 +72,10 @@ public final class TransferReceiver {
         let chunk = UInt64(session.chunkSize)
         let total = session.totalSize
         let addressable = session.mode == .addressable
-        if addressable, let total { sink.expect(chunks: (total + chunk - 1) / chunk) }
+        let chunkCount = total.map { $0 / chunk + ($0 % chunk == 0 ? 0 : 1) } ?? 0
         let options = self.options, progress = self.progress, warn = self.warn
 
+        abort.onAbort { sink.wake() }
         let group = try ChannelSet.serve(session, sockets: sockets, options: options, abort: abort, backend: backend, warn: warn)
         defer { group.shutdown(); sink.wake() }
         let merged = Mutex(ChannelStats())
@@ -142,7 +143,7 @@ public final class TransferReceiver {
                     throw TransferError(.corruption, "the sender's totals (\(totals.chunks) chunks, \(totals.rawBytes) bytes) differ from what arrived (\(stats.chunks) chunks, \(stats.rawBytes) bytes)")
                 }
                 if addressable, let total {
-                    guard stats.rawBytes == total, sink.coveredCount == Int((total + chunk - 1) / chunk) else {
+                    guard stats.rawBytes == total, sink.coveredCount == chunkCount else {
                         throw TransferError(.corruption, "incomplete transfer: \(stats.rawBytes) of \(total) bytes arrived")
                     }
                 } else {

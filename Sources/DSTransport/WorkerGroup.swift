@@ -8,6 +8,7 @@ public final class AbortSignal: @unchecked Sendable {
     private let lock = ConditionLock()
     private var first: TransferError?
     private var sockets: [Int32] = []
+    private var wakers: [@Sendable () -> Void] = []
     /// Bytes to send (best effort, non-blocking) on every watched socket before shutting it
     /// down, so the peer learns why: an `error` frame.
     private let farewell: (@Sendable (TransferError) -> [UInt8])?
@@ -21,6 +22,17 @@ public final class AbortSignal: @unchecked Sendable {
     public func watch(_ fd: Int32) {
         let aborted = lock.withLock { () -> Bool in sockets.append(fd); return first != nil }
         if aborted { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    /// Registers `wake`, called once on abort: it must wake threads waiting on conditions of
+    /// their own (ordered-write turnstiles, round barriers) so they see the abort at once.
+    /// Called immediately if the session has already aborted.
+    public func onAbort(_ wake: @escaping @Sendable () -> Void) {
+        let aborted = lock.withLock { () -> Bool in
+            if first == nil { wakers.append(wake) }
+            return first != nil
+        }
+        if aborted { wake() }
     }
 
     /// Records `error` if it is the first, then shuts every watched socket down.
@@ -38,6 +50,7 @@ public final class AbortSignal: @unchecked Sendable {
             for fd in fds { _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) } }
         }
         for fd in fds { shutdown(fd, Int32(SHUT_RDWR)) }
+        if isFirst { for w in lock.withLock({ wakers }) { w() } }
         return isFirst
     }
 
@@ -45,12 +58,14 @@ public final class AbortSignal: @unchecked Sendable {
     /// peer why before closing).
     @discardableResult
     public func record(_ error: TransferError) -> Bool {
-        lock.withLock { () -> Bool in
+        let isFirst = lock.withLock { () -> Bool in
             guard first == nil else { return false }
             first = error
             lock.broadcast()
             return true
         }
+        if isFirst { for w in lock.withLock({ wakers }) { w() } }
+        return isFirst
     }
 
     /// Shuts every watched socket down.

@@ -93,9 +93,13 @@ public struct Preamble: Equatable, Sendable {
         let authLength = buffer.loadLE(at: 42, as: UInt16.self)
         guard auth == 0, authLength == 0 else { throw .unsupportedAuthentication(auth) }
         guard let mode = TransferMode(rawValue: buffer[44]) else { throw .malformed("unknown transfer mode \(buffer[44])") }
+        let total = buffer.loadLE(at: 48, as: UInt64.self)
+        guard total == unknownSize || total <= UInt64(Int64.max) else {
+            throw .lengthOutOfBounds(field: "total size", value: total, limit: UInt64(Int64.max))
+        }
         var p = Preamble(features: features, sessionID: SessionID(loading: buffer, at: 16), channelIndex: index,
                          channelCount: count, chunkSize: chunk, mode: mode,
-                         totalSize: buffer.loadLE(at: 48, as: UInt64.self))
+                         totalSize: total)
         p.authMethod = auth
         p.authLength = authLength
         return p

@@ -25,6 +25,7 @@ public struct DeviceHeader: Equatable, Sendable {
         var r = PayloadReader(b)
         let h = DeviceHeader(kind: try r.u8(), size: try r.u64(), flags: try r.u64(), spec: try r.string())
         guard h.kind <= 1 else { throw .malformed("unknown device kind \(h.kind)") }
+        guard h.size <= UInt64(Int64.max) else { throw .lengthOutOfBounds(field: "device size", value: h.size, limit: UInt64(Int64.max)) }
         return h
     }
 }
@@ -253,7 +254,9 @@ public final class DeviceLoader: @unchecked Sendable {
         let mine = lock.withLock { lock.wait(until: { nextSequence >= seq || abort.isAborted }, timeout: timeout) && nextSequence == seq }
         if let e = abort.error { throw e }
         guard mine else {
-            throw TransferError(.timeout, "device \(id): waited too long for stream piece \(lock.withLock { nextSequence }) while holding \(seq)")
+            let next = lock.withLock { nextSequence }
+            if next > seq { throw TransferError(.protocolViolation, "device \(id): stream piece \(seq) arrived twice") }
+            throw TransferError(.timeout, "device \(id): waited too long for stream piece \(next) while holding \(seq)")
         }
         do { try s.write(bytes) } catch {
             throw TransferError(.device, "device \(id) (\(device.spec)) refused its stream: \(error)")

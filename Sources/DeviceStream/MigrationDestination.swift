@@ -75,7 +75,7 @@ public final class MigrationDestination: @unchecked Sendable {
         } catch {
             abort.abort(error)
             for l in loaders { l.wake() }
-            let states = devices.map { "\($0.spec) is not running (state \($0.state))" }
+            let states = devices.map { $0.state == .running ? "\($0.spec) is RUNNING" : "\($0.spec) is not running (state \($0.state))" }
             report.error = TransferError(error.code, "\(error.message); on the destination \(states.joined(separator: ", "))")
         }
         listener.stop()
@@ -135,6 +135,10 @@ public final class MigrationDestination: @unchecked Sendable {
         report.devices = loaders.map { DeviceReport(id: $0.id, spec: $0.device.spec, bytes: 0) }
         report.setupTime = Monotonic.now - setupStart
 
+        for l in loadersCopy { abort.onAbort { l.wake() } }
+        let barrier = RoundBarrier(channels: n)
+        abort.onAbort { barrier.wake() }
+
         // Control replies share channel 0's socket with worker 0's receives: one sender at a time.
         let control = ControlReplies(fd: sockets[0], timeout: options.timeout)
         let pendingInit = Mutex<[Int: [UInt64]]>([:])
@@ -169,6 +173,10 @@ public final class MigrationDestination: @unchecked Sendable {
                     try loadersCopy[d].loadStream(f.bytes, seq: h.position, channel: i, timeout: options.timeout, abort: abort)
                     try checkAck(d)
                 case .iterationMark:
+                    // No channel reads round k+1 until every channel has loaded round k: a page
+                    // sent again in a later round (on another channel) must land after its older
+                    // copy, never under it.
+                    try barrier.arrive(round: h.aux, abort: abort)
                     if i == 0 {
                         let loaded = loadersCopy.reduce(UInt64(0)) { $0 + $1.loadedBytes }
                         let now = Monotonic.now
@@ -245,9 +253,11 @@ public final class MigrationDestination: @unchecked Sendable {
 
         // The source's summary: downtime as it measured it, and its digests.
         let summary = Mutex<MigrationSummary?>(nil)
+        // Its loss is not a failure (the devices run, verified): read it without aborting, and
+        // give the source time to digest large devices.
         try? group.run(only: 0) { (_, ch) throws(TransferError) in
-            let f = try ch.receive(timeout: .seconds(30))
-            guard f.header.type == .endOfStream, let s = try? MigrationSummary.decode(f.control) else { return }
+            guard let f = try? ch.receive(timeout: options.timeout + .seconds(600)), f.header.type == .endOfStream,
+                  let s = try? MigrationSummary.decode(f.control) else { return }
             summary.withLock { $0 = s }
         }
         let wires = Mutex<UInt64>(0)
@@ -292,4 +302,34 @@ final class ControlReplies: Sendable {
         }
         guard ok else { throw TransferError(.peerClosed, "sending \(type) to the source failed: \(Errno.current)") }
     }
+}
+
+/// Keeps the destination's channels in step at round marks: a channel that has loaded round k
+/// waits for the others to load theirs before it reads round k+1. The source sends a mark on
+/// every channel after each round (and never starts round k+1 before all of them), so the wait
+/// ends as soon as the slowest channel has drained round k. A stalled channel is caught by its
+/// own receive timeout, which aborts the session and wakes the waiters.
+final class RoundBarrier: Sendable {
+    private let lock = ConditionLock()
+    private let state: Mutex<[UInt32: Int]> = Mutex([:])
+    let channels: Int
+    init(channels: Int) { self.channels = channels }
+
+    func arrive(round: UInt32, abort: AbortSignal) throws(TransferError) {
+        var outOfStep = false
+        lock.withLock {
+            state.withLock {
+                $0[round, default: 0] += 1
+                $0 = $0.filter { $0.key >= round || round - $0.key <= 2 }
+                outOfStep = $0.count > 4 || $0[round]! > channels
+            }
+            lock.broadcast()
+            if outOfStep { return }
+            _ = lock.wait(until: { abort.isAborted || state.withLock { ($0[round] ?? channels) >= channels } }, timeout: nil)
+        }
+        if outOfStep { throw TransferError(.protocolViolation, "round marks out of step (round \(round))") }
+        if let e = abort.error { throw e }
+    }
+
+    func wake() { lock.withLock { lock.broadcast() } }
 }

@@ -53,6 +53,15 @@ public final class MigrationSource {
             abort.abort(error)
             run.shutdown()
             report = run.report
+            if run.committed {
+                // The destination already runs the devices: restarting them here would run the
+                // same device twice. Report the failed verification; the source stays stopped.
+                let states = savers.map { "\($0.device.spec) stays \($0.device.state) on the source" }
+                report.error = TransferError(error.code, "after switchover (the devices are RUNNING on the destination): \(error.message); \(states.joined(separator: ", "))")
+                run.shutdown()
+                report.totalTime = Monotonic.now - start
+                return report
+            }
             var states: [String] = []
             for s in savers {
                 do throws(DeviceError) { try s.cleanup(success: false) } catch {
@@ -193,6 +202,9 @@ struct SourceRun {
     var sockets: [Int32] = []
     let feedback = Feedback()
     let progress: TransferProgress
+    /// Set once the destination reported its devices RUNNING: from then on a failure must not
+    /// restart the source devices.
+    var committed = false
 
     init(savers: [DeviceSaver], configuration: MigrationConfiguration, abort: AbortSignal, report: MigrationReport,
          progress: TransferProgress) {
@@ -411,10 +423,11 @@ struct SourceRun {
         }
         trace.mark("channel ends sent")
         let timings = try feedback.waitResumed(timeout: options.timeout)
+        committed = true
         trace.mark("destination resumed (load \(timings.a) ms, resume \(timings.b) ms)")
         report.downtime = Monotonic.now - downStart
-        report.destinationLoadTime = .microseconds(Int64(timings.a * 1000))
-        report.destinationResumeTime = .microseconds(Int64(timings.b * 1000))
+        report.destinationLoadTime = .microseconds(safeMicros(timings.a))
+        report.destinationResumeTime = .microseconds(safeMicros(timings.b))
 
         // Proof: the destination's digests against the source's (both devices are stopped
         // now, or running without a workload on the destination).
@@ -431,13 +444,20 @@ struct SourceRun {
         let summary = MigrationSummary(downtime: report.downtime!, expected: report.expectedDowntime, limit: configuration.downtimeLimit,
                                        iterations: iteration, precopyBytes: report.precopyBytes, stopcopyBytes: report.stopcopyBytes,
                                        sourceDigests: sourceDigests)
-        try g.run(only: 0) { (_, ch) throws(TransferError) in try ch.sendControl(.endOfStream, payload: summary.encoded()) }
+        // The summary only informs the destination's report: its loss fails nothing.
+        try? g.run(only: 0) { (_, ch) throws(TransferError) in try ch.sendControl(.endOfStream, payload: summary.encoded()) }
         let wires = Mutex<UInt64>(0)
         try g.run { (_, ch) throws(TransferError) in let x = ch.stats.wireBytes; wires.withLock { $0 += x } }
         w = wires.withLock { $0 }
         report.wireBytes = w
+        guard dest.digests.count == savers.count else {
+            throw TransferError(.protocolViolation, "the destination reported \(dest.digests.count) digests for \(savers.count) devices")
+        }
         for s in savers {
             let src = report.devices[s.id].sourceDigest, dst = report.devices[s.id].destinationDigest
+            if src != nil && dst == nil {
+                throw TransferError(.corruption, "device \(s.id) (\(s.device.spec)): the destination could not digest its state, so the copy is unverified")
+            }
             if let src, let dst, src != dst {
                 throw TransferError(.corruption, "device \(s.id) (\(s.device.spec)): the destination's state digest \(TransferDigestHex.hex(dst)) differs from the source's \(TransferDigestHex.hex(src))")
             }
@@ -454,4 +474,10 @@ struct Trace {
         guard on else { return }
         printWarning("trace: +\((Monotonic.now - start).milliseconds) ms \(what())")
     }
+}
+
+/// Milliseconds from the peer (any double) as whole microseconds, clamped to a sane range.
+func safeMicros(_ ms: Double) -> Int64 {
+    guard ms.isFinite, ms > 0 else { return 0 }
+    return Int64(min(ms * 1000, 1e15))
 }

@@ -136,16 +136,20 @@ struct MigrationSummary {
     }
     static func decode(_ b: [UInt8]) throws(WireError) -> MigrationSummary {
         var r = PayloadReader(b)
-        let down = Duration.microseconds(Int64(try r.u64()))
+        func micros(_ v: UInt64) throws(WireError) -> Duration {
+            guard let m = Int64(exactly: v) else { throw .malformed("duration \(v) out of range") }
+            return .microseconds(m)
+        }
+        let down = try micros(try r.u64())
         let e = try r.u64()
-        let limit = Duration.microseconds(Int64(try r.u64()))
+        let limit = try micros(try r.u64())
         let it = Int(try r.u32())
         let pre = try r.u64(), stop = try r.u64()
         let n = Int(try r.u16())
         guard n <= WireLimits.maxDevices else { throw .malformed("\(n) devices") }
         var digests: [UInt64?] = []
         for _ in 0..<n { let has = try r.u8() == 1; let d = try r.u64(); digests.append(has ? d : nil) }
-        return MigrationSummary(downtime: down, expected: e == UInt64.max ? nil : .microseconds(Int64(e)), limit: limit,
+        return MigrationSummary(downtime: down, expected: e == UInt64.max ? nil : try micros(e), limit: limit,
                                 iterations: it, precopyBytes: pre, stopcopyBytes: stop, sourceDigests: digests)
     }
 }

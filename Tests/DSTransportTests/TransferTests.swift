@@ -171,6 +171,38 @@ import DSTestSupport
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 
+    /// A peer claiming an enormous size gets neither a crash nor an allocation sized by the
+    /// claim: what it sends is checked against what it claimed, and the receive fails.
+    @Test func hugeClaimedSizeIsBounded() throws {
+        let o = options(connections: 1)
+        // Over Int64.max: refused at the preamble.
+        #expect(throws: WireError.self) {
+            try Preamble(features: [.xxh3], sessionID: .random(), channelIndex: 0, channelCount: 1, chunkSize: 65536,
+                         mode: .addressable, totalSize: UInt64(Int64.max) + 1).encoded().withUnsafeBytes { try Preamble.decode($0) }
+        }
+        // 2^62 bytes into /dev/null: one chunk arrives, then the end: incomplete.
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
+        nonisolated(unsafe) var received: TransferReport?
+        let t = OSThread { received = receiver.receive(output: "/dev/null", acceptTimeout: .seconds(5)) }
+        let fd = rawConnect(receiver.listener.endpoint)
+        sendRaw(fd, Preamble(features: [.xxh3], sessionID: .random(), channelIndex: 0, channelCount: 1, chunkSize: 65536,
+                             mode: .addressable, totalSize: 1 << 62).encoded())
+        let chunk = [UInt8](repeating: 7, count: 65536)
+        sendRaw(fd, frameBytes(FrameHeader(type: .data, rawLength: 65536, wireLength: 65536, position: 0,
+                                           checksum: chunk.withUnsafeBytes { xxh3($0) }), payload: chunk))
+        let end = ChannelEnd(chunks: 1, rawBytes: 65536).encoded()
+        sendRaw(fd, frameBytes(FrameHeader(type: .channelEnd, rawLength: UInt32(end.count), wireLength: UInt32(end.count),
+                                           checksum: end.withUnsafeBytes { xxh3($0) }), payload: end))
+        var d = TransferDigest(); d.add(index: 0, length: 65536, checksum: chunk.withUnsafeBytes { xxh3($0) })
+        let totals = TransferTotals(chunks: 1, rawBytes: 65536, wireBytes: 0, digest: d.value).encoded()
+        sendRaw(fd, frameBytes(FrameHeader(type: .endOfStream, rawLength: UInt32(totals.count), wireLength: UInt32(totals.count),
+                                           checksum: totals.withUnsafeBytes { xxh3($0) }), payload: totals))
+        t.join()
+        close(fd)
+        #expect(received?.completed == false)
+        #expect(received?.error?.message.contains("incomplete transfer") == true, "\(received?.error?.message ?? "")")
+    }
+
     /// Something that is not devstream connects first: the receive fails and says so.
     @Test func garbageFromANonDevstreamPeer() throws {
         let out = tmpPath("out")
