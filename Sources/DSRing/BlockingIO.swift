@@ -1,22 +1,33 @@
 internal import CURing
 import Glibc
 
-/// The blocking backend: each operation as a plain syscall on the calling thread. Socket
-/// timeouts come from SO_RCVTIMEO/SO_SNDTIMEO, which surface as EAGAIN and are reported as
-/// ETIMEDOUT.
+/// The blocking backend: each operation as a plain syscall on the calling thread. A socket
+/// operation with a timeout polls first, then moves what it can (EAGAIN is retried by
+/// `Ring.perform`), so it cannot outlive its timeout; SO_RCVTIMEO/SO_SNDTIMEO, where a caller
+/// sets them, surface as EAGAIN and are reported as ETIMEDOUT.
 enum BlockingIO {
-    static func run(_ op: IOOp) -> Result<Int, Errno> {
+    /// Runs `op`. With a `timeout`, socket sends and receives first poll for readiness and then
+    /// move what they can without blocking, so no call outlives its timeout.
+    static func run(_ op: IOOp, timeout: Duration? = nil) -> Result<Int, Errno> {
         let n: Int
+        if let timeout {
+            switch op {
+            case .send(let fd, _): if let e = waitReady(fd, events: Int16(POLLOUT), timeout) { return .failure(e) }
+            case .recv(let fd, _): if let e = waitReady(fd, events: Int16(POLLIN), timeout) { return .failure(e) }
+            default: break
+            }
+        }
+        let dontWait = timeout == nil ? Int32(0) : Int32(MSG_DONTWAIT)
         switch op {
         case .read(let fd, let b, let offset, _):
             n = offset == Ring.currentPosition ? Glibc.read(fd, b.baseAddress, b.count) : pread(fd, b.baseAddress, b.count, off_t(offset))
         case .write(let fd, let b, let offset, _):
             n = offset == Ring.currentPosition ? Glibc.write(fd, b.baseAddress, b.count) : pwrite(fd, b.baseAddress, b.count, off_t(offset))
         case .send(let fd, let b):
-            n = Glibc.send(fd, b.baseAddress, b.count, Int32(MSG_NOSIGNAL))
+            n = Glibc.send(fd, b.baseAddress, b.count, Int32(MSG_NOSIGNAL) | dontWait)
             if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return .failure(.timedOut) }
         case .recv(let fd, let b):
-            n = Glibc.recv(fd, b.baseAddress, b.count, 0)
+            n = Glibc.recv(fd, b.baseAddress, b.count, dontWait)
             if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return .failure(.timedOut) }
         case .accept(let fd):
             n = Int(Glibc.accept(fd, nil, nil))
@@ -26,6 +37,19 @@ enum BlockingIO {
             n = Int(Glibc.fsync(fd))
         }
         return n < 0 ? .failure(.current) : .success(n)
+    }
+
+    /// Polls `fd` for `events` up to `timeout`; nil when ready (or in error: the syscall that
+    /// follows reports it), `.timedOut` when the time ran out.
+    private static func waitReady(_ fd: Int32, events: Int16, _ timeout: Duration) -> Errno? {
+        let (s, atto) = timeout.components
+        let ms = Int32(clamping: s * 1000 + atto / 1_000_000_000_000_000)
+        var p = pollfd(fd: fd, events: events, revents: 0)
+        while true {
+            let rc = poll(&p, 1, ms)
+            if rc < 0 && errno == EINTR { continue }
+            return rc == 0 ? .timedOut : nil
+        }
     }
 }
 

@@ -96,6 +96,11 @@ public final class Ring {
     /// Faults to inject (tests). nil in production.
     public var faultInjector: FaultInjector?
     private var inFlight = 0
+    private var nextOperationID: UInt64 = 0
+    /// The timeout of the operation being performed, for the blocking backend's poll.
+    private var blockingTimeout: Duration?
+    /// user_data values at or above this are the ring's own (cancellations).
+    static let internalUserData = UInt64.max - 1
 
     /// Creates a ring on the calling thread.
     /// - Parameter backend: nil picks `IOBackend.preferred` (probed once per process).
@@ -171,7 +176,7 @@ public final class Ring {
             }
         }
         guard let r = uring else {
-            blockingQueue.append(Completion(userData: userData, result: BlockingIO.run(op)))
+            blockingQueue.append(Completion(userData: userData, result: BlockingIO.run(op, timeout: blockingTimeout)))
             return
         }
         var sqe = io_uring_get_sqe(r)
@@ -249,20 +254,25 @@ public final class Ring {
     }
 
     /// Cancels every in-flight operation and reaps them, so their buffers are free again.
+    /// Cancels every in-flight operation and reaps them all, so no buffer is still in the
+    /// kernel's hands when this returns (a cancel is re-sent each second until they are).
     public func cancelAll() {
         guard let r = uring, inFlight > 0 else { return }
-        if let sqe = io_uring_get_sqe(r) {
-            io_uring_prep_cancel64(sqe, 0, Int32(IORING_ASYNC_CANCEL_ANY))
-            io_uring_sqe_set_data64(sqe, UInt64.max)
-            inFlight += 1
-        }
+        var needCancel = true
         while inFlight > 0 {
+            if needCancel, let sqe = io_uring_get_sqe(r) {
+                io_uring_prep_cancel64(sqe, 0, Int32(IORING_ASYNC_CANCEL_ANY))
+                io_uring_sqe_set_data64(sqe, Ring.internalUserData)
+                inFlight += 1
+                needCancel = false
+            }
             var cqe: UnsafeMutablePointer<io_uring_cqe>?
             var ts = __kernel_timespec(tv_sec: 1, tv_nsec: 0)
             io_uring_submit(r)
             let rc = io_uring_wait_cqe_timeout(r, &cqe, &ts)
             if rc == -EINTR { continue }
-            guard rc >= 0, let cqe else { break }
+            if rc == -ETIME { needCancel = true; continue }
+            guard rc >= 0, let cqe else { needCancel = true; continue }
             io_uring_cqe_seen(r, cqe)
             inFlight -= 1
         }
@@ -270,11 +280,19 @@ public final class Ring {
 
     // MARK: - Synchronous helpers (one operation in flight)
 
-    /// Runs one operation to completion, retrying EINTR and EAGAIN.
+    /// Runs one operation to completion, retrying EINTR and EAGAIN. Each submission has its own
+    /// `user_data`; a completion that is not its own (left over from a cancelled operation) is
+    /// dropped.
     public func perform(_ op: IOOp, timeout: Duration? = nil) throws(Errno) -> Int {
         while true {
-            submit(op, userData: 0)
-            switch try wait(timeout: timeout).result {
+            nextOperationID &+= 1
+            if nextOperationID >= Ring.internalUserData { nextOperationID = 1 }
+            let id = nextOperationID
+            blockingTimeout = timeout
+            submit(op, userData: id)
+            var c = try wait(timeout: timeout)
+            while c.userData != id { c = try wait(timeout: timeout) }
+            switch c.result {
             case .success(let n): return n
             case .failure(let e) where e == .interrupted || e == .wouldBlock: continue
             case .failure(let e): throw e

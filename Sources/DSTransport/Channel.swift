@@ -48,6 +48,11 @@ public final class Channel {
     public let outSlot: Int
     /// The largest chunk the peer may send (the session's chunk size).
     public var maxChunk: Int
+    /// Marks frames in flight for the session's farewell (nil: not watched).
+    public var socketGuard: SocketGuard?
+    /// After a failed send, look for an error frame the peer left (off when another thread
+    /// reads this socket, as the migration source's feedback reader does on channel 0).
+    public var peekPeerErrors = true
 
     /// - Parameters:
     ///   - fd: a connected socket; the channel does not close it.
@@ -88,9 +93,11 @@ public final class Channel {
                                  wireLength: UInt32(enc.wireLength), aux: aux, position: position, checksum: enc.checksum)
         header.encode(into: pool.header(slot))
         let frame = UnsafeRawBufferPointer(rebasing: pool.bytes(slot)[0..<(FrameHeader.size + enc.wireLength)])
+        socketGuard?.setMidFrame(true)
         do { try ring.sendAll(fd: fd, frame, timeout: timeout) } catch {
             throw peerFailure(error, doing: "sending data")
         }
+        socketGuard?.setMidFrame(false)
         stats.chunks += 1
         stats.rawBytes += UInt64(length)
         stats.wireBytes += UInt64(frame.count)
@@ -106,11 +113,13 @@ public final class Channel {
                                  wireLength: UInt32(payload.count), aux: aux, position: position, checksum: checksum)
         var h = [UInt8](repeating: 0, count: FrameHeader.size)
         h.withUnsafeMutableBytes { header.encode(into: $0) }
+        socketGuard?.setMidFrame(true)
         do {
             try h.withUnsafeBytes { b in try ring.sendAll(fd: fd, b, timeout: timeout) }
             if !payload.isEmpty {
                 try payload.withUnsafeBytes { b in try ring.sendAll(fd: fd, b, timeout: timeout) }
             }
+            socketGuard?.setMidFrame(false)
         } catch let e as Errno {
             throw peerFailure(e, doing: "sending \(type)")
         } catch {
@@ -122,8 +131,9 @@ public final class Channel {
     /// After a send failed, the peer may have said why before closing: read an `error` frame if
     /// one is waiting, and report its message instead of the bare socket error.
     func peerFailure(_ e: Errno, doing: String) -> TransferError {
-        if e != .timedOut, let message = Channel.pendingErrorMessage(fd: fd) {
-            return TransferError(.remote, "the receiver failed: \(message)")
+        // The peer's message already names its side ("the receiver failed: ...").
+        if e != .timedOut, peekPeerErrors, let message = Channel.pendingErrorMessage(fd: fd) {
+            return TransferError(.remote, message)
         }
         return TransferError.network(e, doing, channel: index)
     }
@@ -207,7 +217,7 @@ public final class Channel {
     public static func unexpected(_ frame: ReceivedFrame, expecting: String, channel: Int) -> TransferError {
         if frame.header.type == .error || frame.header.type == .reject,
            let m = try? ErrorMessage.decode(frame.control) {
-            return TransferError(.remote, "the peer reported an error: \(m.message)")
+            return TransferError(.remote, m.message)
         }
         return TransferError(.protocolViolation, "unexpected \(frame.header.type) frame on channel \(channel), expected \(expecting)")
     }

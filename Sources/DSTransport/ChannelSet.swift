@@ -26,9 +26,10 @@ public enum ChannelSet {
                 }
                 let fd = try Sockets.connect(endpoint, ring: ring, timeout: options.timeout)
                 sockets.withLock { $0[i] = fd }
-                abort.watch(fd)
+                let guardian = abort.watch(fd)
                 let ch = Channel(index: i, fd: fd, ring: ring, chunkSize: options.chunkSize, compression: options.compression,
                                  acceleration: options.acceleration, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
+                ch.socketGuard = guardian
                 let preamble = Preamble(features: features, sessionID: session, channelIndex: UInt16(i), channelCount: UInt16(n),
                                         chunkSize: UInt32(options.chunkSize), mode: mode, totalSize: totalSize ?? Preamble.unknownSize)
                 do { try preamble.encoded().withUnsafeBytes { try ring.sendAll(fd: fd, $0, timeout: options.timeout) } } catch {
@@ -53,14 +54,16 @@ public enum ChannelSet {
     /// Receiver side: one thread per accepted socket, each with its ring and channel.
     public static func serve(_ session: SessionInfo, sockets: [Int32], options: TransferOptions, abort: AbortSignal,
                              backend: IOBackendKind, warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> WorkerGroup<Channel> {
-        for fd in sockets { abort.watch(fd) }
+        let guards = sockets.map { abort.watch($0) }
         return try WorkerGroup<Channel>(count: session.channelCount, abort: abort) { (i) throws(TransferError) in
             let ring: Ring
             do { ring = try Ring(entries: 16, backend: backend) } catch {
                 throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
             }
-            return Channel(index: i, fd: sockets[i], ring: ring, chunkSize: session.chunkSize, compression: false,
-                           acceleration: 1, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
+            let ch = Channel(index: i, fd: sockets[i], ring: ring, chunkSize: session.chunkSize, compression: false,
+                             acceleration: 1, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
+            ch.socketGuard = guards[i]
+            return ch
         }
     }
 }

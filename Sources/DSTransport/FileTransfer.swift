@@ -33,19 +33,24 @@ public final class TransferSource: @unchecked Sendable {
             }
             ownsFD = true
         }
+        let opened = fd, owns = ownsFD
+        func fail(_ e: TransferError) -> TransferError {
+            if owns { close(opened) }  // init failed: deinit will not run
+            return e
+        }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw TransferError(.localIO, "cannot stat '\(path)': \(Errno.current)") }
+        guard fstat(fd, &st) == 0 else { throw fail(TransferError(.localIO, "cannot stat '\(path)': \(Errno.current)")) }
         switch st.st_mode & S_IFMT {
         case S_IFREG:
             mode = .addressable; size = UInt64(st.st_size)
         case S_IFBLK:
             var bytes: UInt64 = 0
             guard ioctl(fd, 0x8008_1272 /* BLKGETSIZE64 */, &bytes) == 0 else {
-                throw TransferError(.localIO, "cannot read the size of block device '\(path)': \(Errno.current)")
+                throw fail(TransferError(.localIO, "cannot read the size of block device '\(path)': \(Errno.current)"))
             }
             mode = .addressable; size = bytes
         case S_IFDIR:
-            throw TransferError(.usage, "'\(path)' is a directory; send a file, a block device or - (stdin)")
+            throw fail(TransferError(.usage, "'\(path)' is a directory; send a file, a block device or - (stdin)"))
         default:
             mode = .ordered; size = nil
         }

@@ -29,6 +29,8 @@ public final class SessionListener: @unchecked Sendable {
     private var joined: [Int: Int32] = [:]
     private var failure: TransferError?
     private var stopping = false
+    /// Whether `joined`'s sockets belong to the caller now (else `stop` closes them).
+    private var handedOut = false
     private var thread: OSThread?
     private let timeout: Duration
     private let backend: IOBackendKind
@@ -58,9 +60,15 @@ public final class SessionListener: @unchecked Sendable {
         var result: (SessionInfo, [Int32])?
         var err: TransferError?
         lock.withLock {
-            let ok = lock.wait(until: {
-                failure != nil || (session.map { joined.count == $0.channelCount } ?? false)
-            }, timeout: timeout)
+            // First the session's first connection (as long as the caller likes), then the rest
+            // of its channels within the stall timeout: a sender that connected one channel and
+            // died must not wedge the receiver.
+            var ok = lock.wait(until: { failure != nil || session != nil }, timeout: timeout)
+            if ok && failure == nil {
+                ok = lock.wait(until: {
+                    failure != nil || (session.map { joined.count == $0.channelCount } ?? false)
+                }, timeout: self.timeout)
+            }
             if let f = failure { err = f; return }
             guard ok, let s = session else {
                 err = TransferError(.timeout, session == nil
@@ -69,6 +77,7 @@ public final class SessionListener: @unchecked Sendable {
                 return
             }
             result = (s, (0..<s.channelCount).map { joined[$0]! })
+            handedOut = true
         }
         if let err { throw err }
         return result!
@@ -80,6 +89,12 @@ public final class SessionListener: @unchecked Sendable {
         shutdown(fd, Int32(SHUT_RDWR))
         thread?.join()
         thread = nil
+        let orphans = lock.withLock { () -> [Int32] in
+            guard !handedOut else { return [] }
+            defer { joined = [:] }
+            return Array(joined.values)
+        }
+        for fd in orphans { close(fd) }
     }
 
     private func acceptLoop() {

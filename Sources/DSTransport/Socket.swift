@@ -64,15 +64,12 @@ public enum Sockets {
         return fd
     }
 
-    /// Socket options for data channels: big buffers, and timeouts that make blocking-backend
-    /// calls return (the io_uring backend times out in `Ring.wait`).
+    /// Socket options for data channels. Timeouts are per call (`Ring.perform(_:timeout:)`:
+    /// io_uring waits with a deadline, the blocking backend polls), not SO_RCVTIMEO, so a call
+    /// that asks for a longer wait (the ack after an fsync) gets it.
     public static func configure(_ fd: Int32, timeout: Duration) {
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        let (s, atto) = timeout.components
-        var tv = timeval(tv_sec: Int(s), tv_usec: Int(atto / 1_000_000_000_000))
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
     /// A listening socket on `endpoint` (port 0 picks a free port); returns it and the real port.

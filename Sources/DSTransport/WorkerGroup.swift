@@ -1,5 +1,16 @@
 import Glibc
+import Synchronization
 import DSRing
+
+/// A watched socket and whether a frame is half sent on it (then no farewell may be sent: it
+/// would land inside that frame).
+public final class SocketGuard: Sendable {
+    public let fd: Int32
+    private let sending = Atomic<Bool>(false)
+    init(fd: Int32) { self.fd = fd }
+    public var midFrame: Bool { sending.load(ordering: .acquiring) }
+    public func setMidFrame(_ v: Bool) { sending.store(v, ordering: .releasing) }
+}
 
 /// The first error of a session, and the sockets to shut down when it happens so that every
 /// other thread blocked on one of them returns at once.
@@ -7,7 +18,7 @@ public final class AbortSignal: @unchecked Sendable {
     // @unchecked: all state is guarded by `lock`.
     private let lock = ConditionLock()
     private var first: TransferError?
-    private var sockets: [Int32] = []
+    private var sockets: [SocketGuard] = []
     private var wakers: [@Sendable () -> Void] = []
     /// Bytes to send (best effort, non-blocking) on every watched socket before shutting it
     /// down, so the peer learns why: an `error` frame.
@@ -19,9 +30,14 @@ public final class AbortSignal: @unchecked Sendable {
     public var isAborted: Bool { error != nil }
 
     /// Adds a socket to shut down on abort (and shuts it down now if already aborted).
-    public func watch(_ fd: Int32) {
-        let aborted = lock.withLock { () -> Bool in sockets.append(fd); return first != nil }
+    /// - Returns: the socket's guard; a channel marks it while a frame is half sent, so the
+    ///   farewell never lands inside another frame.
+    @discardableResult
+    public func watch(_ fd: Int32) -> SocketGuard {
+        let g = SocketGuard(fd: fd)
+        let aborted = lock.withLock { () -> Bool in sockets.append(g); return first != nil }
         if aborted { shutdown(fd, Int32(SHUT_RDWR)) }
+        return g
     }
 
     /// Registers `wake`, called once on abort: it must wake threads waiting on conditions of
@@ -39,7 +55,7 @@ public final class AbortSignal: @unchecked Sendable {
     /// - Returns: true if this was the first error.
     @discardableResult
     public func abort(_ error: TransferError) -> Bool {
-        let (isFirst, fds) = lock.withLock { () -> (Bool, [Int32]) in
+        let (isFirst, guards) = lock.withLock { () -> (Bool, [SocketGuard]) in
             guard first == nil else { return (false, []) }
             first = error
             lock.broadcast()
@@ -47,9 +63,11 @@ public final class AbortSignal: @unchecked Sendable {
         }
         if isFirst, let farewell {
             let bytes = farewell(error)
-            for fd in fds { _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) } }
+            for g in guards where !g.midFrame {
+                _ = bytes.withUnsafeBytes { send(g.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            }
         }
-        for fd in fds { shutdown(fd, Int32(SHUT_RDWR)) }
+        for g in guards { shutdown(g.fd, Int32(SHUT_RDWR)) }
         if isFirst { for w in lock.withLock({ wakers }) { w() } }
         return isFirst
     }
@@ -70,7 +88,7 @@ public final class AbortSignal: @unchecked Sendable {
 
     /// Shuts every watched socket down.
     public func shutdownAll() {
-        for fd in lock.withLock({ sockets }) { shutdown(fd, Int32(SHUT_RDWR)) }
+        for g in lock.withLock({ sockets }) { shutdown(g.fd, Int32(SHUT_RDWR)) }
     }
 }
 

@@ -102,7 +102,11 @@ final class Feedback: @unchecked Sendable {
                              acceleration: 1, timeout: max(options.timeout, .seconds(600)))
             do throws(TransferError) {
                 while true {
-                    let f = try ch.receive()
+                    let f: ReceivedFrame
+                    do throws(TransferError) { f = try ch.receive() } catch where error.code == .timeout && !abort.isAborted {
+                        // Quiet is normal during a long bulk round; the data channels detect stalls.
+                        continue
+                    }
                     switch f.header.type {
                     case .switchoverAck: lock.withLock { acks.insert(Int(f.header.stream)); lock.broadcast() }
                     case .loadStats:
@@ -315,6 +319,8 @@ struct SourceRun {
         let rtt = Monotonic.now - rttStart
         report.setupTime = Monotonic.now - start
         onEvent(.setupDone(report.setupTime))
+        // From here the feedback thread owns reads on channel 0.
+        try g.run(only: 0) { (_, ch) throws(TransferError) in ch.peekPeerErrors = false }
         feedback.start(fd: s[0], options: options, backend: backend, abort: abort)
 
         var sched = PrecopyScheduler(configuration: SchedulerConfiguration(
