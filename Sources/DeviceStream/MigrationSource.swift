@@ -371,6 +371,7 @@ struct SourceRun {
                 dirty += p.precopy + p.stopCopyOnly
             }
             decision = sched.nextAction(now: Instant(nanoseconds: Monotonic.nanoseconds))
+            Trace(start: start).mark("round \(iteration): \(bytes) bytes in \(duration.milliseconds) ms; sender \(sched.senderRate.map { Int($0 / 1048576) } ?? -1) MiB/s, receiver \(sched.receiverRate.map { Int($0 / 1048576) } ?? -1) MiB/s, remaining \(sched.remainingBytes)")
             let round = IterationReport(iteration: iteration, sentBytes: bytes, wireBytes: wire, dirtyBytes: dirty,
                                         bandwidth: sched.bandwidthBytesPerSecond, predictedDowntime: sched.predictedDowntime,
                                         duration: duration)
