@@ -87,7 +87,9 @@ public final class SimulatedDevice: AddressableDevice, @unchecked Sendable {
     /// A destination device: `destinationSize` zero bytes, in RESUMING, no workload.
     public init(destinationSize: UInt64, chunkSize: Int = 4 << 10, spec: String? = nil) throws(DeviceError) {
         let text = spec ?? "sim:size=\(destinationSize)"
-        (fd, base) = try Self.makeMapping(size: destinationSize, chunkSize: chunkSize, spec: text)
+        // Memory is allocated now, as a real destination reserves device memory before it
+        // resumes, not page by page inside the migration.
+        (fd, base) = try Self.makeMapping(size: destinationSize, chunkSize: chunkSize, spec: text, populate: true)
         self.spec = text
         size = destinationSize
         trackingChunkSize = chunkSize
