@@ -140,7 +140,9 @@ public final class MigrationDestination: @unchecked Sendable {
         abort.onAbort { barrier.wake() }
 
         // Control replies share channel 0's socket with worker 0's receives: one sender at a time.
-        let control = ControlReplies(fd: sockets[0], timeout: options.timeout)
+        let guard0 = Mutex<SocketGuard?>(nil)
+        try group.run(only: 0) { (_, ch) throws(TransferError) in let g = ch.socketGuard; guard0.withLock { $0 = g } }
+        let control = ControlReplies(fd: sockets[0], guard: guard0.withLock { $0 })
         let pendingInit = Mutex<[Int: [UInt64]]>([:])
         let acked = Mutex<Set<Int>>([])
         let endOfState = Mutex<[Int: DeviceTotals]>([:])
@@ -280,7 +282,9 @@ public final class MigrationDestination: @unchecked Sendable {
 final class ControlReplies: Sendable {
     let fd: Int32
     let lock = Mutex(())
-    init(fd: Int32, timeout: Duration) { self.fd = fd }
+    /// Marks a reply in flight, so an abort's farewell frame is not spliced into it.
+    let socketGuard: SocketGuard?
+    init(fd: Int32, guard socketGuard: SocketGuard?) { self.fd = fd; self.socketGuard = socketGuard }
 
     func send(_ type: FrameType, stream: UInt16 = 0, payload: [UInt8] = []) throws(TransferError) {
         let header = FrameHeader(type: type, stream: stream, rawLength: UInt32(payload.count), wireLength: UInt32(payload.count),
@@ -289,7 +293,9 @@ final class ControlReplies: Sendable {
         bytes.withUnsafeMutableBytes { header.encode(into: $0) }
         bytes += payload
         let ok = lock.withLock { _ in
-            bytes.withUnsafeBytes { b -> Bool in
+            socketGuard?.setMidFrame(true)
+            defer { socketGuard?.setMidFrame(false) }
+            return bytes.withUnsafeBytes { b -> Bool in
                 var off = 0
                 while off < b.count {
                     let n = Glibc.send(fd, b.baseAddress! + off, b.count - off, Int32(MSG_NOSIGNAL))

@@ -447,7 +447,6 @@ struct SourceRun {
             report.devices[s.id].sourceDigest = d
             report.devices[s.id].destinationDigest = s.id < dest.digests.count ? dest.digests[s.id] : nil
         }
-        var w: UInt64 = 0
         let summary = MigrationSummary(downtime: report.downtime!, expected: report.expectedDowntime, limit: configuration.downtimeLimit,
                                        iterations: iteration, precopyBytes: report.precopyBytes, stopcopyBytes: report.stopcopyBytes,
                                        sourceDigests: sourceDigests)
@@ -455,8 +454,7 @@ struct SourceRun {
         try? g.run(only: 0) { (_, ch) throws(TransferError) in try ch.sendControl(.endOfStream, payload: summary.encoded()) }
         let wires = Mutex<UInt64>(0)
         try g.run { (_, ch) throws(TransferError) in let x = ch.stats.wireBytes; wires.withLock { $0 += x } }
-        w = wires.withLock { $0 }
-        report.wireBytes = w
+        report.wireBytes = wires.withLock { $0 }
         guard dest.digests.count == savers.count else {
             throw TransferError(.protocolViolation, "the destination reported \(dest.digests.count) digests for \(savers.count) devices")
         }
