@@ -317,21 +317,30 @@ final class ControlReplies: Sendable {
 /// own receive timeout, which aborts the session and wakes the waiters.
 final class RoundBarrier: Sendable {
     private let lock = ConditionLock()
-    private let state: Mutex<[UInt32: Int]> = Mutex([:])
+    /// Marks seen per round not yet complete, and the highest complete round.
+    private let state: Mutex<(counts: [UInt32: Int], completed: UInt32?)> = Mutex(([:], nil))
     let channels: Int
     init(channels: Int) { self.channels = channels }
 
     func arrive(round: UInt32, abort: AbortSignal) throws(TransferError) {
         var outOfStep = false
         lock.withLock {
-            state.withLock {
-                $0[round, default: 0] += 1
-                $0 = $0.filter { $0.key >= round || round - $0.key <= 2 }
-                outOfStep = $0.count > 4 || $0[round]! > channels
+            state.withLock { s in
+                // A source sends the same increasing rounds on every channel, so a mark for a
+                // round already complete, or too many rounds open at once, is a broken peer.
+                if let c = s.completed, round <= c { outOfStep = true; return }
+                s.counts[round, default: 0] += 1
+                if s.counts[round]! > channels || s.counts.count > 4 { outOfStep = true; return }
+                if s.counts[round]! == channels {
+                    s.counts[round] = nil
+                    s.completed = max(s.completed ?? 0, round)
+                }
             }
             lock.broadcast()
             if outOfStep { return }
-            _ = lock.wait(until: { abort.isAborted || state.withLock { ($0[round] ?? channels) >= channels } }, timeout: nil)
+            _ = lock.wait(until: {
+                abort.isAborted || state.withLock { s in s.completed.map { $0 >= round } ?? false }
+            }, timeout: nil)
         }
         if outOfStep { throw TransferError(.protocolViolation, "round marks out of step (round \(round))") }
         if let e = abort.error { throw e }
