@@ -107,18 +107,10 @@ public final class Channel {
     /// Sends a control frame (header, then payload, one send in flight at a time).
     public func sendControl(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0,
                             payload: [UInt8] = []) throws(TransferError) {
-        precondition(payload.count <= WireLimits.maxControlPayload)
-        let checksum = payload.withUnsafeBytes { xxh3($0) }
-        let header = FrameHeader(type: type, stream: stream, rawLength: UInt32(payload.count),
-                                 wireLength: UInt32(payload.count), aux: aux, position: position, checksum: checksum)
-        var h = [UInt8](repeating: 0, count: FrameHeader.size)
-        h.withUnsafeMutableBytes { header.encode(into: $0) }
+        let frame = controlFrame(type, stream: stream, aux: aux, position: position, payload: payload)
         socketGuard?.setMidFrame(true)
         do {
-            try h.withUnsafeBytes { b in try ring.sendAll(fd: fd, b, timeout: timeout) }
-            if !payload.isEmpty {
-                try payload.withUnsafeBytes { b in try ring.sendAll(fd: fd, b, timeout: timeout) }
-            }
+            try frame.withUnsafeBytes { b in try ring.sendAll(fd: fd, b, timeout: timeout) }
             socketGuard?.setMidFrame(false)
         } catch let e as Errno {
             throw peerFailure(e, doing: "sending \(type)")
@@ -223,24 +215,31 @@ public final class Channel {
     }
 }
 
-extension ErrorMessage {
-    /// This message as a whole `error` frame (header and payload), for `AbortSignal`'s farewell.
-    public func frame(type: FrameType = .error) -> [UInt8] {
-        let payload = encoded()
-        let header = FrameHeader(type: type, rawLength: UInt32(payload.count), wireLength: UInt32(payload.count),
-                                 checksum: payload.withUnsafeBytes { xxh3($0) })
-        var bytes = [UInt8](repeating: 0, count: FrameHeader.size)
-        bytes.withUnsafeMutableBytes { header.encode(into: $0) }
-        return bytes + payload
+/// A whole control frame, header and payload: the one place control frames are built.
+public func controlFrame(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0,
+                         payload: [UInt8] = []) -> [UInt8] {
+    precondition(payload.count <= WireLimits.maxControlPayload)
+    let header = FrameHeader(type: type, stream: stream, rawLength: UInt32(payload.count), wireLength: UInt32(payload.count),
+                             aux: aux, position: position, checksum: payload.withUnsafeBytes { xxh3($0) })
+    var bytes = [UInt8](repeating: 0, count: FrameHeader.size + payload.count)
+    bytes.withUnsafeMutableBytes { b in
+        header.encode(into: b)
+        b.baseAddress!.advanced(by: FrameHeader.size).copyMemory(from: payload, byteCount: payload.count)
     }
+    return bytes
 }
 
 extension ErrorMessage {
+    /// This message as a whole `error` (or `reject`) frame.
+    public func frame(type: FrameType = .error) -> [UInt8] { controlFrame(type, payload: encoded()) }
+
     /// An `accept` frame (empty payload).
-    package static let acceptFrame: [UInt8] = {
-        let header = FrameHeader(type: .accept, rawLength: 0, wireLength: 0, checksum: [UInt8]().withUnsafeBytes { xxh3($0) })
-        var bytes = [UInt8](repeating: 0, count: FrameHeader.size)
-        bytes.withUnsafeMutableBytes { header.encode(into: $0) }
-        return bytes
-    }()
+    package static let acceptFrame: [UInt8] = controlFrame(.accept)
+}
+
+extension AbortSignal {
+    /// A session's abort signal whose farewell tells the peer "the `side` failed: why".
+    public convenience init(side: String) {
+        self.init(farewell: { ErrorMessage(code: 1, message: "the \(side) failed: \($0.message)").frame() })
+    }
 }

@@ -139,7 +139,7 @@ public enum TransferSender {
     private static func run(_ source: TransferSource, _ endpoint: Endpoint, _ options: TransferOptions,
                             _ backend: IOBackendKind, _ progress: TransferProgress,
                             _ warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> TransferTotals {
-        let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the sender failed: \($0.message)").frame() })
+        let abort = AbortSignal(side: "sender")
         let (group, sockets) = try ChannelSet.connect(to: endpoint, options: options, mode: source.mode, totalSize: source.size,
                                                       abort: abort, backend: backend, warn: warn)
         defer { for fd in sockets { close(fd) } }

@@ -134,7 +134,7 @@ public final class SessionListener: @unchecked Sendable {
     }
 
     private func handle(_ conn: Int32, ring: Ring) {
-        Sockets.configure(conn, timeout: timeout)
+        Sockets.configure(conn)
         let who = peerName(conn)
         var buf = [UInt8](repeating: 0, count: Preamble.size)
         let n = (try? buf.withUnsafeMutableBytes { try ring.recvExactly(fd: conn, into: $0, timeout: min(timeout, .seconds(10))) }) ?? 0

@@ -50,7 +50,7 @@ public enum Sockets {
         var (storage, length, family) = try endpoint.resolve()
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw TransferError(.connect, "socket() failed: \(Errno.current)") }
-        configure(fd, timeout: timeout)
+        configure(fd)
         do {
             _ = try withUnsafePointer(to: &storage) { p throws(Errno) in
                 try ring.perform(.connect(fd: fd, address: UnsafeRawPointer(p), length: length), timeout: timeout)
@@ -67,7 +67,7 @@ public enum Sockets {
     /// Socket options for data channels. Timeouts are per call (`Ring.perform(_:timeout:)`:
     /// io_uring waits with a deadline, the blocking backend polls), not SO_RCVTIMEO, so a call
     /// that asks for a longer wait (the ack after an fsync) gets it.
-    public static func configure(_ fd: Int32, timeout: Duration) {
+    public static func configure(_ fd: Int32) {
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }

@@ -43,7 +43,7 @@ public final class TransferReceiver {
             if let t = session.totalSize { progress.total.store(t, ordering: .relaxed) }
             do throws(TransferError) { sink = try FileSink(path: output, size: session.totalSize) } catch {
                 // Tell the sender why before hanging up.
-                let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the receiver failed: \($0.message)").frame() })
+                let abort = AbortSignal(side: "receiver")
                 for fd in sockets { abort.watch(fd) }
                 abort.abort(error)
                 for fd in sockets { close(fd) }
@@ -68,7 +68,7 @@ public final class TransferReceiver {
     private func run(_ session: SessionInfo, _ sockets: [Int32], _ sink: FileSink,
                      _ backend: IOBackendKind) throws(TransferError) -> TransferTotals {
         defer { for fd in sockets { close(fd) } }
-        let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the receiver failed: \($0.message)").frame() })
+        let abort = AbortSignal(side: "receiver")
         let chunk = UInt64(session.chunkSize)
         let total = session.totalSize
         let addressable = session.mode == .addressable

@@ -101,7 +101,7 @@ public final class DeviceSaver: @unchecked Sendable {
 
     /// state_pending_exact: (bytes the next round would send, bytes only stop-copy can move).
     /// For addressable devices it plans the round on a copy of the dirty bitmap, gaps closed.
-    public func pending() throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64) {
+    public func pending(chunkSize: Int) throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64) {
         if !supportsPrecopy { return (0, try device.stopCopySize()) }
         if let a = device as? any AddressableDevice {
             // Exactly what the next plan would send, gaps closed included.
@@ -109,7 +109,7 @@ public final class DeviceSaver: @unchecked Sendable {
             try a.peekDirtyChunks(into: &chunks)
             var items: [SaveItem] = []
             DeviceSaver.coalesce(&chunks, device: id, trackingChunk: UInt64(a.trackingChunkSize), size: a.size,
-                                 chunkSize: 1 << 20, into: &items)
+                                 chunkSize: chunkSize, into: &items)
             return (items.reduce(0) { if case .range(_, _, let n) = $1 { $0 + UInt64(n) } else { $0 } }, 0)
         }
         let info = try device.precopyInfo()

@@ -58,7 +58,7 @@ public final class MigrationDestination: @unchecked Sendable {
     public func run(acceptTimeout: Duration? = nil) -> MigrationReport {
         var report = MigrationReport()
         let start = Monotonic.now
-        let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the destination failed: \($0.message)").frame() })
+        let abort = AbortSignal(side: "destination")
         var sockets: [Int32] = []
         var loaders: [DeviceLoader] = []
         do throws(TransferError) {
@@ -287,11 +287,7 @@ final class ControlReplies: Sendable {
     init(fd: Int32, guard socketGuard: SocketGuard?) { self.fd = fd; self.socketGuard = socketGuard }
 
     func send(_ type: FrameType, stream: UInt16 = 0, payload: [UInt8] = []) throws(TransferError) {
-        let header = FrameHeader(type: type, stream: stream, rawLength: UInt32(payload.count), wireLength: UInt32(payload.count),
-                                 checksum: payload.withUnsafeBytes { xxh3($0) })
-        var bytes = [UInt8](repeating: 0, count: FrameHeader.size)
-        bytes.withUnsafeMutableBytes { header.encode(into: $0) }
-        bytes += payload
+        let bytes = controlFrame(type, stream: stream, payload: payload)
         let ok = lock.withLock { _ in
             socketGuard?.setMidFrame(true)
             defer { socketGuard?.setMidFrame(false) }

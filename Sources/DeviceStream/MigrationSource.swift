@@ -43,7 +43,7 @@ public final class MigrationSource {
         report.compression = configuration.transfer.compression
         report.devices = devices.enumerated().map { DeviceReport(id: $0.offset, spec: $0.element.spec, bytes: 0) }
         let savers = devices.enumerated().map { DeviceSaver(id: $0.offset, device: $0.element) }
-        let abort = AbortSignal(farewell: { ErrorMessage(code: 1, message: "the source failed: \($0.message)").frame() })
+        let abort = AbortSignal(side: "source")
         var run = SourceRun(savers: savers, configuration: configuration, abort: abort, report: report, progress: progress)
         do {
             try run.execute(endpoint: endpoint, start: start, warn: warn, onEvent: onEvent)
@@ -366,7 +366,7 @@ struct SourceRun {
             var dirty: UInt64 = 0
             for s in savers {
                 let p: (precopy: UInt64, stopCopyOnly: UInt64)
-                do throws(DeviceError) { p = try s.pending() } catch { throw device(error) }
+                do throws(DeviceError) { p = try s.pending(chunkSize: options.chunkSize) } catch { throw device(error) }
                 sched.updateRemaining(deviceID: s.id, dirtyBytes: p.precopy, stopCopyOnlyBytes: p.stopCopyOnly)
                 dirty += p.precopy + p.stopCopyOnly
             }

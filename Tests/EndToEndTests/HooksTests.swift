@@ -105,15 +105,15 @@ import Glibc
         let saver = DeviceSaver(id: 0, device: src)
         try saver.saveSetup()
         #expect(try saver.pendingEstimate().precopy == 8 << 20)
-        #expect(try saver.pending().precopy == 8 << 20)
+        #expect(try saver.pending(chunkSize: 1 << 20).precopy == 8 << 20)
         var items: [SaveItem] = []
         try saver.plan(chunkSize: 1 << 20, into: &items)
-        #expect(try saver.pending().precopy == 0)
+        #expect(try saver.pending(chunkSize: 1 << 20).precopy == 0)
         // Two pages 8 KiB apart: the estimate counts 2 pages, the plan joins them (3 pages).
         src.simulateDeviceWrite(at: 1 << 20, [1])
         src.simulateDeviceWrite(at: (1 << 20) + 8192, [2])
         #expect(try saver.pendingEstimate().precopy == 8192)
-        #expect(try saver.pending().precopy == 12288)
+        #expect(try saver.pending(chunkSize: 1 << 20).precopy == 12288)
         var next: [SaveItem] = []
         try saver.plan(chunkSize: 1 << 20, into: &next)
         #expect(next == [.range(device: 0, offset: 1 << 20, length: 12288)])
