@@ -88,6 +88,21 @@ public protocol MigratableDevice: AnyObject, Sendable {
     func close()
 }
 
+/// What a device says its switchover transitions cost (a driver's figure, or an emulation's).
+public struct SwitchoverCostEstimate: Sendable, Equatable {
+    /// RUNNING (or PRE_COPY) → STOP_COPY on the source: quiescing the device.
+    public var stop: Duration
+    /// RESUMING → STOP → RUNNING on the destination, config load included.
+    public var resume: Duration
+    public init(stop: Duration, resume: Duration) { self.stop = stop; self.resume = resume }
+}
+
+extension MigratableDevice {
+    /// The device's own estimate of its switchover costs; nil when it has none (the engine
+    /// then uses what it can measure, and reports the real costs afterwards).
+    public var switchoverCostEstimate: SwitchoverCostEstimate? { nil }
+}
+
 /// A device whose state is addressable: an fd read and written at offsets.
 public protocol AddressableDevice: MigratableDevice {
     /// Size of the state in bytes.

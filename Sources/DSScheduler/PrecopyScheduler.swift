@@ -148,7 +148,8 @@ public struct SchedulerConfiguration: Equatable, Sendable {
     public var deadline: Duration?
     /// Fixed costs assumed until `recordFixedCost` measures them.
     public var defaultFixedCosts: FixedCosts
-    /// Reaching this many rounds counts as non-convergence.
+    /// Reaching this many rounds counts as non-convergence, when no `deadline` is set (with
+    /// one, the deadline alone ends the waiting).
     public var maxIterations: Int
     /// Gate switchover on every registered device's switchover-ack.
     public var requireSwitchoverAck: Bool
@@ -449,7 +450,7 @@ public struct PrecopyScheduler: Sendable {
         let detail = "migration does not converge (\(why)): \(predictionSummary(predicted)); dirty rate \(formatRate(dirtyRateBytesPerSecond)) vs bandwidth \(formatRate(bandwidthBytesPerSecond))"
         switch config.policy {
         case .wait:
-            if iteration >= config.maxIterations {
+            if config.deadline == nil && iteration >= config.maxIterations {
                 return .abort(reason: "\(detail); staying on the source")
             }
             return iterate
@@ -463,7 +464,9 @@ public struct PrecopyScheduler: Sendable {
     /// Why the migration is judged not to converge, or nil.
     private func nonConvergence() -> String? {
         let config = configuration
-        if iteration >= config.maxIterations {
+        // With a deadline, the deadline decides when waiting ends: a cap on the count of
+        // (possibly tiny) rounds must not end a migration before it.
+        if config.deadline == nil && iteration >= config.maxIterations {
             return "reached the maximum of \(config.maxIterations) iterations"
         }
         guard iteration >= config.minimumRoundsBeforeJudging else { return nil }

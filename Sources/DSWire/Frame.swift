@@ -43,9 +43,17 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case loadStats = 0x17
     /// Destination → source: every device is RUNNING; payload: load and resume times.
     case resumed = 0x18
-    /// Either direction: round-trip probe; `aux` echoes.
+    /// Source → destination: round-trip probe; `position` carries the source's clock, which
+    /// the `pong` echoes.
     case ping = 0x19
+    /// Destination → source: the answer to a `ping`, `position` echoed.
     case pong = 0x1A
+    /// Destination → source: every device's state is loaded and validated (RESUMING → STOP);
+    /// the devices wait for `commit`. Payload: load and validation times.
+    case loaded = 0x1B
+    /// Source → destination: the source has given up its devices for good (it will not
+    /// restart them); the destination may run its own. Only after `loaded`.
+    case commit = 0x1C
 
     public var isData: Bool { self == .data || self == .streamData }
 }

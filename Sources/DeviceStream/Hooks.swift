@@ -273,9 +273,20 @@ public final class DeviceLoader: @unchecked Sendable {
 
     public var loadedBytes: UInt64 { lock.withLock { bytesLoaded } }
 
-    /// load_cleanup after success: RESUMING → STOP (the device validates what it got) → RUNNING.
-    public func resume() throws(DeviceError) {
-        try device.setState(.stop)
+    /// load_cleanup, first phase: RESUMING → STOP. The device validates what it got; it does
+    /// not run yet.
+    public func validate() throws(DeviceError) {
+        if device.state != .stop { try device.setState(.stop) }
+    }
+
+    /// load_cleanup, second phase (after the source's commit): STOP → RUNNING.
+    public func run() throws(DeviceError) {
         try device.setState(.running)
+    }
+
+    /// Both phases at once, for a caller with no source to wait for (tests, local restores).
+    public func resume() throws(DeviceError) {
+        try validate()
+        try run()
     }
 }

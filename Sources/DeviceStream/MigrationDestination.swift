@@ -21,6 +21,9 @@ public final class MigrationDestination: @unchecked Sendable {
     private let specs: [String]?
     public let listener: SessionListener
     public let options: TransferOptions
+    /// Called as the handover passes each step (logging; tests stop the process there). Set it
+    /// before `run`.
+    public var phaseHook: (@Sendable (HandoverPhase) -> Void)?
     private let warn: @Sendable (String) -> Void
 
     /// Binds `endpoint` (port 0 picks one: `listener.endpoint`) and starts accepting.
@@ -93,6 +96,7 @@ public final class MigrationDestination: @unchecked Sendable {
         let devices = self.devices
         let specs = self.specs
         let options = self.options
+        let phaseHook = self.phaseHook
         let setupStart = Monotonic.now
 
         // load_setup: device headers on channel 0, matched to the local devices.
@@ -128,7 +132,11 @@ public final class MigrationDestination: @unchecked Sendable {
                 }
             }
             made.withLock { $0 = list }
-            try ch.sendControl(.accept)
+            // The accept says how long setup took and what resuming should cost, so the
+            // source counts neither as network latency.
+            var resume = 0.0
+            for l in list { resume += l.device.switchoverCostEstimate?.resume.milliseconds ?? 1 }
+            try ch.sendControl(.accept, payload: Timings(a: (Monotonic.now - setupStart).milliseconds, b: resume).encoded())
         }
         loaders = made.withLock { $0 }
         let loadersCopy = loaders
@@ -142,7 +150,7 @@ public final class MigrationDestination: @unchecked Sendable {
         // Control replies share channel 0's socket with worker 0's receives: one sender at a time.
         let guard0 = Mutex<SocketGuard?>(nil)
         try group.run(only: 0) { (_, ch) throws(TransferError) in let g = ch.socketGuard; guard0.withLock { $0 = g } }
-        let control = ControlReplies(fd: sockets[0], guard: guard0.withLock { $0 })
+        let control = ControlReplies(fd: sockets[0], guard: guard0.withLock { $0 }, timeout: options.timeout)
         let pendingInit = Mutex<[Int: [UInt64]]>([:])
         let acked = Mutex<Set<Int>>([])
         let endOfState = Mutex<[Int: DeviceTotals]>([:])
@@ -162,7 +170,7 @@ public final class MigrationDestination: @unchecked Sendable {
                 let f = try ch.receive()
                 let h = f.header
                 let d = Int(h.stream)
-                if h.type != .channelEnd && h.type != .iterationMark && h.type != .switchover && h.type != .endOfStream {
+                if h.type != .channelEnd && h.type != .iterationMark && h.type != .switchover && h.type != .ping {
                     guard d < loadersCopy.count else { throw TransferError(.protocolViolation, "frame for unknown device \(d)") }
                 }
                 switch h.type {
@@ -178,7 +186,7 @@ public final class MigrationDestination: @unchecked Sendable {
                     // No channel reads round k+1 until every channel has loaded round k: a page
                     // sent again in a later round (on another channel) must land after its older
                     // copy, never under it.
-                    try barrier.arrive(round: h.aux, abort: abort)
+                    try barrier.arrive(round: h.aux, abort: abort, timeout: options.timeout)
                     if i == 0 {
                         let loaded = loadersCopy.reduce(UInt64(0)) { $0 + $1.loadedBytes }
                         let now = Monotonic.now
@@ -187,7 +195,7 @@ public final class MigrationDestination: @unchecked Sendable {
                             guard let first = r.firstData, loaded - r.lastBytes >= 1 << 20 else { return nil }
                             return Double(loaded - r.lastBytes) / max((now - first).seconds, 1e-6)
                         }
-                        if let rate { try control.send(.loadStats, payload: Timings(a: Double(loaded), b: rate).encoded()) }
+                        if let rate { try control.send(.loadStats, aux: h.aux, payload: Timings(a: Double(loaded), b: rate).encoded()) }
                     }
                 case .initDataSent where i == 0:
                     let t: DeviceTotals
@@ -198,6 +206,8 @@ public final class MigrationDestination: @unchecked Sendable {
                     try checkAck(d)
                 case .switchover where i == 0:
                     break
+                case .ping where i == 0:
+                    try control.send(.pong, position: h.position)
                 case .configState where i == 0:
                     do { try loadersCopy[d].device.loadConfig(f.control) } catch {
                         throw TransferError(.device, "device \(d) refused its config state: \(error)")
@@ -235,22 +245,57 @@ public final class MigrationDestination: @unchecked Sendable {
             guard configs.withLock({ $0.contains(l.id) }) else { throw TransferError(.corruption, "device \(l.id): no config state arrived") }
         }
         let loadTime = Monotonic.now - loadStart
-        let resumeStart = Monotonic.now
+
+        // Two-phase handover. Phase one: every device validates what it got (RESUMING → STOP)
+        // and waits there; `loaded` tells the source. Phase two only on the source's `commit`:
+        // STOP → RUNNING. If the source goes away first, the devices stay in STOP.
+        let validateStart = Monotonic.now
         for l in loaders {
-            do throws(DeviceError) { try l.resume() } catch { throw TransferError(.device, "device \(l.id) (\(l.device.spec)) cannot resume: \(error)") }
+            do throws(DeviceError) { try l.validate() } catch {
+                throw TransferError(.device, "device \(l.id) (\(l.device.spec)) refused its state: \(error)")
+            }
         }
-        let resumeTime = Monotonic.now - resumeStart
-        try control.send(.resumed, payload: Timings(a: loadTime.milliseconds, b: resumeTime.milliseconds).encoded())
+        let validateTime = Monotonic.now - validateStart
+        try control.send(.loaded, payload: Timings(a: loadTime.milliseconds, b: validateTime.milliseconds).encoded())
+        phaseHook?(.loadedSent)
+        try group.run(only: 0) { (_, ch) throws(TransferError) in
+            while true {
+                let f: ReceivedFrame
+                do throws(TransferError) { f = try ch.receive() } catch {
+                    throw TransferError(error.code, "waiting for the source to commit: \(error.message)")
+                }
+                switch f.header.type {
+                case .commit: return
+                case .ping: try control.send(.pong, position: f.header.position)
+                default: throw Channel.unexpected(f, expecting: "commit", channel: 0)
+                }
+            }
+        }
+        let commitAt = Monotonic.now
+        phaseHook?(.commitReceived)
+        for l in loaders {
+            do throws(DeviceError) { try l.run() } catch { throw TransferError(.device, "device \(l.id) (\(l.device.spec)) cannot resume: \(error)") }
+        }
+        let resumeTime = Monotonic.now - commitAt
         report.destinationLoadTime = loadTime
-        report.destinationResumeTime = resumeTime
-        var digests: [UInt64?] = []
-        for l in loaders {
-            let d = try? l.device.digest()
-            digests.append(d)
-            report.devices[l.id].destinationDigest = d
-            report.devices[l.id].bytes = l.loadedBytes
+        report.destinationResumeTime = validateTime + resumeTime
+        // From here the devices run: what follows proves and reports, and its failure is a
+        // warning (the migration happened; the source compares the digests).
+        do throws(TransferError) {
+            try control.send(.resumed, payload: Timings(a: resumeTime.milliseconds, b: (validateTime + resumeTime).milliseconds).encoded())
+            phaseHook?(.running)
+            var digests: [UInt64?] = []
+            for l in loaders {
+                let d = try? l.device.digest()
+                digests.append(d)
+                report.devices[l.id].destinationDigest = d
+                report.devices[l.id].bytes = l.loadedBytes
+            }
+            try control.send(.ack, payload: DigestList(digests: digests).encoded())
+        } catch {
+            warn("warning: the devices run on the destination, but reporting to the source failed: \(error.message)")
+            return
         }
-        try control.send(.ack, payload: DigestList(digests: digests).encoded())
         report.receiverLoadRate = Double(loaders.reduce(UInt64(0)) { $0 + $1.loadedBytes }) / max(loadTime.seconds, 1e-6)
 
         // The source's summary: downtime as it measured it, and its digests.
@@ -284,25 +329,36 @@ final class ControlReplies: Sendable {
     let lock = Mutex(())
     /// Marks a reply in flight, so an abort's farewell frame is not spliced into it.
     let socketGuard: SocketGuard?
-    init(fd: Int32, guard socketGuard: SocketGuard?) { self.fd = fd; self.socketGuard = socketGuard }
+    let timeout: Duration
+    init(fd: Int32, guard socketGuard: SocketGuard?, timeout: Duration) {
+        self.fd = fd; self.socketGuard = socketGuard; self.timeout = timeout
+    }
 
-    func send(_ type: FrameType, stream: UInt16 = 0, payload: [UInt8] = []) throws(TransferError) {
-        let bytes = controlFrame(type, stream: stream, payload: payload)
-        let ok = lock.withLock { _ in
+    /// Sends one frame within `timeout`: a source that stops reading (its socket buffer full)
+    /// fails the send instead of blocking the destination forever.
+    func send(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0, payload: [UInt8] = []) throws(TransferError) {
+        let bytes = controlFrame(type, stream: stream, aux: aux, position: position, payload: payload)
+        let deadline = Monotonic.now + timeout
+        let failure: String? = lock.withLock { _ in
             socketGuard?.setMidFrame(true)
             defer { socketGuard?.setMidFrame(false) }
-            return bytes.withUnsafeBytes { b -> Bool in
+            return bytes.withUnsafeBytes { b -> String? in
                 var off = 0
                 while off < b.count {
-                    let n = Glibc.send(fd, b.baseAddress! + off, b.count - off, Int32(MSG_NOSIGNAL))
-                    if n < 0 && errno == EINTR { continue }
-                    if n <= 0 { return false }
-                    off += n
+                    let n = Glibc.send(fd, b.baseAddress! + off, b.count - off, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                    if n > 0 { off += n; continue }
+                    let e = errno
+                    if n < 0 && e == EINTR { continue }
+                    guard n < 0 && (e == EAGAIN || e == EWOULDBLOCK) else { return "\(Errno(rawValue: e))" }
+                    let left = deadline - Monotonic.now
+                    guard left > .zero else { return "the source has not read its socket for \(timeout)" }
+                    var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&p, 1, Int32(min(left.milliseconds.rounded(.up), 60_000)))
                 }
-                return true
+                return nil
             }
         }
-        guard ok else { throw TransferError(.peerClosed, "sending \(type) to the source failed: \(Errno.current)") }
+        if let failure { throw TransferError(.peerClosed, "sending \(type) to the source failed: \(failure)") }
     }
 }
 
@@ -310,7 +366,8 @@ final class ControlReplies: Sendable {
 /// waits for the others to load theirs before it reads round k+1. The source sends a mark on
 /// every channel after each round (and never starts round k+1 before all of them), so the wait
 /// ends as soon as the slowest channel has drained round k. A stalled channel is caught by its
-/// own receive timeout, which aborts the session and wakes the waiters.
+/// own receive timeout, which aborts the session and wakes the waiters; a channel that keeps
+/// sending without ever marking the round is caught by the wait's own timeout.
 final class RoundBarrier: Sendable {
     private let lock = ConditionLock()
     /// Marks seen per round not yet complete, and the highest complete round.
@@ -318,8 +375,9 @@ final class RoundBarrier: Sendable {
     let channels: Int
     init(channels: Int) { self.channels = channels }
 
-    func arrive(round: UInt32, abort: AbortSignal) throws(TransferError) {
+    func arrive(round: UInt32, abort: AbortSignal, timeout: Duration) throws(TransferError) {
         var outOfStep = false
+        var inTime = true
         lock.withLock {
             state.withLock { s in
                 // A source sends the same increasing rounds on every channel, so a mark for a
@@ -334,11 +392,14 @@ final class RoundBarrier: Sendable {
             }
             lock.broadcast()
             if outOfStep { return }
-            _ = lock.wait(until: {
+            inTime = lock.wait(until: {
                 abort.isAborted || state.withLock { s in s.completed.map { $0 >= round } ?? false }
-            }, timeout: nil)
+            }, timeout: timeout)
         }
         if outOfStep { throw TransferError(.protocolViolation, "round marks out of step (round \(round))") }
+        if !inTime && !abort.isAborted {
+            throw TransferError(.protocolViolation, "round marks out of step: round \(round) was not marked on every channel within \(timeout) (a channel kept sending without closing the round)")
+        }
         if let e = abort.error { throw e }
     }
 

@@ -25,6 +25,8 @@ public final class MigrationSource {
     public let configuration: MigrationConfiguration
     /// Live progress (device bytes sent so far), readable from any thread.
     public let progress = TransferProgress()
+    /// Called as the handover passes each step (logging; tests stop the process there).
+    public var phaseHook: (@Sendable (HandoverPhase) -> Void)?
     private let warn: @Sendable (String) -> Void
 
     public init(devices: [any MigratableDevice], configuration: MigrationConfiguration,
@@ -45,6 +47,7 @@ public final class MigrationSource {
         let savers = devices.enumerated().map { DeviceSaver(id: $0.offset, device: $0.element) }
         let abort = AbortSignal(side: "source")
         var run = SourceRun(savers: savers, configuration: configuration, abort: abort, report: report, progress: progress)
+        run.phaseHook = phaseHook
         do {
             try run.execute(endpoint: endpoint, start: start, warn: warn, onEvent: onEvent)
             report = run.report
@@ -54,10 +57,13 @@ public final class MigrationSource {
             run.shutdown()
             report = run.report
             if run.committed {
-                // The destination already runs the devices: restarting them here would run the
-                // same device twice. Report the failed verification; the source stays stopped.
+                // `commit` may have reached the destination, which then runs the devices:
+                // restarting them here could run the same device twice. The source stays stopped.
                 let states = savers.map { "\($0.device.spec) stays \($0.device.state) on the source" }
-                report.error = TransferError(error.code, "after switchover (the devices are RUNNING on the destination): \(error.message); \(states.joined(separator: ", "))")
+                let context = report.downtime != nil
+                    ? "after the handover (the devices are RUNNING on the destination)"
+                    : "after the source committed the handover, before the destination confirmed its devices RUNNING (check the destination before restarting anything)"
+                report.error = TransferError(error.code, "\(context): \(error.message); \(states.joined(separator: ", "))")
                 run.shutdown()
                 report.totalTime = Monotonic.now - start
                 return report
@@ -78,12 +84,34 @@ public final class MigrationSource {
     }
 }
 
+/// Where the handover stands, as the source sees it: what the destination may send next.
+enum HandoverStage: Int, Comparable, Sendable {
+    /// Pre-copy and stop-copy: acks, load stats, pongs.
+    case transferring
+    /// Every channel end is sent: `loaded` may come.
+    case stateSent
+    /// `commit` is sent: `resumed` may come.
+    case committed
+    /// `resumed` arrived: the digests (`ack`) may come.
+    case resumed
+    static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+}
+
 /// Destination → source messages, read on channel 0 by their own thread and ring.
+///
+/// Each handover message is accepted only at its stage (a `resumed` before `commit`, or a
+/// `loaded` before the state was sent, is a protocol violation that aborts the session, with
+/// the source devices restarted as long as nothing was committed). Load-rate samples are
+/// consumed once; round-trip samples come from `pong`s echoing the source's clock.
 final class Feedback: @unchecked Sendable {
     // @unchecked: every field is guarded by `lock`.
     private let lock = ConditionLock()
     private var acks: Set<Int> = []
-    private(set) var receiverRate: Double?
+    /// Fresh (round, bytes/s) load-rate samples since the last `takeLoadRates`.
+    private var loadRates: [(round: UInt32, rate: Double)] = []
+    private var rtts: [Duration] = []
+    private var stage = HandoverStage.transferring
+    private var loaded: Timings?
     private var resumed: Timings?
     private var digests: DigestList?
     private var failure: TransferError?
@@ -107,15 +135,31 @@ final class Feedback: @unchecked Sendable {
                         // Quiet is normal during a long bulk round; the data channels detect stalls.
                         continue
                     }
+                    let now = Monotonic.now
+                    let stage = lock.withLock { self.stage }
+                    func expect(_ s: HandoverStage) throws(TransferError) {
+                        guard stage == s else {
+                            throw TransferError(.protocolViolation, "the destination sent \(f.header.type) out of order (the source is at stage \(stage), not \(s)); the migration is refused")
+                        }
+                    }
                     switch f.header.type {
                     case .switchoverAck: lock.withLock { acks.insert(Int(f.header.stream)); lock.broadcast() }
                     case .loadStats:
                         let t = try decode { () throws(WireError) in try Timings.decode(f.control) }
-                        lock.withLock { receiverRate = t.b }
-                    case .resumed:
+                        if t.b.isFinite && t.b > 0 { lock.withLock { loadRates.append((f.header.aux, t.b)); if loadRates.count > 64 { loadRates.removeFirst() } } }
+                    case .pong:
+                        let sent = Duration.nanoseconds(Int64(clamping: f.header.position))
+                        if sent > .zero && sent <= now { lock.withLock { rtts.append(now - sent); if rtts.count > 8 { rtts.removeFirst() } } }
+                    case .loaded:
+                        try expect(.stateSent)
                         let t = try decode { () throws(WireError) in try Timings.decode(f.control) }
-                        lock.withLock { resumed = t; lock.broadcast() }
+                        lock.withLock { loaded = t; lock.broadcast() }
+                    case .resumed:
+                        try expect(.committed)
+                        let t = try decode { () throws(WireError) in try Timings.decode(f.control) }
+                        lock.withLock { resumed = t; self.stage = .resumed; lock.broadcast() }
                     case .ack:
+                        try expect(.resumed)
                         let d = try decode { () throws(WireError) in try DigestList.decode(f.control) }
                         lock.withLock { digests = d; lock.broadcast() }
                         return
@@ -136,26 +180,36 @@ final class Feedback: @unchecked Sendable {
         do { return try body() } catch { throw TransferError(.protocolViolation, "malformed destination message: \(error)") }
     }
 
+    func advance(to s: HandoverStage) { lock.withLock { stage = s; lock.broadcast() } }
+
     func takeAcks() -> Set<Int> { lock.withLock { acks } }
 
-    func waitResumed(timeout: Duration) throws(TransferError) -> Timings {
-        var out: Timings?, err: TransferError?
+    /// The load-rate samples that arrived since the last call (each is used once).
+    func takeLoadRates() -> [(round: UInt32, rate: Double)] { lock.withLock { defer { loadRates = [] }; return loadRates } }
+
+    /// The smallest of the recent round trips: queueing behind data only ever adds to a sample.
+    var roundTrip: Duration? { lock.withLock { rtts.min() } }
+
+    private func wait<T>(_ what: String, timeout: Duration, _ value: () -> T?) throws(TransferError) -> T {
+        var out: T?, err: TransferError?
         lock.withLock {
-            _ = lock.wait(until: { resumed != nil || failure != nil }, timeout: timeout)
-            out = resumed; err = failure
+            _ = lock.wait(until: { value() != nil || failure != nil }, timeout: timeout)
+            out = value(); err = failure
         }
         if let out { return out }
-        throw err ?? TransferError(.timeout, "the destination did not report its devices running within \(timeout)")
+        throw err ?? TransferError(.timeout, "the destination did not \(what) within \(timeout)")
+    }
+
+    func waitLoaded(timeout: Duration) throws(TransferError) -> Timings {
+        try wait("report its devices loaded", timeout: timeout) { loaded }
+    }
+
+    func waitResumed(timeout: Duration) throws(TransferError) -> Timings {
+        try wait("report its devices running", timeout: timeout) { resumed }
     }
 
     func waitDigests(timeout: Duration) throws(TransferError) -> DigestList {
-        var out: DigestList?, err: TransferError?
-        lock.withLock {
-            _ = lock.wait(until: { digests != nil || failure != nil }, timeout: timeout)
-            out = digests; err = failure
-        }
-        if let out { return out }
-        throw err ?? TransferError(.timeout, "the destination did not report its digests within \(timeout)")
+        try wait("report its digests", timeout: timeout) { digests }
     }
 
     func join() { thread?.join(); thread = nil }
@@ -206,9 +260,13 @@ struct SourceRun {
     var sockets: [Int32] = []
     let feedback = Feedback()
     let progress: TransferProgress
-    /// Set once the destination reported its devices RUNNING: from then on a failure must not
-    /// restart the source devices.
+    /// Set when `commit` is about to go out: from then on a failure must not restart the
+    /// source devices (the destination may be running them).
     var committed = false
+    /// Called at each handover step (tests stop a process there).
+    var phaseHook: (@Sendable (HandoverPhase) -> Void)?
+    /// The shortest a pre-copy round lasts (tiny rounds are paced to it).
+    static let minimumRound = Duration.milliseconds(20)
 
     init(savers: [DeviceSaver], configuration: MigrationConfiguration, abort: AbortSignal, report: MigrationReport,
          progress: TransferProgress) {
@@ -304,30 +362,66 @@ struct SourceRun {
         let savers = self.savers
 
         // save_setup: devices enter PRE_COPY; headers go on channel 0; the destination answers
-        // once its devices are set up (RESUMING). That exchange is the first round-trip sample.
+        // once its devices are set up (RESUMING), with how long that took. Only then is the
+        // round trip measured, by pings the destination answers at once: the setup time (a
+        // destination reserving gigabytes) is reported on its own, never mistaken for latency.
         let t0 = Monotonic.now
         for s in savers { do throws(DeviceError) { try s.saveSetup() } catch { throw device(error) } }
-        let stopProxy = Monotonic.now - t0
-        let rttStart = Monotonic.now
+        let setupTransition = Monotonic.now - t0
+        let setupReply = Mutex<(timings: Timings?, rtt: Duration?)>((nil, nil))
         try g.run(only: 0) { (_, ch) throws(TransferError) in
             for s in savers {
                 try ch.sendControl(.deviceSection, stream: UInt16(s.id), aux: UInt32(savers.count), payload: s.header.encoded())
             }
             let reply = try ch.receive()
             guard reply.header.type == .accept else { throw Channel.unexpected(reply, expecting: "setup accept", channel: 0) }
+            let t = reply.control.isEmpty ? nil : try? Timings.decode(reply.control)
+            var best: Duration?
+            for _ in 0..<3 {
+                let sent = Monotonic.now
+                try ch.sendControl(.ping, position: UInt64(sent.nanosecondsSinceBoot))
+                let pong = try ch.receive()
+                guard pong.header.type == .pong, pong.header.position == UInt64(sent.nanosecondsSinceBoot) else {
+                    throw Channel.unexpected(pong, expecting: "pong", channel: 0)
+                }
+                let rtt = Monotonic.now - sent
+                best = min(best ?? rtt, rtt)
+            }
+            setupReply.withLock { $0 = (t, best) }
         }
-        let rtt = Monotonic.now - rttStart
+        let (destSetup, setupRTT) = setupReply.withLock { $0 }
+        let rtt0 = setupRTT ?? .milliseconds(1)
         report.setupTime = Monotonic.now - start
+        if let d = destSetup, d.a.isFinite, d.a >= 0 { report.destinationSetupTime = .microseconds(safeMicros(d.a)) }
+        report.roundTrip = rtt0
         onEvent(.setupDone(report.setupTime))
         // From here the feedback thread owns reads on channel 0.
         try g.run(only: 0) { (_, ch) throws(TransferError) in ch.peekPeerErrors = false }
         feedback.start(fd: s[0], options: options, backend: backend, abort: abort)
 
+        // Switchover's fixed costs, each for what it is:
+        // - stop: the devices' own estimate, else the measured RUNNING → PRE_COPY transition
+        //   (the nearest transition the source can time without stopping anything);
+        // - config: saveConfig timed now (the blob is small; its transfer is in the data term);
+        // - destination resume: the destination's devices' estimate, reported at setup;
+        // - round trips: two (data → `loaded`, then `commit` → `resumed`), re-measured by a ping
+        //   after every round, the smallest recent sample kept.
+        var stopCost = setupTransition
+        var resumeCost = Duration.zero
+        var allStopKnown = true
+        for s in savers {
+            if let e = s.device.switchoverCostEstimate { stopCost = max(stopCost, e.stop); resumeCost += e.resume } else { allStopKnown = false }
+        }
+        if allStopKnown { stopCost = savers.compactMap { $0.device.switchoverCostEstimate?.stop }.max() ?? stopCost }
+        if let d = destSetup, d.b.isFinite, d.b >= 0 { resumeCost = .microseconds(safeMicros(d.b)) }
+        let c0 = Monotonic.now
+        for s in savers { do throws(DeviceError) { _ = try s.device.saveConfig() } catch { throw device(error) } }
+        let configCost = Monotonic.now - c0
         var sched = PrecopyScheduler(configuration: SchedulerConfiguration(
             downtimeLimit: configuration.downtimeLimit, maxBandwidth: configuration.maxBandwidth, policy: configuration.policy,
             deadline: configuration.deadline,
-            defaultFixedCosts: FixedCosts(stopTransition: max(stopProxy, .milliseconds(1)), configState: rtt,
-                                          destinationResume: .milliseconds(2), roundTrip: rtt),
+            defaultFixedCosts: FixedCosts(stopTransition: max(stopCost, .microseconds(100)), configState: configCost,
+                                          destinationResume: max(resumeCost, .microseconds(100)), roundTrip: rtt0 * 2),
             maxIterations: configuration.maxIterations), start: Instant(nanoseconds: Monotonic.nanoseconds))
         let precopyDevices = savers.filter { $0.supportsPrecopy }
         for s in precopyDevices { sched.registerDevice(id: s.id) }
@@ -336,6 +430,7 @@ struct SourceRun {
         // Pre-copy rounds until the scheduler says otherwise.
         var iteration = 0
         var decision: Action = .iterate(rateLimit: nil)
+        var lastProbe = 0
         while true {
             iteration += 1
             var items: [SaveItem] = []
@@ -343,25 +438,50 @@ struct SourceRun {
                 do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &items) } catch { throw device(error) }
             }
             for s in streams { do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &items) } catch { throw device(error) } }
-            let pacer = sched.precopyRateLimit.map { Pacer(rate: $0) }
+            let ranges = items.filter { if case .range = $0 { true } else { false } }
+            // With `--max-bandwidth`, the throttled rounds say nothing about the link stop-copy
+            // will use unthrottled. So every fourth round after the bulk one goes unthrottled if
+            // it is small (at most a quarter second of the cap): a bounded burst that samples
+            // the real capacity.
+            var probe = false
+            if let cap = sched.precopyRateLimit, iteration > 1, iteration - lastProbe >= 4 {
+                let planned = ranges.reduce(UInt64(0)) { if case .range(_, _, let n) = $1 { $0 + UInt64(n) } else { $0 } }
+                if planned >= 1 << 20 && planned <= cap / 4 { probe = true; lastProbe = iteration }
+            }
+            let pacer = probe ? nil : sched.precopyRateLimit.map { Pacer(rate: $0) }
             let roundStart = Monotonic.now
-            let (bytes, wire) = try sendRound(items.filter { if case .range = $0 { true } else { false } }, streams: streams,
-                                              flags: [], iteration: iteration, pacer: pacer, counters: counters)
+            let (bytes, wire) = try sendRound(ranges, streams: streams, flags: [], iteration: iteration, pacer: pacer, counters: counters)
             let duration = Monotonic.now - roundStart
-            if iteration == 1 {
-                try g.run(only: 0) { (_, ch) throws(TransferError) in
+            let pingAt = Monotonic.now
+            try g.run(only: 0) { (_, ch) throws(TransferError) in
+                if iteration == 1 {
                     for s in precopyDevices {
                         try ch.sendControl(.initDataSent, stream: UInt16(s.id), payload: counters.totals(device: s.id).encoded())
                     }
                 }
+                try ch.sendControl(.ping, position: UInt64(pingAt.nanosecondsSinceBoot))
             }
             report.precopyBytes += bytes
             report.iterations = iteration
             // The first round is the bulk copy of the initial state: its rate says little about
             // stop-copy, which moves scattered dirty pages. Bandwidth is learned from the later
             // rounds, which look like stop-copy (so the first decision comes after round 2).
-            if iteration > 1 { sched.recordSent(bytes: bytes, wireBytes: wire, over: duration) }
-            if let r = feedback.receiverRate { sched.recordReceiverLoadRate(bytesPerSecond: r); report.receiverLoadRate = r }
+            if iteration > 1 {
+                sched.recordSent(bytes: bytes, wireBytes: wire, over: duration)
+                if probe { sched.recordUnthrottledSample(bytes: bytes, over: duration) }
+            }
+            // Load rates from the destination, each used once, and only for rounds that ran at
+            // full speed (a throttled round measures the throttle, not the destination).
+            for sample in feedback.takeLoadRates() where sample.round > 1 {
+                if sched.precopyRateLimit == nil || Int(sample.round) == lastProbe {
+                    sched.recordReceiverLoadRate(bytesPerSecond: sample.rate)
+                    report.receiverLoadRate = sample.rate
+                }
+            }
+            if let rtt = feedback.roundTrip {
+                sched.recordFixedCost(.roundTrip, min(rtt, rtt0) * 2)
+                report.roundTrip = min(rtt, rtt0)
+            }
             for id in feedback.takeAcks() { sched.switchoverAcknowledged(deviceID: id) }
             var dirty: UInt64 = 0
             for s in savers {
@@ -371,24 +491,18 @@ struct SourceRun {
                 dirty += p.precopy + p.stopCopyOnly
             }
             decision = sched.nextAction(now: Instant(nanoseconds: Monotonic.nanoseconds))
-            Trace(start: start).mark("round \(iteration): \(bytes) bytes in \(duration.milliseconds) ms; sender \(sched.senderRate.map { Int($0 / 1048576) } ?? -1) MiB/s, receiver \(sched.receiverRate.map { Int($0 / 1048576) } ?? -1) MiB/s, remaining \(sched.remainingBytes)")
+            Trace(start: start).mark("round \(iteration)\(probe ? " (probe)" : ""): \(bytes) bytes in \(duration.milliseconds) ms; sender \(sched.senderRate.map { Int($0 / 1048576) } ?? -1) MiB/s, receiver \(sched.receiverRate.map { Int($0 / 1048576) } ?? -1) MiB/s, rtt \(feedback.roundTrip.map { $0.milliseconds } ?? -1) ms, remaining \(sched.remainingBytes), predicted \(sched.predictedDowntime.map { $0.milliseconds } ?? -1) ms")
             let round = IterationReport(iteration: iteration, sentBytes: bytes, wireBytes: wire, dirtyBytes: dirty,
                                         bandwidth: sched.bandwidthBytesPerSecond, predictedDowntime: sched.predictedDowntime,
                                         duration: duration)
             report.rounds.append(round)
             onEvent(.iteration(round))
             if let e = abort.error { throw e }
-            switch decision {
-            case .iterate:
-                if bytes == 0 { usleep(20_000) }  // nothing was dirty: let the workload run, do not spin
-                continue
-            case .waitForSwitchoverAck:
-                usleep(10_000)
-                continue
-            case .switchover, .abort:
-                break
-            }
-            break
+            if decision.isTerminal { break }
+            // Pace tiny rounds: a round lasts at least `minimumRound`, so an idle device does not
+            // spin through rounds (and the workload gets the CPU to dirty something).
+            let elapsed = Monotonic.now - roundStart
+            if elapsed < Self.minimumRound { sleep(for: Self.minimumRound - elapsed) }
         }
         if case .abort(let reason) = decision {
             report.converged = false
@@ -425,15 +539,30 @@ struct SourceRun {
             }
         }
         trace.mark("config and end of state sent")
+        feedback.advance(to: .stateSent)
         try g.run { (_, ch) throws(TransferError) in
             try ch.sendControl(.channelEnd, payload: ChannelEnd(chunks: ch.stats.chunks, rawBytes: ch.stats.rawBytes).encoded())
         }
         trace.mark("channel ends sent")
-        let timings = try feedback.waitResumed(timeout: options.timeout)
+        phaseHook?(.stateSent)
+
+        // Two-phase handover: the destination has loaded and validated everything (its devices
+        // wait in STOP); only now does the source give its devices up, for good.
+        let loaded = try feedback.waitLoaded(timeout: options.timeout)
+        trace.mark("destination loaded (load \(loaded.a) ms, validation \(loaded.b) ms)")
+        phaseHook?(.loadedReceived)
+        if let e = abort.error { throw e }
+        // The point of no return: from the moment `commit` may be on the wire, restarting the
+        // source devices could run them twice.
         committed = true
-        trace.mark("destination resumed (load \(timings.a) ms, resume \(timings.b) ms)")
+        feedback.advance(to: .committed)
+        try g.run(only: 0) { (_, ch) throws(TransferError) in try ch.sendControl(.commit) }
+        phaseHook?(.commitSent)
+        let timings = try feedback.waitResumed(timeout: options.timeout)
         report.downtime = Monotonic.now - downStart
-        report.destinationLoadTime = .microseconds(safeMicros(timings.a))
+        trace.mark("destination resumed (resume \(timings.b) ms)")
+        phaseHook?(.resumedReceived)
+        report.destinationLoadTime = .microseconds(safeMicros(loaded.a))
         report.destinationResumeTime = .microseconds(safeMicros(timings.b))
 
         // Proof: the destination's digests against the source's (both devices are stopped
@@ -478,6 +607,20 @@ struct Trace {
     func mark(_ what: @autoclosure () -> String) {
         guard on else { return }
         printWarning("trace: +\((Monotonic.now - start).milliseconds) ms \(what())")
+    }
+}
+
+func sleep(for d: Duration) {
+    let (s, atto) = d.components
+    var ts = timespec(tv_sec: Int(s), tv_nsec: Int(atto / 1_000_000_000))
+    nanosleep(&ts, nil)
+}
+
+extension Duration {
+    /// This duration (a `Monotonic.now` reading) in whole nanoseconds.
+    var nanosecondsSinceBoot: Int64 {
+        let (s, atto) = components
+        return s * 1_000_000_000 + atto / 1_000_000_000
     }
 }
 

@@ -18,6 +18,24 @@ public struct MigrationConfiguration: Sendable {
     public init() {}
 }
 
+/// The steps of the two-phase handover, in order, as each end passes them.
+public enum HandoverPhase: String, Sendable, CaseIterable {
+    /// Source: the rest of the state, config and channel ends are sent.
+    case stateSent = "state-sent"
+    /// Destination: every device is loaded, validated and in STOP; `loaded` is sent.
+    case loadedSent = "loaded-sent"
+    /// Source: the destination's `loaded` arrived (the source devices are still restartable).
+    case loadedReceived = "loaded-received"
+    /// Source: `commit` is sent; the source devices will not run again.
+    case commitSent = "commit-sent"
+    /// Destination: `commit` arrived; the devices are about to run.
+    case commitReceived = "commit-received"
+    /// Destination: every device is RUNNING and `resumed` is sent.
+    case running = "running"
+    /// Source: `resumed` arrived; the downtime is measured.
+    case resumedReceived = "resumed-received"
+}
+
 /// One pre-copy round as the source saw it.
 public struct IterationReport: Sendable {
     public var iteration: Int
@@ -46,6 +64,10 @@ public struct MigrationReport: Sendable {
     public var error: TransferError?
     public var totalTime: Duration = .zero
     public var setupTime: Duration = .zero
+    /// The destination's own setup (making and reserving its devices), as it reported it.
+    public var destinationSetupTime: Duration?
+    /// The round trip between the ends (the smallest recent ping), used for the prediction.
+    public var roundTrip: Duration?
     /// Measured: from the first source device leaving a running state to the destination's
     /// acknowledgement that every device is RUNNING.
     public var downtime: Duration?
@@ -98,6 +120,8 @@ public struct MigrationReport: Sendable {
         if let c = converged { o["converged"] = c }
         if let r = switchoverReason { o["switchover_reason"] = r }
         if let l = destinationLoadTime { o["destination_load_ms"] = ms(l) }
+        if let d = destinationSetupTime { o["destination_setup_ms"] = ms(d) }
+        if let r = roundTrip { o["round_trip_ms"] = ms(r) }
         if let r = destinationResumeTime { o["destination_resume_ms"] = ms(r) }
         if let r = receiverLoadRate { o["receiver_load_rate_bytes_per_sec"] = r.rounded() }
         return o

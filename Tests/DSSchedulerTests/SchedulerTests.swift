@@ -343,3 +343,24 @@ struct InstantTests {
         #expect(formatRate(nil) == "unknown")
     }
 }
+
+@Suite struct IterationCapAndDeadlineTests {
+    @Test func iterationCapDoesNotPreemptTheDeadline() {
+        // Many tiny rounds before the deadline: the cap of 5 must not end the wait early.
+        var now = Instant(nanoseconds: 1_000_000_000)
+        var s = PrecopyScheduler(configuration: .init(policy: .wait, deadline: .seconds(10), maxIterations: 5), start: now)
+        for i in 1...50 {
+            s.recordSent(bytes: 1 << 30, wireBytes: 1 << 30, over: .milliseconds(100))
+            s.updateRemaining(deviceID: 0, dirtyBytes: 10 << 30)  // never fits the limit
+            now = now + .milliseconds(100)
+            let a = s.nextAction(now: now)
+            #expect(a == .iterate(rateLimit: nil), "round \(i) at \(now): \(a)")
+        }
+        // Past the deadline the policy applies.
+        now = now + .seconds(6)
+        s.recordSent(bytes: 1 << 30, wireBytes: 1 << 30, over: .milliseconds(100))
+        let a = s.nextAction(now: now)
+        guard case .abort(let reason) = a else { Issue.record("expected abort at the deadline, got \(a)"); return }
+        #expect(reason.contains("deadline"))
+    }
+}

@@ -11,17 +11,17 @@ import Synchronization
         let abort = AbortSignal()
         let passed = Atomic<Bool>(false)
         let a = OSThread {
-            try? barrier.arrive(round: 1, abort: abort)
+            try? barrier.arrive(round: 1, abort: abort, timeout: .seconds(30))
             passed.store(true, ordering: .sequentiallyConsistent)
         }
         usleep(100_000)
         #expect(passed.load(ordering: .sequentiallyConsistent) == false)  // channel 1 has not arrived
-        try barrier.arrive(round: 1, abort: abort)
+        try barrier.arrive(round: 1, abort: abort, timeout: .seconds(30))
         a.join()
         #expect(passed.load(ordering: .sequentiallyConsistent) == true)
         // The next round starts afresh.
-        let b = OSThread { try? barrier.arrive(round: 2, abort: abort) }
-        try barrier.arrive(round: 2, abort: abort)
+        let b = OSThread { try? barrier.arrive(round: 2, abort: abort, timeout: .seconds(30)) }
+        try barrier.arrive(round: 2, abort: abort, timeout: .seconds(30))
         b.join()
     }
 
@@ -31,7 +31,7 @@ import Synchronization
         abort.onAbort { barrier.wake() }
         let failed = Mutex<TransferError?>(nil)
         let t = OSThread {
-            do throws(TransferError) { try barrier.arrive(round: 1, abort: abort) } catch { failed.withLock { $0 = error } }
+            do throws(TransferError) { try barrier.arrive(round: 1, abort: abort, timeout: .seconds(30)) } catch { failed.withLock { $0 = error } }
         }
         usleep(50_000)
         abort.abort(TransferError(.peerClosed, "channel 2 went away"))
@@ -43,7 +43,19 @@ import Synchronization
         let barrier = RoundBarrier(channels: 1)
         let abort = AbortSignal()
         #expect(throws: TransferError.self) {
-            for r: UInt32 in [10, 1, 2, 3, 4, 5] { try barrier.arrive(round: r, abort: abort) }
+            for r: UInt32 in [10, 1, 2, 3, 4, 5] { try barrier.arrive(round: r, abort: abort, timeout: .seconds(30)) }
         }
+    }
+
+    @Test func aRoundNeverMarkedOnEveryChannelTimesOutInsteadOfHanging() {
+        // A hostile source marks round 1 on one channel of two and never on the other.
+        let barrier = RoundBarrier(channels: 2)
+        let abort = AbortSignal()
+        let t0 = Monotonic.now
+        var caught: TransferError?
+        do throws(TransferError) { try barrier.arrive(round: 1, abort: abort, timeout: .milliseconds(300)) } catch { caught = error }
+        #expect(caught?.code == .protocolViolation)
+        #expect(caught?.message.contains("out of step") == true)
+        #expect(Monotonic.now - t0 < .seconds(20))
     }
 }
