@@ -44,6 +44,17 @@ func openDevices(_ specs: [String], destination: Bool) throws -> [any Migratable
     return out
 }
 
+/// A testing aid: `DEVSTREAM_TEST_KILL_AT=PHASE` (a `HandoverPhase` name, e.g. `commit-sent`)
+/// makes this process SIGKILL itself when its end of the handover reaches PHASE, so tests can
+/// kill either end at each step of the two-phase handover.
+func testKillHook() throws -> (@Sendable (HandoverPhase) -> Void)? {
+    guard let at = ProcessInfo.processInfo.environment["DEVSTREAM_TEST_KILL_AT"] else { return nil }
+    guard HandoverPhase(rawValue: at) != nil else {
+        throw ValidationError("DEVSTREAM_TEST_KILL_AT must be one of \(HandoverPhase.allCases.map(\.rawValue).joined(separator: ", ")), got '\(at)'")
+    }
+    return { if $0.rawValue == at { raise(SIGKILL) } }
+}
+
 struct Migrate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Live-migrate devices to a destination (devstream receive --device).")
     @Option(help: "Device spec (repeatable): sim:..., vfio-emu:..., file:PATH, vfio:PATH.") var device: [String] = []
@@ -61,6 +72,7 @@ struct Migrate: ParsableCommand {
         let devices = try openDevices(device, destination: false)
         defer { for d in devices { d.close() } }
         let source = MigrationSource(devices: devices, configuration: config)
+        source.phaseHook = try testKillHook()
         let ticker = json ? nil : Terminal.progressTicker(source.progress, label: "migrate: sent")
         let report = source.migrate(to: endpoint, onEvent: MigrationCLI.printer(json: json, ticker: ticker))
         ticker?.stop()
@@ -143,6 +155,7 @@ enum MigrationCLI {
             Report.fail(error, json: json, extra: [:])
         }
         defer { destination.closeDevices() }
+        destination.phaseHook = try testKillHook()
         Terminal.announce("listening on \(destination.listener.endpoint)")
         let report = destination.run()
         finish(report, json: json, side: "destination")
@@ -163,6 +176,11 @@ enum MigrationCLI {
             if let e = r.expectedDowntime { line += String(format: " (predicted %.1f ms", e.milliseconds) + String(format: ", limit %.0f ms)", r.downtimeLimit.milliseconds) }
             line += ", \(r.iterations) iterations, pre-copy \(Format.bytes(r.precopyBytes)), stop-copy \(Format.bytes(r.stopcopyBytes))"
             if !json { Terminal.line(line) }
+            var costs: [String] = []
+            if let s = r.destinationSetupTime { costs.append(String(format: "destination setup %.1f ms", s.milliseconds)) }
+            if let t = r.roundTrip { costs.append(String(format: "round trip %.2f ms", t.milliseconds)) }
+            if let t = r.destinationResumeTime { costs.append(String(format: "destination resume %.2f ms", t.milliseconds)) }
+            if !json && !costs.isEmpty { Terminal.line("  " + costs.joined(separator: ", ")) }
             for d in r.devices where !json {
                 let s = d.sourceDigest.map(TransferDigest.hex) ?? "-", t = d.destinationDigest.map(TransferDigest.hex) ?? "-"
                 Terminal.line("  device \(d.id) \(d.spec): \(Format.bytes(d.bytes)) moved, source xxh3 \(s), destination xxh3 \(t)\(s == t && s != "-" ? " (equal)" : "")")
