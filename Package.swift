@@ -11,6 +11,7 @@ import PackageDescription
 //   DSDevices                  VFIO state machine, device protocol, sim/emu/file/vfio devices
 //   DeviceStream               migration sessions + the embedding API (the one library product)
 //   devstream, stream-bench    executables
+//   DSNetLab                   namespaces + shaped veth links for tests and stream-bench
 let package = Package(
     name: "DeviceStream",
     platforms: [.macOS(.v15)],
@@ -36,8 +37,10 @@ let package = Package(
         .executableTarget(name: "devstream", dependencies: [
             "DeviceStream", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // Network namespaces joined by a shaped veth pair, for tests and stream-bench; not a product.
+        .target(name: "DSNetLab"),
         .executableTarget(name: "stream-bench", dependencies: [
-            "DeviceStream", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "DeviceStream", "DSNetLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Shared by the test targets (a fault-injecting proxy, data helpers); not a product.
         .target(name: "DSTestSupport", dependencies: ["DSTransport", "DSWire", "DSCodec", "DSRing"], path: "Tests/DSTestSupport"),
@@ -47,7 +50,7 @@ let package = Package(
         .testTarget(name: "DSTransportTests", dependencies: ["DSTransport", "DSCodec", "DSTestSupport"]),
         .testTarget(name: "DSDevicesTests", dependencies: ["DSDevices"]),
         .testTarget(name: "DSSchedulerTests", dependencies: ["DSScheduler"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["DeviceStream", "DSTestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["DeviceStream", "DSTestSupport", "DSNetLab"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -27,9 +27,13 @@ enum CLI {
 
     /// Starts `devstream args...` (through `sh -c` when `shellPrefix` is given, e.g. a ulimit).
     static func start(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil, stdin: String? = nil,
-                      stdinFD: Int32? = nil) throws -> Running {
+                      stdinFD: Int32? = nil, wrapper: [String] = []) throws -> Running {
         let r = Running()
-        if let shellPrefix {
+        if !wrapper.isEmpty {
+            // e.g. `ip netns exec NS devstream ...`
+            r.process.executableURL = URL(fileURLWithPath: wrapper[0] == "ip" ? "/usr/sbin/ip" : wrapper[0])
+            r.process.arguments = Array(wrapper.dropFirst()) + [binary] + args
+        } else if let shellPrefix {
             r.process.executableURL = URL(fileURLWithPath: "/bin/sh")
             r.process.arguments = ["-c", "\(shellPrefix); exec '\(binary)' " + args.map { "'\($0)'" }.joined(separator: " ")]
         } else {
@@ -53,13 +57,15 @@ enum CLI {
         return r
     }
 
-    static func run(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil, stdin: String? = nil) throws -> (status: Int32, stdout: String, stderr: String, stdoutBytes: [UInt8]) {
-        try start(args, env: env, shellPrefix: shellPrefix, stdin: stdin).wait()
+    static func run(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil, stdin: String? = nil,
+                    wrapper: [String] = []) throws -> (status: Int32, stdout: String, stderr: String, stdoutBytes: [UInt8]) {
+        try start(args, env: env, shellPrefix: shellPrefix, stdin: stdin, wrapper: wrapper).wait()
     }
 
     /// Starts a receiver on port 0 and returns it with the port from its first stdout line.
-    static func receiver(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil) throws -> (Running, String) {
-        let r = try start(["receive", "--listen", "127.0.0.1:0"] + args, env: env, shellPrefix: shellPrefix)
+    static func receiver(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil,
+                         host: String = "127.0.0.1", wrapper: [String] = []) throws -> (Running, String) {
+        let r = try start(["receive", "--listen", "\(host):0"] + args, env: env, shellPrefix: shellPrefix, wrapper: wrapper)
         var line = [UInt8]()
         let h = r.out.fileHandleForReading
         while true {
@@ -69,7 +75,7 @@ enum CLI {
         }
         r.firstLine = String(decoding: line, as: UTF8.self) + "\n"
         let s = String(decoding: line, as: UTF8.self)
-        guard s.hasPrefix("listening on 127.0.0.1:") else { throw CLIError.noListenLine(s) }
+        guard s.hasPrefix("listening on \(host):") else { throw CLIError.noListenLine(s) }
         return (r, String(s.dropFirst("listening on ".count)))
     }
 
