@@ -164,6 +164,9 @@ public struct SchedulerConfiguration: Equatable, Sendable {
     public var rateTimeConstant: Duration
     /// Devices registered up front (each must ack before switchover).
     public var registeredDevices: [Int]
+    /// The fraction of the limit held back for the prediction's own error: switchover when
+    /// the predicted downtime is at most `downtimeLimit × (1 − predictionMargin)`.
+    public var predictionMargin: Double
 
     public init(
         downtimeLimit: Duration = .milliseconds(300),
@@ -177,8 +180,10 @@ public struct SchedulerConfiguration: Equatable, Sendable {
         stallWindow: Int = 3,
         stallShrinkFactor: Double = 0.95,
         rateTimeConstant: Duration = .seconds(1),
-        registeredDevices: [Int] = []
+        registeredDevices: [Int] = [],
+        predictionMargin: Double = 0
     ) {
+        self.predictionMargin = min(max(predictionMargin, 0), 0.9)
         self.downtimeLimit = downtimeLimit
         self.maxBandwidth = maxBandwidth
         self.policy = policy
@@ -423,7 +428,8 @@ public struct PrecopyScheduler: Sendable {
 
     private func decide(now: Instant, predicted: Duration?, nonConvergence why: String?) -> Action {
         let config = configuration
-        let fits = predicted.map { $0 <= config.downtimeLimit } ?? false
+        let budget = config.downtimeLimit * (1 - config.predictionMargin)
+        let fits = predicted.map { $0 <= budget } ?? false
         let missing = pendingAcks
         let iterate = Action.iterate(rateLimit: precopyRateLimit)
 

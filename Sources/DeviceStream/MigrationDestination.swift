@@ -195,7 +195,8 @@ public final class MigrationDestination: @unchecked Sendable {
                             guard let first = r.firstData, loaded - r.lastBytes >= 1 << 20 else { return nil }
                             return Double(loaded - r.lastBytes) / max((now - first).seconds, 1e-6)
                         }
-                        if let rate { try control.send(.loadStats, aux: h.aux, payload: Timings(a: Double(loaded), b: rate).encoded()) }
+                        // Sent for every round, rate or not: the source ends its round on it.
+                        try control.send(.loadStats, aux: h.aux, payload: Timings(a: Double(loaded), b: rate ?? 0).encoded())
                     }
                 case .initDataSent where i == 0:
                     let t: DeviceTotals

@@ -110,6 +110,8 @@ final class Feedback: @unchecked Sendable {
     /// Fresh (round, bytes/s) load-rate samples since the last `takeLoadRates`.
     private var loadRates: [(round: UInt32, rate: Double)] = []
     private var rtts: [Duration] = []
+    /// The highest round every destination channel has loaded (its `loadStats`).
+    private var loadedRound: UInt32 = 0
     private var stage = HandoverStage.transferring
     private var loaded: Timings?
     private var resumed: Timings?
@@ -146,7 +148,11 @@ final class Feedback: @unchecked Sendable {
                     case .switchoverAck: lock.withLock { acks.insert(Int(f.header.stream)); lock.broadcast() }
                     case .loadStats:
                         let t = try decode { () throws(WireError) in try Timings.decode(f.control) }
-                        if t.b.isFinite && t.b > 0 { lock.withLock { loadRates.append((f.header.aux, t.b)); if loadRates.count > 64 { loadRates.removeFirst() } } }
+                        lock.withLock {
+                            loadedRound = max(loadedRound, f.header.aux)
+                            if t.b.isFinite && t.b > 0 { loadRates.append((f.header.aux, t.b)); if loadRates.count > 64 { loadRates.removeFirst() } }
+                            lock.broadcast()
+                        }
                     case .pong:
                         let sent = Duration.nanoseconds(Int64(clamping: f.header.position))
                         if sent > .zero && sent <= now { lock.withLock { rtts.append(now - sent); if rtts.count > 8 { rtts.removeFirst() } } }
@@ -198,6 +204,11 @@ final class Feedback: @unchecked Sendable {
         }
         if let out { return out }
         throw err ?? TransferError(.timeout, "the destination did not \(what) within \(timeout)")
+    }
+
+    /// Waits until the destination has loaded `round` on every channel.
+    func waitRoundLoaded(_ round: UInt32, timeout: Duration) throws(TransferError) {
+        _ = try wait("report round \(round) loaded", timeout: timeout) { loadedRound >= round ? true : nil }
     }
 
     func waitLoaded(timeout: Duration) throws(TransferError) -> Timings {
@@ -422,7 +433,7 @@ struct SourceRun {
             deadline: configuration.deadline,
             defaultFixedCosts: FixedCosts(stopTransition: max(stopCost, .microseconds(100)), configState: configCost,
                                           destinationResume: max(resumeCost, .microseconds(100)), roundTrip: rtt0 * 2),
-            maxIterations: configuration.maxIterations), start: Instant(nanoseconds: Monotonic.nanoseconds))
+            maxIterations: configuration.maxIterations, predictionMargin: configuration.predictionMargin), start: Instant(nanoseconds: Monotonic.nanoseconds))
         let precopyDevices = savers.filter { $0.supportsPrecopy }
         for s in precopyDevices { sched.registerDevice(id: s.id) }
         let streams = precopyDevices.filter { $0.header.kind == 1 }
@@ -451,7 +462,6 @@ struct SourceRun {
             let pacer = probe ? nil : sched.precopyRateLimit.map { Pacer(rate: $0) }
             let roundStart = Monotonic.now
             let (bytes, wire) = try sendRound(ranges, streams: streams, flags: [], iteration: iteration, pacer: pacer, counters: counters)
-            let duration = Monotonic.now - roundStart
             let pingAt = Monotonic.now
             try g.run(only: 0) { (_, ch) throws(TransferError) in
                 if iteration == 1 {
@@ -461,6 +471,11 @@ struct SourceRun {
                 }
                 try ch.sendControl(.ping, position: UInt64(pingAt.nanosecondsSinceBoot))
             }
+            // A round ends when the destination has loaded it, not when its last byte entered a
+            // socket buffer: so the rate is what the path delivers, and no earlier round is
+            // still in flight (megabytes in socket buffers and queues) when stop-copy starts.
+            try feedback.waitRoundLoaded(UInt32(iteration), timeout: options.timeout)
+            let duration = Monotonic.now - roundStart
             report.precopyBytes += bytes
             report.iterations = iteration
             // The first round is the bulk copy of the initial state: its rate says little about

@@ -15,6 +15,10 @@ public struct MigrationConfiguration: Sendable {
     /// Give up (or switch over, per policy) this long after the start (`--deadline`).
     public var deadline: Duration? = .seconds(60)
     public var maxIterations = 1000
+    /// The fraction of the downtime limit held back for the prediction's own error (measured
+    /// within ±7% of the limit on the test links; see README): switchover happens when the
+    /// predicted downtime fits `limit × (1 − margin)`.
+    public var predictionMargin = 0.1
     public init() {}
 }
 

@@ -1,0 +1,179 @@
+import ArgumentParser
+import DeviceStream
+import DSNetLab
+import Foundation
+import Glibc
+
+/// `stream-bench migration`: live migrations of a simulated device between two `devstream`
+/// processes (the destination's device made from a spec, as a user would), over loopback or a
+/// real link: two network namespaces joined by a shaped veth pair (`--link`, needs root).
+struct MigrationSweep: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migration",
+        abstract: "Sweep dirty rates (fractions of the measured bandwidth) and downtime limits over live migrations between two devstream processes.")
+    @Option(help: "Simulated device size.") var size: String = "1G"
+    @Option(help: "Dirty rates as fractions of the measured bandwidth.") var dirtyFractions: String = "0,0.1,0.3,0.6"
+    @Option(help: "Downtime limits.") var limits: String = "100ms,300ms"
+    @Option(help: "TCP connections.") var connections: Int = 2
+    @Option(help: "Deadline per run; a run that has not converged by then switches over anyway.") var deadline: String = "20s"
+    @Option(help: "Hot fraction of the device.") var hot: Double = 0.1
+    @Option(help: "loopback, or a link between two network namespaces: \(NetLink.Shape.all.map(\.name).joined(separator: ", ")) (root).")
+    var link: String = "loopback"
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let bytes = try SizeParsing.parse(size)
+        let fractions = dirtyFractions.split(separator: ",").compactMap { Double($0) }
+        let limitList = try limits.split(separator: ",").map { try DurationParsing.parse(String($0)) }
+        let dl = try DurationParsing.parse(deadline)
+        var net: NetLink?
+        if link != "loopback" {
+            guard let shape = NetLink.Shape.named(link) else {
+                throw ValidationError("--link must be loopback or one of \(NetLink.Shape.all.map(\.name).joined(separator: ", ")), got '\(link)'")
+            }
+            do { net = try NetLink(shape) } catch { throw ValidationError("cannot make the \(link) link: \(error)") }
+        }
+        defer { net?.close() }
+        let ends = Ends(link: net)
+        // The bandwidth the fractions refer to: a migration with no dirtying, measured here
+        // (its bulk round; the first run warms the page cache and the binaries).
+        _ = try ends.migrate(size: bytes, dirtyRate: 0, hot: hot, limit: .milliseconds(300), connections: connections, deadline: dl)
+        let probe = try ends.migrate(size: bytes, dirtyRate: 0, hot: hot, limit: .milliseconds(300), connections: connections, deadline: dl)
+        guard probe.completed, let first = probe.rounds.first, first.durationMs > 0 else {
+            throw ValidationError("the probe migration failed: \(probe.error ?? "?")")
+        }
+        let bandwidth = Double(first.sentBytes) / (first.durationMs / 1000)
+        let where_ = net?.description ?? "loopback"
+        var rows: [[String: Any]] = []
+        if !json {
+            print(String(format: "stream-bench migration: %@ sim device, %d connections, %@, measured bandwidth %.0f MiB/s",
+                         Format.bytes(bytes), connections, where_, bandwidth / 1048576))
+            print("| dirty rate | limit | converged | iterations | downtime (measured) | downtime (predicted) | abs(measured − predicted) / limit | round trip | destination setup | total time |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
+        }
+        var worst = 0.0, overLimit = 0, convergedRuns = 0
+        for f in fractions {
+            for limit in limitList {
+                let rate = UInt64(bandwidth * f)
+                let r = try ends.migrate(size: bytes, dirtyRate: rate, hot: hot, limit: limit, connections: connections, deadline: dl)
+                let limitMs = limit.milliseconds
+                let error = (r.downtimeMs != nil && r.expectedMs != nil) ? abs(r.downtimeMs! - r.expectedMs!) / limitMs : nil
+                if r.completed && r.converged {
+                    convergedRuns += 1
+                    if let e = error { worst = max(worst, e) }
+                    if let d = r.downtimeMs, d > limitMs { overLimit += 1 }
+                }
+                rows.append([
+                    "dirty_fraction": f, "dirty_rate_bytes_per_sec": rate, "downtime_limit_ms": limitMs,
+                    "status": r.completed ? "completed" : "failed", "converged": r.converged, "iterations": r.iterations,
+                    "downtime_ms": r.downtimeMs ?? -1, "expected_downtime_ms": r.expectedMs ?? -1,
+                    "round_trip_ms": r.roundTripMs ?? -1, "destination_setup_ms": r.destinationSetupMs ?? -1,
+                    "total_time_ms": r.totalMs, "error": r.error ?? "",
+                ])
+                if !json {
+                    func ms(_ v: Double?) -> String { v.map { String(format: "%.1f ms", $0) } ?? "-" }
+                    let status = r.completed ? (r.converged ? "yes" : "no (\(r.reason ?? "-"))") : "failed: \(r.error ?? "")"
+                    print(String(format: "| %.0f%% (%@/s) | %.0f ms | %@ | %d | %@ | %@ | %@ | %@ | %@ | %.2f s |", f * 100, Format.bytes(rate), limitMs,
+                                 status, r.iterations, ms(r.downtimeMs), ms(r.expectedMs),
+                                 error.map { String(format: "%.1f%%", $0 * 100) } ?? "-",
+                                 r.roundTripMs.map { String(format: "%.3f ms", $0) } ?? "-", ms(r.destinationSetupMs), r.totalMs / 1000))
+                }
+            }
+        }
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: [
+                "bandwidth_bytes_per_sec": bandwidth.rounded(), "size": bytes, "link": where_, "runs": rows,
+                "converged_runs": convergedRuns, "converged_over_limit": overLimit, "worst_prediction_error_of_limit": worst,
+            ], options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print(String(format: "converged runs: %d, over their limit: %d; worst |measured − predicted| among them: %.1f%% of the limit",
+                         convergedRuns, overLimit, worst * 100))
+        }
+    }
+}
+
+/// The two ends of one migration: `devstream receive --device sim:size=N` and
+/// `devstream migrate`, as separate processes, in their namespaces when there is a link.
+struct Ends {
+    let link: NetLink?
+
+    struct Run {
+        var completed: Bool
+        var converged: Bool
+        var reason: String?
+        var iterations: Int
+        var downtimeMs: Double?
+        var expectedMs: Double?
+        var roundTripMs: Double?
+        var destinationSetupMs: Double?
+        var totalMs: Double
+        var rounds: [(sentBytes: Double, durationMs: Double)]
+        var error: String?
+    }
+
+    static var devstream: String {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        let me = n > 0 ? String(cString: buf) : CommandLine.arguments[0]
+        return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("devstream").path
+    }
+
+    func command(_ args: [String], destination: Bool) -> (String, [String]) {
+        guard let link else { return (Self.devstream, args) }
+        let full = destination ? link.inDestination([Self.devstream] + args) : link.inSource([Self.devstream] + args)
+        return ("/usr/sbin/ip", Array(full.dropFirst()))
+    }
+
+    func migrate(size: UInt64, dirtyRate: UInt64, hot: Double, limit: Duration, connections: Int, deadline: Duration) throws -> Run {
+        let host = link?.destinationAddress ?? "127.0.0.1"
+        let receiver = Process()
+        let (rexe, rargs) = command(["receive", "--listen", "\(host):0", "--device", "sim:size=\(size)", "--json", "--timeout", "30s"], destination: true)
+        receiver.executableURL = URL(fileURLWithPath: rexe)
+        receiver.arguments = rargs
+        let rout = Pipe()
+        receiver.standardOutput = rout
+        receiver.standardError = FileHandle.nullDevice
+        try receiver.run()
+        defer { if receiver.isRunning { receiver.terminate() }; receiver.waitUntilExit() }
+        var line = [UInt8]()
+        while true {
+            let b = rout.fileHandleForReading.readData(ofLength: 1)
+            if b.isEmpty || b[0] == 10 { break }
+            line.append(b[0])
+        }
+        let listen = String(decoding: line, as: UTF8.self)
+        guard listen.hasPrefix("listening on ") else { throw ValidationError("the destination did not start: '\(listen)'") }
+        let endpoint = String(listen.dropFirst("listening on ".count))
+        let source = Process()
+        let spec = "sim:size=\(size),dirty-rate=\(dirtyRate),hot=\(hot),profile=mixed,seed=1"
+        let (sexe, sargs) = command(["migrate", "--device", spec, "--to", endpoint, "--connections", "\(connections)",
+                                     "--downtime-limit", "\(Int(limit.milliseconds))ms", "--on-nonconvergence", "switchover",
+                                     "--deadline", "\(Int(deadline.milliseconds))ms", "--timeout", "30s", "--json"], destination: false)
+        source.executableURL = URL(fileURLWithPath: sexe)
+        source.arguments = sargs
+        let sout = Pipe()
+        source.standardOutput = sout
+        source.standardError = FileHandle.nullDevice
+        try source.run()
+        let data = sout.fileHandleForReading.readDataToEndOfFile()
+        source.waitUntilExit()
+        _ = rout.fileHandleForReading.readDataToEndOfFile()
+        receiver.waitUntilExit()
+        guard let text = String(data: data, encoding: .utf8),
+              let jline = text.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
+              let j = try? JSONSerialization.jsonObject(with: Data(jline.utf8)) as? [String: Any] else {
+            throw ValidationError("devstream migrate printed no report (exit \(source.terminationStatus))")
+        }
+        let rounds = (j["rounds"] as? [[String: Any]] ?? []).map {
+            (sentBytes: ($0["sent_bytes"] as? NSNumber)?.doubleValue ?? 0, durationMs: ($0["duration_ms"] as? NSNumber)?.doubleValue ?? 0)
+        }
+        func num(_ k: String) -> Double? { (j[k] as? NSNumber)?.doubleValue }
+        let completed = j["status"] as? String == "completed" && receiver.terminationStatus == 0
+        return Run(completed: completed, converged: j["converged"] as? Bool ?? false, reason: j["switchover_reason"] as? String,
+                   iterations: j["iterations"] as? Int ?? 0, downtimeMs: num("downtime_ms"), expectedMs: num("expected_downtime_ms"),
+                   roundTripMs: num("round_trip_ms"), destinationSetupMs: num("destination_setup_ms"), totalMs: num("total_time_ms") ?? 0,
+                   rounds: rounds, error: completed ? nil : (j["error"] as? String ?? "the destination failed (exit \(receiver.terminationStatus))"))
+    }
+}
