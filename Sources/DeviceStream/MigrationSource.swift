@@ -509,7 +509,7 @@ struct SourceRun {
             Trace(start: start).mark("round \(iteration)\(probe ? " (probe)" : ""): \(bytes) bytes in \(duration.milliseconds) ms; sender \(sched.senderRate.map { Int($0 / 1048576) } ?? -1) MiB/s, receiver \(sched.receiverRate.map { Int($0 / 1048576) } ?? -1) MiB/s, rtt \(feedback.roundTrip.map { $0.milliseconds } ?? -1) ms, remaining \(sched.remainingBytes), predicted \(sched.predictedDowntime.map { $0.milliseconds } ?? -1) ms")
             let round = IterationReport(iteration: iteration, sentBytes: bytes, wireBytes: wire, dirtyBytes: dirty,
                                         bandwidth: sched.bandwidthBytesPerSecond, predictedDowntime: sched.predictedDowntime,
-                                        duration: duration)
+                                        duration: duration, unthrottledProbe: probe)
             report.rounds.append(round)
             onEvent(.iteration(round))
             if let e = abort.error { throw e }

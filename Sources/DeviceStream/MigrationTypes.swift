@@ -51,6 +51,8 @@ public struct IterationReport: Sendable {
     public var bandwidth: Double?
     public var predictedDowntime: Duration?
     public var duration: Duration
+    /// Sent without the `--max-bandwidth` throttle, to sample the link (see `MigrationSource`).
+    public var unthrottledProbe = false
 }
 
 /// A device's line in the report.
@@ -117,7 +119,8 @@ public struct MigrationReport: Sendable {
             "rounds": rounds.map { r -> [String: Any] in
                 ["iteration": r.iteration, "sent_bytes": r.sentBytes, "dirty_bytes": r.dirtyBytes,
                  "bandwidth_bytes_per_sec": r.bandwidth.map { $0.rounded() } ?? NSNullLike.null,
-                 "predicted_downtime_ms": ms(r.predictedDowntime), "duration_ms": ms(r.duration)]
+                 "predicted_downtime_ms": ms(r.predictedDowntime), "duration_ms": ms(r.duration),
+                 "unthrottled_probe": r.unthrottledProbe]
             },
         ]
         if let e = error { o["error"] = e.message }

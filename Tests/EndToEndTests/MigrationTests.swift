@@ -190,3 +190,32 @@ func runMigration(_ sources: [any MigratableDevice], _ dests: [any MigratableDev
         #expect(src.state == .running)
     }
 }
+
+/// `--max-bandwidth` throttles pre-copy, but stop-copy runs unthrottled: the scheduler must
+/// learn the real link, not the throttle, or it predicts the switchover far too long.
+@Suite struct ThrottledMigrationTests {
+    @Test func probeRoundsTeachTheUnthrottledBandwidth() throws {
+        let src = try SimulatedDevice(size: 32 << 20, dirtyRate: 16 << 20, profile: .mixed, seed: 6)
+        let dst = try SimulatedDevice(destinationSize: 32 << 20)
+        defer { src.close(); dst.close() }
+        var config = migrationConfig(limit: .milliseconds(60), policy: .switchover, deadline: .seconds(20))
+        let cap: UInt64 = 32 << 20
+        config.maxBandwidth = cap
+        let (s, d) = try runMigration([src], [dst], config)
+        #expect(s.completed, "\(s.error?.message ?? "")")
+        #expect(d.completed, "\(d.error?.message ?? "")")
+        let probes = s.rounds.filter(\.unthrottledProbe)
+        #expect(!probes.isEmpty, "no unthrottled probe round among \(s.rounds.count) rounds")
+        // Probes are bounded bursts: at most a quarter second of the cap each.
+        #expect(probes.allSatisfy { $0.sentBytes <= cap / 4 })
+        // After a probe, the bandwidth the prediction uses is the link's, above the throttle
+        // (loopback moves far more than 32 MiB/s).
+        if let first = probes.first, let after = s.rounds.first(where: { $0.iteration == first.iteration }) {
+            #expect((after.bandwidth ?? 0) > Double(cap), "bandwidth after the probe: \(after.bandwidth ?? -1)")
+        }
+        // No round but the probes ran faster than the cap allows (with a little slack).
+        for r in s.rounds where !r.unthrottledProbe && r.sentBytes > 4 << 20 {
+            #expect(Double(r.sentBytes) / r.duration.seconds <= Double(cap) * 1.2, "round \(r.iteration) ran above the cap")
+        }
+    }
+}
