@@ -31,7 +31,7 @@ public final class MigrationDestination: @unchecked Sendable {
         self.specs = nil
         self.options = options
         self.warn = warn
-        listener = try SessionListener(endpoint: endpoint, timeout: options.timeout, backend: options.backend, warn: warn)
+        listener = try SessionListener(endpoint: endpoint, options: options, warn: warn)
         listener.start()
     }
 
@@ -47,7 +47,7 @@ public final class MigrationDestination: @unchecked Sendable {
         self.specs = specs
         self.options = options
         self.warn = warn
-        listener = try SessionListener(endpoint: endpoint, timeout: options.timeout, backend: options.backend, warn: warn)
+        listener = try SessionListener(endpoint: endpoint, options: options, warn: warn)
         listener.start()
     }
 
@@ -288,10 +288,13 @@ final class ControlReplies: Sendable {
 
     func send(_ type: FrameType, stream: UInt16 = 0, payload: [UInt8] = []) throws(TransferError) {
         let bytes = controlFrame(type, stream: stream, payload: payload)
+        let secure = SecureStream.forSocket(fd)
         let ok = lock.withLock { _ in
             socketGuard?.setMidFrame(true)
             defer { socketGuard?.setMidFrame(false) }
             return bytes.withUnsafeBytes { b -> Bool in
+                // A TLS session: encrypted, blocking send (no ring on this thread).
+                if let secure { return (try? secure.sendAll(b, ring: nil, timeout: .seconds(30))) != nil }
                 var off = 0
                 while off < b.count {
                     let n = Glibc.send(fd, b.baseAddress! + off, b.count - off, Int32(MSG_NOSIGNAL))
