@@ -89,6 +89,12 @@ static inline BIO *ds_bio_new(BIO_METHOD *m, ds_bio_buffers *p) {
 // TLS_AES_128_GCM_SHA256 suite's hash (SHA-256) for the PSK.
 typedef struct ds_psk { unsigned char key[32]; } ds_psk;
 #define DS_PSK_IDENTITY "devstream-psk-v1"
+// Both ends' SSL_CTX session id context (SSL_CTX_set_session_id_context) and the PSK
+// session's must match, or OpenSSL refuses the session.
+#define DS_SID_CONTEXT "devstream"
+static inline int ds_ctx_set_sid_context(SSL_CTX *ctx) {
+    return SSL_CTX_set_session_id_context(ctx, (const unsigned char *)DS_SID_CONTEXT, strlen(DS_SID_CONTEXT));
+}
 
 static inline SSL_SESSION *ds_psk_session(SSL *ssl, const ds_psk *k) {
     static const unsigned char aes128gcm[2] = { 0x13, 0x01 };
@@ -97,7 +103,8 @@ static inline SSL_SESSION *ds_psk_session(SSL *ssl, const ds_psk *k) {
     SSL_SESSION *s = SSL_SESSION_new();
     if (!s) return NULL;
     if (!SSL_SESSION_set1_master_key(s, k->key, sizeof k->key) || !SSL_SESSION_set_cipher(s, cipher)
-        || !SSL_SESSION_set_protocol_version(s, TLS1_3_VERSION)) {
+        || !SSL_SESSION_set_protocol_version(s, TLS1_3_VERSION)
+        || !SSL_SESSION_set1_id_context(s, (const unsigned char *)DS_SID_CONTEXT, strlen(DS_SID_CONTEXT))) {
         SSL_SESSION_free(s);
         return NULL;
     }

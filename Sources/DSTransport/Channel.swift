@@ -120,7 +120,7 @@ public final class Channel {
         if let secure {
             do { try secure.sendAll(bytes, ring: ring, timeout: timeout) } catch {
                 if case .socket(let e) = error { throw peerFailure(e, doing: doing) }
-                throw error.transferError(doing, channel: index)
+                throw error.transferError(doing, channel: index, stream: secure)
             }
             return
         }
@@ -140,7 +140,7 @@ public final class Channel {
     private func receiveBytes(_ dst: UnsafeMutableRawBufferPointer, timeout: Duration) throws(TransferError) -> Int {
         if let secure {
             do { return try secure.recvExactly(into: dst, ring: ring, timeout: timeout) } catch {
-                throw error.transferError("receiving", channel: index)
+                throw error.transferError("receiving", channel: index, stream: secure)
             }
         }
         do { return try ring.recvExactly(fd: fd, into: dst, timeout: timeout) } catch {

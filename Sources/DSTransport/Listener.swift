@@ -163,7 +163,10 @@ public final class SessionListener: @unchecked Sendable {
     private func refuseStranger(_ conn: Int32, _ message: String, code: TransferError.Code = .protocolViolation,
                                 ring: Ring? = nil, tellPeer: Bool = false) {
         if tellPeer, let ring {
-            // Said in plaintext: the peer speaks plaintext devstream.
+            // Said in plaintext: the peer speaks plaintext devstream. Read its preamble first:
+            // closing with unread bytes would reset the connection before it reads the reason.
+            var sink = [UInt8](repeating: 0, count: Preamble.size)
+            _ = try? sink.withUnsafeMutableBytes { try ring.recvExactly(fd: conn, into: $0, timeout: .seconds(2)) }
             let frame = ErrorMessage(code: 2, message: message).frame(type: .reject)
             _ = try? frame.withUnsafeBytes { try ring.sendAll(fd: conn, $0, timeout: .seconds(2)) }
             shutdown(conn, Int32(SHUT_WR))

@@ -112,6 +112,9 @@ package final class SecurityContext: @unchecked Sendable {
                 throw TransferError(.localIO, "cannot configure TLS 1.3: \(SecureStream.openSSLErrors())")
             }
             ds_ctx_set_mode(ctx)
+            guard ds_ctx_set_sid_context(ctx) == 1 else {
+                throw TransferError(.localIO, "cannot configure TLS: \(SecureStream.openSSLErrors())")
+            }
             switch options.mode {
             case .psk(let key):
                 guard key.count >= SecurityOptions.minimumKeyLength else {
@@ -129,6 +132,9 @@ package final class SecurityContext: @unchecked Sendable {
                     throw TransferError(.localIO, "cannot select TLS_AES_128_GCM_SHA256: \(SecureStream.openSSLErrors())")
                 }
                 ds_ctx_use_psk(ctx, p)
+                // Should the server not take the PSK, OpenSSL falls back to certificates: with no
+                // CA loaded, any certificate fails verification, so a PSK session is PSK or nothing.
+                if !server { SSL_CTX_set_verify(ctx, ds_verify_peer(), nil) }
             case .x509(let cert, let key, let ca):
                 guard SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384") == 1 else {
                     throw TransferError(.localIO, "cannot select the AES-GCM suites: \(SecureStream.openSSLErrors())")
@@ -182,6 +188,9 @@ package final class SecurityContext: @unchecked Sendable {
     /// What the user should check for a handshake failure whose OpenSSL reasons are `reasons`.
     func hint(_ reasons: String) -> String {
         let r = reasons.lowercased()
+        if case .psk = options.mode, r.contains("certificate") {
+            return "the peer uses certificates (--tls-*) and this end a PSK (--psk-file): give both ends the same kind"
+        }
         if r.contains("wrong version number") || r.contains("packet length too long") || r.contains("record layer failure")
             || r.contains("http request") {
             return "the peer does not speak TLS (a plaintext devstream?): give both ends the same --psk-file or --tls-* options"
@@ -329,6 +338,9 @@ package final class SecureStream: @unchecked Sendable {
                 }
                 throw TransferError(.rejected, "\(what) failed: \(context.hint(reasons)) (\(reasons))")
             }
+        }
+        if case .psk = context.options.mode, SSL_session_reused(ssl) != 1 {
+            throw TransferError(.rejected, "\(what) did not use the pre-shared key; refusing the session: both ends need the same --psk-file")
         }
         var out = [UInt8](repeating: 0, count: SecurityContext.tokenLength)
         let label = SecurityContext.sessionLabel
@@ -513,7 +525,7 @@ package final class SecureStream: @unchecked Sendable {
         let queued = Self.openSSLErrors()
         if !queued.isEmpty { parts.append(queued) }
         let verify = SSL_get_verify_result(ssl)
-        if verify != X509_V_OK, let s = X509_verify_cert_error_string(verify) {
+        if case .x509 = context.options.mode, verify != X509_V_OK, let s = X509_verify_cert_error_string(verify) {
             parts.append("certificate check: \(String(cString: s))")
         }
         if parts.isEmpty {
@@ -583,5 +595,15 @@ extension SecureStream.Failure {
         case .socket(let e): TransferError.network(e, doing, channel: channel)
         case .tls(let r): TransferError(.protocolViolation, "\(doing) on channel \(channel): TLS failed (\(r)); the stream was tampered with or the peer is broken")
         }
+    }
+
+    /// Like `transferError(_:channel:)`; a TLS alert from the peer (it refused this end's
+    /// credentials after the handshake, as a TLS 1.3 server does with a client certificate)
+    /// gets the same advice as a failed handshake.
+    func transferError(_ doing: String, channel: Int, stream: SecureStream) -> TransferError {
+        if case .tls(let r) = self, r.contains("alert") {
+            return TransferError(.rejected, "\(doing) on channel \(channel): the peer ended the TLS session: \(stream.context.hint(r)) (\(r))")
+        }
+        return transferError(doing, channel: channel)
     }
 }
