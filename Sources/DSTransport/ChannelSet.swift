@@ -58,7 +58,9 @@ public enum ChannelSet {
                 }
                 let ch = Channel(index: i, fd: fd, ring: ring, chunkSize: options.chunkSize, compression: options.compression,
                                  acceleration: options.acceleration, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
-                precondition(ch.secure === stream)
+                guard ch.secure === stream else {
+                    throw TransferError(.peerClosed, "channel \(i) lost its connection to \(endpoint) right after the TLS handshake")
+                }
                 ch.socketGuard = guardian
                 try ch.sendBytes(bytes, doing: "sending the preamble")
                 let reply = try ch.receive()

@@ -183,13 +183,16 @@ public final class SessionListener: @unchecked Sendable {
         if !fatal { warn("warning: rejected \(message)") }
     }
 
-    /// Whether the first byte waiting on `conn` is a plaintext preamble's (`D`), not a TLS
-    /// handshake record's (0x16). Waits up to `ms` for it.
-    private static func sendsPlaintextPreamble(_ conn: Int32, ms: Int32) -> Bool {
+    /// What the first byte waiting on `conn` says (waiting up to `ms` for it): a plaintext
+    /// preamble's `D`, anything else (a TLS record starts with 0x16), or nothing at all.
+    private enum FirstByte { case plaintextPreamble, other, silent }
+    private static func firstByte(_ conn: Int32, ms: Int32) -> FirstByte {
         var pfd = pollfd(fd: conn, events: Int16(POLLIN), revents: 0)
-        guard poll(&pfd, 1, ms) > 0 else { return false }
+        var rc: Int32
+        repeat { rc = poll(&pfd, 1, ms) } while rc < 0 && errno == EINTR
+        guard rc > 0 else { return .silent }
         var first: UInt8 = 0
-        return recv(conn, &first, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 1 && first == Preamble.magic[0]
+        return recv(conn, &first, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 1 && first == Preamble.magic[0] ? .plaintextPreamble : .other
     }
 
     private func handle(_ conn: Int32, ring: Ring) {
@@ -198,7 +201,13 @@ public final class SessionListener: @unchecked Sendable {
         let wait = min(timeout, .seconds(10))
         var stream: SecureStream?
         if let security {
-            if Self.sendsPlaintextPreamble(conn, ms: Int32(wait.seconds * 1000)) {
+            switch Self.firstByte(conn, ms: Int32(wait.seconds * 1000)) {
+            case .silent:
+                refuseStranger(conn, "the connection from \(who) sent nothing within \(wait) (no TLS handshake): is it a devstream sender with --psk-file or --tls-*?", code: .timeout)
+                return
+            case .other:
+                break
+            case .plaintextPreamble:
                 refuseStranger(conn, "the sender at \(who) is not using TLS (a plaintext devstream sender); this receiver requires TLS: give the sender the same --psk-file or --tls-cert/--tls-key/--tls-ca options",
                                code: .rejected, ring: ring, tellPeer: true)
                 return

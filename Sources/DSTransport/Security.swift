@@ -551,20 +551,14 @@ package final class SecureStream: @unchecked Sendable {
 
     // MARK: Sockets to streams
 
-    /// The socket's local and peer addresses at the handshake: a later socket that reuses the
-    /// fd number is another connection, with another address pair.
-    private var identity: [UInt8] = []
+    /// The socket's inode (sockfs) at the handshake: a later socket that reuses the fd number is
+    /// another socket, with another inode. (Unlike the address pair, it survives a reset.)
+    private var identity: (UInt, UInt) = (0, 0)
 
-    private static func connectionIdentity(_ fd: Int32) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: 2 * MemoryLayout<sockaddr_storage>.size)
-        out.withUnsafeMutableBytes { b in
-            let half = MemoryLayout<sockaddr_storage>.size
-            var len = socklen_t(half)
-            _ = getsockname(fd, b.baseAddress!.assumingMemoryBound(to: sockaddr.self), &len)
-            len = socklen_t(half)
-            _ = getpeername(fd, (b.baseAddress! + half).assumingMemoryBound(to: sockaddr.self), &len)
-        }
-        return out
+    private static func connectionIdentity(_ fd: Int32) -> (UInt, UInt) {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return (UInt.max, UInt.max) }
+        return (UInt(st.st_dev), UInt(st.st_ino))
     }
 
     private struct Weak { weak var stream: SecureStream? }

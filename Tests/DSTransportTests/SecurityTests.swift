@@ -132,6 +132,60 @@ func tlsTmpPath(_ name: String) -> String {
         listener.stop()
     }
 
+    /// A "receiver" that accepts, reads `take` bytes (nil: nothing) and then closes (or, with
+    /// `hold`, keeps the connection silent until the test ends).
+    func silentPeer(take: Int?, hold: Bool) throws -> (Endpoint, OSThread) {
+        let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
+        let t = OSThread {
+            let c = accept(lfd, nil, nil)
+            if let take {
+                var buf = [UInt8](repeating: 0, count: take)
+                _ = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, Int32(MSG_WAITALL)) }
+            }
+            if hold { usleep(2_500_000) }
+            close(c); close(lfd)
+        }
+        return (Endpoint(host: "127.0.0.1", port: port), t)
+    }
+
+    @Test func handshakeTimeoutIsReported() throws {
+        let src = tlsTmpPath("src")
+        defer { unlink(src) }
+        writeFile(src, [1, 2, 3])
+        let (endpoint, t) = try silentPeer(take: nil, hold: true)
+        var o = pskOptions(connections: 2)
+        o.timeout = .milliseconds(500)
+        let r = TransferSender.send(try TransferSource(path: src), to: endpoint, options: o, warn: { _ in })
+        t.join()
+        #expect(!r.completed && r.error?.code == .timeout, "\(r.error?.message ?? "")")
+        #expect(r.error?.message.contains("TLS handshake") == true && r.error?.message.contains("timed out") == true, "\(r.error?.message ?? "")")
+    }
+
+    @Test func peerClosingMidHandshakeIsReported() throws {
+        let src = tlsTmpPath("src")
+        defer { unlink(src) }
+        writeFile(src, [1, 2, 3])
+        let (endpoint, t) = try silentPeer(take: 50, hold: false)
+        let r = TransferSender.send(try TransferSource(path: src), to: endpoint, options: pskOptions(connections: 2), warn: { _ in })
+        t.join()
+        #expect(!r.completed && r.error?.code == .peerClosed, "\(r.error?.message ?? "")")
+        #expect(r.error?.message.contains("TLS handshake") == true && r.error?.message.contains("--psk-file") == true, "\(r.error?.message ?? "")")
+    }
+
+    /// A TLS receiver whose first connection says nothing gives up with a clear error.
+    @Test func silentConnectionToATLSReceiver() throws {
+        var o = pskOptions(connections: 1)
+        o.timeout = .milliseconds(400)
+        let out = tlsTmpPath("out")
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
+        let c = rawConnect(receiver.listener.endpoint)
+        defer { close(c) }
+        let r = receiver.receive(output: out, acceptTimeout: .seconds(5))
+        #expect(!r.completed && r.error?.code == .timeout, "\(r.error?.message ?? "")")
+        #expect(r.error?.message.contains("sent nothing") == true, "\(r.error?.message ?? "")")
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
     @Test func plaintextNeedsLoopbackOrInsecure() throws {
         let plain = TransferOptions()
         for host in ["127.0.0.1", "127.9.8.7", "::1", "localhost"] {
