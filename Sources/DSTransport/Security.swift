@@ -500,7 +500,9 @@ package final class SecureStream: @unchecked Sendable {
         let start = io.pointee.in + io.pointee.in_len
         let space = Self.receiveCapacity - io.pointee.in_len
         pthread_mutex_unlock(lock)
-        precondition(space > 0)
+        // SSL asks for more only once it has consumed every byte (the BIO reports "would block"
+        // only when empty), so there is always room; never trap on it.
+        guard space > 0 else { throw .tls("the receive buffer is full inside one record") }
         let n: Int
         if let ring, !nonblocking {
             do { n = try ring.perform(.recv(fd: fd, buffer: UnsafeMutableRawBufferPointer(start: start, count: space)), timeout: timeout) } catch {
