@@ -2,11 +2,11 @@
 import PackageDescription
 
 // Layers, dependencies pointing one way:
-//   CURing CLZ4 CXXHash        system libraries (one shim header each)
+//   CURing CLZ4 CXXHash COpenSSL  system libraries (one shim header each)
 //   DSWire                     wire format v1: pure, no I/O, no threads
 //   DSCodec                    LZ4 block codec + XXH3 (imports CLZ4, CXXHash)
 //   DSRing                     io_uring + blocking fallback, buffer pool (imports CURing)
-//   DSTransport                channels (thread + ring + socket), point-to-point transfer
+//   DSTransport                channels (thread + ring + socket, TLS 1.3 via COpenSSL), point-to-point transfer
 //   DSScheduler                pre-copy scheduler: pure state machine
 //   DSDevices                  VFIO state machine, device protocol, sim/emu/file/vfio devices
 //   DeviceStream               migration sessions + the embedding API (the one library product)
@@ -27,12 +27,13 @@ let package = Package(
         .systemLibrary(name: "CURing", path: "Sources/CURing"),
         .systemLibrary(name: "CLZ4", path: "Sources/CLZ4"),
         .systemLibrary(name: "CXXHash", path: "Sources/CXXHash"),
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         .target(name: "DSWire", exclude: ["WIRE.md"]),
         .target(name: "DSCodec", dependencies: ["CLZ4", "CXXHash", "DSWire"]),
         .target(name: "DSRing", dependencies: ["CURing"]),
         .target(name: "DSDevices", dependencies: ["CXXHash"]),
         .target(name: "DSScheduler"),
-        .target(name: "DSTransport", dependencies: ["DSWire", "DSCodec", "DSRing"]),
+        .target(name: "DSTransport", dependencies: ["DSWire", "DSCodec", "DSRing", "COpenSSL"]),
         .target(name: "DeviceStream", dependencies: ["DSWire", "DSCodec", "DSRing", "DSTransport", "DSDevices", "DSScheduler"]),
         .executableTarget(name: "devstream", dependencies: [
             "DeviceStream", .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -53,6 +53,8 @@ public final class Channel {
     /// After a failed send, look for an error frame the peer left (off when another thread
     /// reads this socket, as the migration source's feedback reader does on channel 0).
     public var peekPeerErrors = true
+    /// The socket's TLS stream (nil: plaintext, the ring's send/recv straight on the socket).
+    package let secure: SecureStream?
 
     /// - Parameters:
     ///   - fd: a connected socket; the channel does not close it.
@@ -65,6 +67,7 @@ public final class Channel {
         self.chunkSize = chunkSize
         self.maxChunk = chunkSize
         self.timeout = timeout
+        secure = SecureStream.forSocket(fd)
         pool = BufferPool(slots: 2, payloadCapacity: WireLimits.payloadCapacity(chunkSize: chunkSize), headroom: FrameHeader.size)
         inSlot = pool.checkout()!
         outSlot = pool.checkout()!
@@ -94,9 +97,7 @@ public final class Channel {
         header.encode(into: pool.header(slot))
         let frame = UnsafeRawBufferPointer(rebasing: pool.bytes(slot)[0..<(FrameHeader.size + enc.wireLength)])
         socketGuard?.setMidFrame(true)
-        do { try ring.sendAll(fd: fd, frame, timeout: timeout) } catch {
-            throw peerFailure(error, doing: "sending data")
-        }
+        try sendBytes(frame, doing: "sending data")
         socketGuard?.setMidFrame(false)
         stats.chunks += 1
         stats.rawBytes += UInt64(length)
@@ -109,15 +110,42 @@ public final class Channel {
                             payload: [UInt8] = []) throws(TransferError) {
         let frame = controlFrame(type, stream: stream, aux: aux, position: position, payload: payload)
         socketGuard?.setMidFrame(true)
-        do {
-            try frame.withUnsafeBytes { b in try ring.sendAll(fd: fd, b, timeout: timeout) }
-            socketGuard?.setMidFrame(false)
-        } catch let e as Errno {
-            throw peerFailure(e, doing: "sending \(type)")
-        } catch {
-            throw TransferError(.peerClosed, "sending \(type) on channel \(index) failed: \(error)")
-        }
+        try sendBytes(frame, doing: "sending \(type)")
+        socketGuard?.setMidFrame(false)
         stats.wireBytes += UInt64(FrameHeader.size + payload.count)
+    }
+
+    /// Sends all of `bytes` on the socket, through TLS when the session is encrypted.
+    package func sendBytes(_ bytes: UnsafeRawBufferPointer, doing: String) throws(TransferError) {
+        if let secure {
+            do { try secure.sendAll(bytes, ring: ring, timeout: timeout) } catch {
+                if case .socket(let e) = error { throw peerFailure(e, doing: doing) }
+                throw error.transferError(doing, channel: index, stream: secure)
+            }
+            return
+        }
+        do { try ring.sendAll(fd: fd, bytes, timeout: timeout) } catch { throw peerFailure(error, doing: doing) }
+    }
+
+    /// `sendBytes` for an array.
+    package func sendBytes(_ bytes: [UInt8], doing: String) throws(TransferError) {
+        var failure: TransferError?
+        bytes.withUnsafeBytes { b in
+            do throws(TransferError) { try sendBytes(b, doing: doing) } catch { failure = error }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Receives exactly `dst.count` bytes (fewer: the peer closed), through TLS when encrypted.
+    private func receiveBytes(_ dst: UnsafeMutableRawBufferPointer, timeout: Duration) throws(TransferError) -> Int {
+        if let secure {
+            do { return try secure.recvExactly(into: dst, ring: ring, timeout: timeout) } catch {
+                throw error.transferError("receiving", channel: index, stream: secure)
+            }
+        }
+        do { return try ring.recvExactly(fd: fd, into: dst, timeout: timeout) } catch {
+            throw TransferError.network(error, "receiving", channel: index)
+        }
     }
 
     /// After a send failed, the peer may have said why before closing: read an `error` frame if
@@ -133,7 +161,10 @@ public final class Channel {
     /// Reads (non-blocking, bounded) an error or reject frame the peer left on the socket.
     static func pendingErrorMessage(fd: Int32) -> String? {
         var buf = [UInt8](repeating: 0, count: FrameHeader.size + 4096)
-        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        let secure = SecureStream.forSocket(fd)
+        let n = buf.withUnsafeMutableBytes { b in
+            secure.map { $0.readAvailable(into: b) } ?? recv(fd, b.baseAddress, b.count, Int32(MSG_DONTWAIT))
+        }
         guard n >= FrameHeader.size else { return nil }
         guard let h = try? buf.withUnsafeBytes({ try FrameHeader.decode($0) }),
               h.type == .error || h.type == .reject, FrameHeader.size + Int(h.wireLength) <= n,
@@ -148,10 +179,7 @@ public final class Channel {
     /// length, then decodes and verifies data payloads.
     public func receive(timeout: Duration? = nil) throws(TransferError) -> ReceivedFrame {
         let hbuf = pool.header(inSlot)
-        let got: Int
-        do { got = try ring.recvExactly(fd: fd, into: hbuf, timeout: timeout ?? self.timeout) } catch {
-            throw TransferError.network(error, "receiving", channel: index)
-        }
+        let got = try receiveBytes(hbuf, timeout: timeout ?? self.timeout)
         guard got == FrameHeader.size else {
             throw TransferError(.peerClosed, got == 0
                 ? "the peer closed channel \(index) before the transfer completed"
@@ -196,10 +224,7 @@ public final class Channel {
     }
 
     private func recvPayload(_ dst: UnsafeMutableRawBufferPointer) throws(TransferError) {
-        let n: Int
-        do { n = try ring.recvExactly(fd: fd, into: dst, timeout: timeout) } catch {
-            throw TransferError.network(error, "receiving", channel: index)
-        }
+        let n = try receiveBytes(dst, timeout: timeout)
         guard n == dst.count else {
             throw TransferError(.peerClosed, "the stream on channel \(index) was truncated: the peer closed it inside a frame (\(n) of \(dst.count) payload bytes)")
         }

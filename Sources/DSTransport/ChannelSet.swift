@@ -9,13 +9,24 @@ public enum ChannelSet {
     /// Sender side: each thread makes its ring, connects, sends its preamble and waits for the
     /// receiver's `accept`. The caller closes `sockets` (indexed by channel) after shutting the
     /// group down.
+    ///
+    /// With TLS (`options.security`) each connection handshakes before its preamble, and
+    /// channel 0 goes first: channels 1... connect only once channel 0 is accepted, and send
+    /// its session token (the TLS exporter of channel 0's connection) after their preamble, which
+    /// binds them to that authenticated session. Plaintext to a non-loopback address is
+    /// refused unless `options.allowInsecure`.
     public static func connect(to endpoint: Endpoint, options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
                                abort: AbortSignal, backend: IOBackendKind,
                                warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (group: WorkerGroup<Channel>, sockets: [Int32]) {
+        try options.checkPlaintext(endpoint)
+        let security = try options.security.map { (o) throws(TransferError) in try SecurityContext(o, server: false) }
         let session = SessionID.random()
         let n = options.connections
         var features: FeatureBits = [.xxh3]
         if options.compression { features.insert(.lz4) }
+        if security != nil { features.insert(.tls) }
+        let token = TokenBox()
+        abort.onAbort { token.wake() }
         // By channel index (not connection order): channel 0 carries the control frames.
         let sockets = Mutex<[Int32]>([Int32](repeating: -1, count: n))
         do {
@@ -24,17 +35,34 @@ public enum ChannelSet {
                 do { ring = try Ring(entries: 16, backend: backend) } catch {
                     throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
                 }
+                var preamble = Preamble(features: features, sessionID: session, channelIndex: UInt16(i), channelCount: UInt16(n),
+                                        chunkSize: UInt32(options.chunkSize), mode: mode, totalSize: totalSize ?? Preamble.unknownSize)
+                var bytes: [UInt8] = []
+                if security != nil {
+                    preamble.authMethod = Preamble.authSessionToken
+                    if i > 0 {
+                        guard let t = token.wait(abort) else {
+                            throw TransferError(.aborted, "channel \(i) did not start: channel 0 failed")
+                        }
+                        preamble.authLength = UInt16(t.count)
+                        bytes = t
+                    }
+                }
+                bytes = preamble.encoded() + bytes
                 let fd = try Sockets.connect(endpoint, ring: ring, timeout: options.timeout)
                 sockets.withLock { $0[i] = fd }
                 let guardian = abort.watch(fd)
+                // Held until the channel holds it (Channel finds it by its socket).
+                let stream = try security.map { (c) throws(TransferError) in
+                    try SecureStream.handshake(fd: fd, context: c, ring: ring, timeout: options.timeout, peer: "\(endpoint) (channel \(i))")
+                }
                 let ch = Channel(index: i, fd: fd, ring: ring, chunkSize: options.chunkSize, compression: options.compression,
                                  acceleration: options.acceleration, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
-                ch.socketGuard = guardian
-                let preamble = Preamble(features: features, sessionID: session, channelIndex: UInt16(i), channelCount: UInt16(n),
-                                        chunkSize: UInt32(options.chunkSize), mode: mode, totalSize: totalSize ?? Preamble.unknownSize)
-                do { try preamble.encoded().withUnsafeBytes { try ring.sendAll(fd: fd, $0, timeout: options.timeout) } } catch {
-                    throw TransferError.network(error as? Errno ?? .connectionReset, "sending the preamble", channel: i)
+                guard ch.secure === stream else {
+                    throw TransferError(.peerClosed, "channel \(i) lost its connection to \(endpoint) right after the TLS handshake")
                 }
+                ch.socketGuard = guardian
+                try ch.sendBytes(bytes, doing: "sending the preamble")
                 let reply = try ch.receive()
                 guard reply.header.type == .accept else {
                     if reply.header.type == .reject, let m = try? ErrorMessage.decode(reply.control) {
@@ -42,6 +70,7 @@ public enum ChannelSet {
                     }
                     throw Channel.unexpected(reply, expecting: "accept", channel: i)
                 }
+                if i == 0, let stream { token.publish(stream.token) }
                 return ch
             }
             return (group, sockets.withLock { $0 })
@@ -64,6 +93,25 @@ public enum ChannelSet {
                              acceleration: 1, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
             ch.socketGuard = guards[i]
             return ch
+        }
+    }
+}
+
+/// Channel 0's session token, handed to the other channels of a TLS session.
+private final class TokenBox: @unchecked Sendable {
+    // @unchecked: `token` and `woken` are guarded by `lock`.
+    private let lock = ConditionLock()
+    private var token: [UInt8]?
+    private var woken = false
+
+    func publish(_ t: [UInt8]) { lock.withLock { token = t; lock.broadcast() } }
+    func wake() { lock.withLock { woken = true; lock.broadcast() } }
+
+    /// Waits for the token; nil when the session aborted first.
+    func wait(_ abort: AbortSignal) -> [UInt8]? {
+        lock.withLock { () -> [UInt8]? in
+            _ = lock.wait(until: { token != nil || woken }, timeout: nil)
+            return abort.isAborted ? nil : token
         }
     }
 }

@@ -18,9 +18,14 @@ public struct SessionInfo: Sendable {
 /// session id, channel count and chunk size and an unused channel index. Anything else is
 /// answered with a `reject` frame and closed, and the session goes on. A first connection that
 /// is not devstream at all (bad magic, garbage) fails the receive: it handles one transfer.
+///
+/// With TLS (`security`), each connection's handshake runs first and everything after it is
+/// encrypted. Channel 0 must open the session; its connection's TLS exporter is the session
+/// token, and every later channel must send that token after its preamble, so a peer that
+/// holds valid credentials of its own cannot splice a connection into this session.
 public final class SessionListener: @unchecked Sendable {
-    // @unchecked: `joined`, `session`, `failure`, `stopping` are guarded by `lock`; the listening
-    // fd is immutable.
+    // @unchecked: `joined`, `session`, `failure`, `stopping`, `streams`, `sessionToken` are
+    // guarded by `lock`; the listening fd and `security` are immutable.
     public let fd: Int32
     public let port: UInt16
     public let endpoint: Endpoint
@@ -37,9 +42,24 @@ public final class SessionListener: @unchecked Sendable {
     private let warn: @Sendable (String) -> Void
     /// Connections rejected so far (tests read it).
     public private(set) var rejectedCount = 0
+    /// The server side's TLS context (nil: plaintext).
+    private let security: SecurityContext?
+    /// The joined channels' TLS streams, kept alive until the channels take them over.
+    private var streams: [Int: SecureStream] = [:]
+    /// The session token exported from channel 0's TLS connection.
+    private var sessionToken: [UInt8]?
 
-    public init(endpoint: Endpoint, timeout: Duration, backend: IOBackendKind? = nil,
+    /// Listens with `options`' timeout, backend and security; refuses plaintext on a
+    /// non-loopback address unless `options.allowInsecure`.
+    public convenience init(endpoint: Endpoint, options: TransferOptions,
+                            warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+        try options.checkPlaintext(endpoint)
+        try self.init(endpoint: endpoint, timeout: options.timeout, backend: options.backend, security: options.security, warn: warn)
+    }
+
+    public init(endpoint: Endpoint, timeout: Duration, backend: IOBackendKind? = nil, security: SecurityOptions? = nil,
                 warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+        self.security = try security.map { (o) throws(TransferError) in try SecurityContext(o, server: true) }
         (fd, port) = try Sockets.listen(endpoint)
         self.endpoint = Endpoint(host: endpoint.host, port: port)
         self.timeout = timeout
@@ -125,39 +145,124 @@ public final class SessionListener: @unchecked Sendable {
         return "\(String(cString: buf)):\(UInt16(bigEndian: addr.sin_port))"
     }
 
-    private func reject(_ conn: Int32, ring: Ring, _ message: String) {
+    private func reject(_ conn: Int32, ring: Ring, _ message: String, stream: SecureStream? = nil) {
         let frame = ErrorMessage(code: 2, message: message).frame(type: .reject)
-        _ = try? frame.withUnsafeBytes { try ring.sendAll(fd: conn, $0, timeout: .seconds(2)) }
+        if let stream {
+            try? stream.send(frame, ring: ring, timeout: .seconds(2))
+        } else {
+            _ = try? frame.withUnsafeBytes { try ring.sendAll(fd: conn, $0, timeout: .seconds(2)) }
+        }
         shutdown(conn, Int32(SHUT_WR))
+        SecureStream.forget(conn)
         close(conn)
         lock.withLock { rejectedCount += 1 }
+    }
+
+    /// A connection that is not a (matching) devstream sender: fails the receive if no session
+    /// has started (it handles one transfer), else is logged and dropped.
+    private func refuseStranger(_ conn: Int32, _ message: String, code: TransferError.Code = .protocolViolation,
+                                ring: Ring? = nil, tellPeer: Bool = false) {
+        if tellPeer, let ring {
+            // Said in plaintext: the peer speaks plaintext devstream. Read its preamble first:
+            // closing with unread bytes would reset the connection before it reads the reason.
+            var sink = [UInt8](repeating: 0, count: Preamble.size)
+            _ = try? sink.withUnsafeMutableBytes { try ring.recvExactly(fd: conn, into: $0, timeout: .seconds(2)) }
+            let frame = ErrorMessage(code: 2, message: message).frame(type: .reject)
+            _ = try? frame.withUnsafeBytes { try ring.sendAll(fd: conn, $0, timeout: .seconds(2)) }
+            shutdown(conn, Int32(SHUT_WR))
+        }
+        SecureStream.forget(conn)
+        close(conn)
+        let fatal = lock.withLock { () -> Bool in
+            rejectedCount += 1
+            guard session == nil else { return false }
+            failure = TransferError(code, message + "; no transfer took place")
+            lock.broadcast()
+            return true
+        }
+        if !fatal { warn("warning: rejected \(message)") }
+    }
+
+    /// What the first byte waiting on `conn` says (waiting up to `ms` for it): a plaintext
+    /// preamble's `D`, anything else (a TLS record starts with 0x16), or nothing at all.
+    private enum FirstByte { case plaintextPreamble, other, silent }
+    private static func firstByte(_ conn: Int32, ms: Int32) -> FirstByte {
+        var pfd = pollfd(fd: conn, events: Int16(POLLIN), revents: 0)
+        var rc: Int32
+        repeat { rc = poll(&pfd, 1, ms) } while rc < 0 && errno == EINTR
+        guard rc > 0 else { return .silent }
+        var first: UInt8 = 0
+        return recv(conn, &first, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 1 && first == Preamble.magic[0] ? .plaintextPreamble : .other
     }
 
     private func handle(_ conn: Int32, ring: Ring) {
         Sockets.configure(conn)
         let who = peerName(conn)
+        let wait = min(timeout, .seconds(10))
+        var stream: SecureStream?
+        if let security {
+            switch Self.firstByte(conn, ms: Int32(wait.seconds * 1000)) {
+            case .silent:
+                refuseStranger(conn, "the connection from \(who) sent nothing within \(wait) (no TLS handshake): is it a devstream sender with --psk-file or --tls-*?", code: .timeout)
+                return
+            case .other:
+                break
+            case .plaintextPreamble:
+                refuseStranger(conn, "the sender at \(who) is not using TLS (a plaintext devstream sender); this receiver requires TLS: give the sender the same --psk-file or --tls-cert/--tls-key/--tls-ca options",
+                               code: .rejected, ring: ring, tellPeer: true)
+                return
+            }
+            do { stream = try SecureStream.handshake(fd: conn, context: security, ring: ring, timeout: wait, peer: who) } catch {
+                refuseStranger(conn, error.message, code: error.code)
+                return
+            }
+        }
         var buf = [UInt8](repeating: 0, count: Preamble.size)
-        let n = (try? buf.withUnsafeMutableBytes { try ring.recvExactly(fd: conn, into: $0, timeout: min(timeout, .seconds(10))) }) ?? 0
+        let n: Int
+        if let stream {
+            let got = (try? stream.receive(count: Preamble.size, ring: ring, timeout: wait)) ?? []
+            buf.replaceSubrange(0..<got.count, with: got)
+            n = got.count
+        } else {
+            n = (try? buf.withUnsafeMutableBytes { try ring.recvExactly(fd: conn, into: $0, timeout: wait) }) ?? 0
+        }
         let preamble: Preamble
         do {
             guard n == Preamble.size else { throw WireError.truncatedPayload(needed: Preamble.size, remaining: n) }
             preamble = try buf.withUnsafeBytes { try Preamble.decode($0) }
         } catch {
-            close(conn)
-            let message = "the connection from \(who) is not a devstream sender (\(error))"
-            let fatal = lock.withLock { () -> Bool in
-                rejectedCount += 1
-                guard session == nil else { return false }
-                failure = TransferError(.protocolViolation, message + "; no transfer took place")
-                lock.broadcast()
-                return true
+            if stream == nil && n >= 3 && buf[0] == 0x16 && buf[1] == 0x03 {
+                refuseStranger(conn, "the sender at \(who) speaks TLS, but this receiver has no TLS options: pass the sender's --psk-file, or --tls-cert/--tls-key/--tls-ca", code: .rejected)
+            } else {
+                refuseStranger(conn, "the connection from \(who) is not a devstream sender (\(error))")
             }
-            if !fatal { warn("warning: rejected \(message)") }
             return
+        }
+        // The session token (channels 1... of a TLS session), inside TLS right after the preamble.
+        var token: [UInt8] = []
+        if let stream, preamble.authLength > 0 {
+            token = (try? stream.receive(count: Int(preamble.authLength), ring: ring, timeout: wait)) ?? []
+            guard token.count == Int(preamble.authLength) else {
+                refuseStranger(conn, "the connection from \(who) closed inside its session token")
+                return
+            }
         }
         var refusal: String?
         lock.withLock {
+            if stream != nil && !preamble.features.contains(.tls) {
+                refusal = "channel \(preamble.channelIndex) runs TLS but its preamble does not say so"
+                return
+            }
+            if stream == nil && preamble.features.contains(.tls) {
+                refusal = "channel \(preamble.channelIndex) announces TLS but arrived in plaintext"
+                return
+            }
+            if session == nil, stream != nil, preamble.channelIndex != 0 {
+                refusal = "channel \(preamble.channelIndex) arrived before channel 0, which opens a TLS session"
+                return
+            }
             if session == nil {
+                sessionToken = stream?.token
                 session = SessionInfo(id: preamble.sessionID, mode: preamble.mode, channelCount: Int(preamble.channelCount),
                                       chunkSize: Int(preamble.chunkSize),
                                       totalSize: preamble.totalSize == Preamble.unknownSize ? nil : preamble.totalSize,
@@ -173,21 +278,40 @@ public final class SessionListener: @unchecked Sendable {
                 refusal = "channel \(preamble.channelIndex) of session \(s.id) has already joined"
             } else if joined.count == s.channelCount {
                 refusal = "session \(s.id) is complete"
+            } else if stream != nil, preamble.channelIndex != 0,
+                      !constantTimeEqual(token, sessionToken ?? []) {
+                refusal = "channel \(preamble.channelIndex) does not carry session \(s.id)'s token: it is not part of the TLS session that opened it on channel 0"
             }
         }
         if let refusal {
             warn("warning: rejected a connection from \(who): \(refusal)")
-            reject(conn, ring: ring, refusal)
+            reject(conn, ring: ring, refusal, stream: stream)
             return
         }
         let frame = ErrorMessage.acceptFrame
-        do { try frame.withUnsafeBytes { try ring.sendAll(fd: conn, $0, timeout: timeout) } } catch {
+        do {
+            if let stream {
+                try stream.send(frame, ring: ring, timeout: timeout)
+            } else {
+                try frame.withUnsafeBytes { try ring.sendAll(fd: conn, $0, timeout: timeout) }
+            }
+        } catch {
+            SecureStream.forget(conn)
             close(conn)
             return
         }
         lock.withLock {
             joined[Int(preamble.channelIndex)] = conn
+            if let stream { streams[Int(preamble.channelIndex)] = stream }
             lock.broadcast()
         }
     }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count, !a.isEmpty else { return false }
+    var diff: UInt8 = 0
+    for i in 0..<a.count { diff |= a[i] ^ b[i] }
+    return diff == 0
 }

@@ -16,7 +16,21 @@ public struct TransferOptions: Sendable {
     public var timeout: Duration = .seconds(30)
     /// Force a backend (nil: probe).
     public var backend: IOBackendKind?
+    /// TLS 1.3 for every channel (PSK or mutual x509); nil: plaintext.
+    public var security: SecurityOptions?
+    /// Allow plaintext to or on a non-loopback address (`--insecure`). Without it a plaintext
+    /// session may only use 127.0.0.0/8 or ::1.
+    public var allowInsecure = false
     public init() {}
+
+    /// Refuses plaintext on a non-loopback address unless `allowInsecure`: called by the
+    /// sender before connecting and by the listener before binding.
+    public func checkPlaintext(_ endpoint: Endpoint) throws(TransferError) {
+        guard security == nil, !allowInsecure else { return }
+        guard try endpoint.isLoopback() else {
+            throw TransferError(.usage, "plaintext on a non-loopback address (\(endpoint)) needs --insecure, or use --psk-file/--tls-*")
+        }
+    }
 
     /// Checks the options; the message says which option and what is allowed.
     public func validate() throws(TransferError) {

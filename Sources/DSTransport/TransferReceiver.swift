@@ -24,7 +24,7 @@ public final class TransferReceiver {
         try options.validate()
         self.options = options
         self.warn = warn
-        listener = try SessionListener(endpoint: endpoint, timeout: options.timeout, backend: options.backend, warn: warn)
+        listener = try SessionListener(endpoint: endpoint, options: options, warn: warn)
         listener.start()
     }
 

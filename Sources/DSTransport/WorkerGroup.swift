@@ -64,6 +64,8 @@ public final class AbortSignal: @unchecked Sendable {
         if isFirst, let farewell {
             let bytes = farewell(error)
             for g in guards where !g.midFrame {
+                // A TLS socket gets the farewell encrypted (plaintext would break its stream).
+                if let secure = SecureStream.forSocket(g.fd) { secure.trySend(bytes); continue }
                 _ = bytes.withUnsafeBytes { send(g.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
             }
         }

@@ -9,8 +9,9 @@
 /// 32  channel      2  this connection's index, 0 ..< count
 /// 34  count        2  channels in the session (1 ... 64)
 /// 36  chunk size   4  largest raw chunk (4 KiB ... 16 MiB)
-/// 40  auth method  2  0 = none (room for an authentication step: a later method sends
-/// 42  auth length  2      `auth length` bytes right after the preamble; v1 requires 0)
+/// 40  auth method  2  0 = none; 1 = TLS session token (the session is TLS: feature bit `tls`)
+/// 42  auth length  2  bytes sent right after the preamble: 0, or 32 (the token) on channels
+///                     1 ... count-1 of a TLS session
 /// 44  mode         1  TransferMode
 /// 45  reserved     3  zero
 /// 48  total size   8  bytes of state, or UInt64.max when unknown (a stream)
@@ -28,6 +29,12 @@ public struct Preamble: Equatable, Sendable {
     public var chunkSize: UInt32
     public var authMethod: UInt16 = 0
     public var authLength: UInt16 = 0
+
+    /// `authMethod` of a TLS session: channel 0 defines the session token (the TLS exporter
+    /// of its connection); every other channel sends that token right after its preamble.
+    public static let authSessionToken: UInt16 = 1
+    /// Bytes of a session token.
+    public static let sessionTokenLength = 32
     public var mode: TransferMode
     public var totalSize: UInt64
 
@@ -91,7 +98,20 @@ public struct Preamble: Equatable, Sendable {
         }
         let auth = buffer.loadLE(at: 40, as: UInt16.self)
         let authLength = buffer.loadLE(at: 42, as: UInt16.self)
-        guard auth == 0, authLength == 0 else { throw .unsupportedAuthentication(auth) }
+        switch auth {
+        case 0:
+            guard authLength == 0 else { throw .malformed("auth length \(authLength) without an auth method") }
+        case authSessionToken:
+            guard features.contains(.tls) else { throw .malformed("a session token on a session that is not TLS") }
+            guard Int(authLength) == (index == 0 ? 0 : sessionTokenLength) else {
+                throw .malformed("channel \(index) of a TLS session carries a \(authLength)-byte token (expected \(index == 0 ? 0 : sessionTokenLength))")
+            }
+        default:
+            throw .unsupportedAuthentication(auth)
+        }
+        guard !features.contains(.tls) || auth == authSessionToken else {
+            throw .malformed("a TLS session without its session-token method")
+        }
         guard let mode = TransferMode(rawValue: buffer[44]) else { throw .malformed("unknown transfer mode \(buffer[44])") }
         let total = buffer.loadLE(at: 48, as: UInt64.self)
         guard total == unknownSize || total <= UInt64(Int64.max) else {
@@ -114,7 +134,9 @@ public struct FeatureBits: OptionSet, Sendable, Hashable {
     public static let lz4 = FeatureBits(rawValue: 1 << 0)
     /// Data frames carry an XXH3-64 of their raw bytes (always set by v1 senders).
     public static let xxh3 = FeatureBits(rawValue: 1 << 1)
-    public static let known: FeatureBits = [.lz4, .xxh3]
+    /// The connection is TLS 1.3 (the preamble and everything after it travel inside TLS).
+    public static let tls = FeatureBits(rawValue: 1 << 2)
+    public static let known: FeatureBits = [.lz4, .xxh3, .tls]
 }
 
 /// What a session moves.

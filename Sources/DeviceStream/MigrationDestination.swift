@@ -34,7 +34,7 @@ public final class MigrationDestination: @unchecked Sendable {
         self.specs = nil
         self.options = options
         self.warn = warn
-        listener = try SessionListener(endpoint: endpoint, timeout: options.timeout, backend: options.backend, warn: warn)
+        listener = try SessionListener(endpoint: endpoint, options: options, warn: warn)
         listener.start()
     }
 
@@ -50,7 +50,7 @@ public final class MigrationDestination: @unchecked Sendable {
         self.specs = specs
         self.options = options
         self.warn = warn
-        listener = try SessionListener(endpoint: endpoint, timeout: options.timeout, backend: options.backend, warn: warn)
+        listener = try SessionListener(endpoint: endpoint, options: options, warn: warn)
         listener.start()
     }
 
@@ -340,10 +340,15 @@ final class ControlReplies: Sendable {
     func send(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0, payload: [UInt8] = []) throws(TransferError) {
         let bytes = controlFrame(type, stream: stream, aux: aux, position: position, payload: payload)
         let deadline = Monotonic.now + timeout
+        let secure = SecureStream.forSocket(fd)
         let failure: String? = lock.withLock { _ in
             socketGuard?.setMidFrame(true)
             defer { socketGuard?.setMidFrame(false) }
             return bytes.withUnsafeBytes { b -> String? in
+                // A TLS session: encrypted, blocking send within the timeout (no ring here).
+                if let secure {
+                    do { try secure.sendAll(b, ring: nil, timeout: timeout); return nil } catch { return "\(error)" }
+                }
                 var off = 0
                 while off < b.count {
                     let n = Glibc.send(fd, b.baseAddress! + off, b.count - off, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))

@@ -59,13 +59,15 @@ struct Send: ParsableCommand {
     @Argument(help: "The file to send, or - for stdin.") var file: String
     @Option(help: "The receiver, HOST:PORT.") var to: String
     @OptionGroup var data: DataPathOptions
+    @OptionGroup var security: SecurityFlags
     @Flag(help: "Print one JSON object on stdout at the end.") var json = false
 
     func run() throws {
         Terminal.ignoreSignals()
-        let options = try data.transferOptions()
+        var options = try data.transferOptions()
         let endpoint: Endpoint
         do { endpoint = try Endpoint.parse(to) } catch { throw ValidationError(error.message) }
+        try security.apply(to: &options, endpoint: endpoint)
         let source: TransferSource
         do { source = try TransferSource(path: file) } catch {
             Report.fail(error, json: json, extra: ["connections": options.connections, "compression": data.compression])
@@ -85,6 +87,7 @@ struct Receive: ParsableCommand {
     @Option(help: "Output file, device, or - for stdout.") var output: String?
     @Option(help: "Destination device spec (repeatable), for a migration.") var device: [String] = []
     @Option(help: "Fail when the peer makes no progress for this long.") var timeout: String = "30s"
+    @OptionGroup var security: SecurityFlags
     @Flag(help: "Print one JSON object on stdout at the end.") var json = false
 
     func run() throws {
@@ -93,6 +96,7 @@ struct Receive: ParsableCommand {
         do { endpoint = try Endpoint.parse(listen) } catch { throw ValidationError(error.message) }
         var options = TransferOptions()
         options.timeout = try parseDuration(timeout, option: "--timeout")
+        try security.apply(to: &options, endpoint: endpoint)
         if !device.isEmpty {
             guard output == nil else { throw ValidationError("give either --output (a transfer) or --device (a migration), not both") }
             try MigrationCLI.receive(endpoint: endpoint, devices: device, options: options, json: json)

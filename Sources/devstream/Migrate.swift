@@ -61,14 +61,17 @@ struct Migrate: ParsableCommand {
     @Option(help: "The destination, HOST:PORT.") var to: String
     @OptionGroup var data: DataPathOptions
     @OptionGroup var migration: MigrationOptions
+    @OptionGroup var security: SecurityFlags
     @Flag(help: "Print one JSON object on stdout at the end.") var json = false
 
     func run() throws {
         Terminal.ignoreSignals()
         guard !device.isEmpty else { throw ValidationError("give at least one --device SPEC") }
-        let config = try migration.configuration(try data.transferOptions())
         let endpoint: Endpoint
         do { endpoint = try Endpoint.parse(to) } catch { throw ValidationError(error.message) }
+        var transfer = try data.transferOptions()
+        try security.apply(to: &transfer, endpoint: endpoint)
+        let config = try migration.configuration(transfer)
         let devices = try openDevices(device, destination: false)
         defer { for d in devices { d.close() } }
         let source = MigrationSource(devices: devices, configuration: config)

@@ -128,8 +128,10 @@ struct Ends {
 
     func migrate(size: UInt64, dirtyRate: UInt64, hot: Double, limit: Duration, connections: Int, deadline: Duration) throws -> Run {
         let host = link?.destinationAddress ?? "127.0.0.1"
+        // A namespace link is private to this machine: plaintext there is deliberate.
+        let insecure = link == nil ? [] : ["--insecure"]
         let receiver = Process()
-        let (rexe, rargs) = command(["receive", "--listen", "\(host):0", "--device", "sim:size=\(size)", "--json", "--timeout", "30s"], destination: true)
+        let (rexe, rargs) = command(["receive", "--listen", "\(host):0", "--device", "sim:size=\(size)", "--json", "--timeout", "30s"] + insecure, destination: true)
         receiver.executableURL = URL(fileURLWithPath: rexe)
         receiver.arguments = rargs
         let rout = Pipe()
@@ -150,7 +152,7 @@ struct Ends {
         let spec = "sim:size=\(size),dirty-rate=\(dirtyRate),hot=\(hot),profile=mixed,seed=1"
         let (sexe, sargs) = command(["migrate", "--device", spec, "--to", endpoint, "--connections", "\(connections)",
                                      "--downtime-limit", "\(Int(limit.milliseconds))ms", "--on-nonconvergence", "switchover",
-                                     "--deadline", "\(Int(deadline.milliseconds))ms", "--timeout", "30s", "--json"], destination: false)
+                                     "--deadline", "\(Int(deadline.milliseconds))ms", "--timeout", "30s", "--json"] + insecure, destination: false)
         source.executableURL = URL(fileURLWithPath: sexe)
         source.arguments = sargs
         let sout = Pipe()

@@ -28,6 +28,8 @@ struct Throughput: ParsableCommand {
     @Option(help: "Directory for the generated file.") var dir: String = "/tmp"
     @Option(help: "Receiver output (default /dev/null, so disk speed stays out of the figure).") var output: String = "/dev/null"
     @Flag(help: "Also time `lz4 -1 FILE | nc` → `nc | lz4 -d > OUTPUT` on the same file.") var compareLz4Nc = false
+    @Option(help: "psk: run devstream over TLS 1.3 with a random pre-shared key made in this process; none: plaintext.") var tls: String = "none"
+    @Flag(help: "Measure devstream plaintext and over TLS (PSK) in the same run, and print the ratio.") var compareTls = false
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
@@ -41,15 +43,22 @@ struct Throughput: ParsableCommand {
         options.acceleration = acceleration
         options.chunkSize = Int(try SizeParsing.parse(chunkSize))
         try options.validate()
+        guard tls == "none" || tls == "psk" else { throw ValidationError("--tls must be psk or none") }
+        // A random key: the benchmark measures the cipher, not key management.
+        var rng = SystemRandomNumberGenerator()
+        var secured = options
+        secured.security = SecurityOptions(.psk(key: (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }))
+        if tls == "psk" && !compareTls { options = secured }
 
         let path = "\(dir)/stream-bench-\(profile)-\(seed)-\(bytes).img"
         try Bench.generate(path: path, size: bytes, profile: prof, seed: seed)
         defer { unlink(path) }
         Bench.warmPageCache(path)
 
-        var ours: [Bench.Run] = [], base: [Double] = [], pipeline: [Double] = []
+        var ours: [Bench.Run] = [], base: [Double] = [], pipeline: [Double] = [], encrypted: [Bench.Run] = []
         for _ in 0..<max(1, runs) {
             ours.append(try Bench.transfer(path: path, output: output, options: options))
+            if compareTls { encrypted.append(try Bench.transfer(path: path, output: output, options: secured)) }
             base.append(try Bench.baseline(path: path))
             if compareLz4Nc { pipeline.append(try Bench.lz4nc(path: path, output: output)) }
         }
@@ -65,6 +74,14 @@ struct Throughput: ParsableCommand {
             "config": ["size": bytes, "profile": profile, "connections": connections, "compression": compression,
                        "acceleration": acceleration, "chunk_size": options.chunkSize, "seed": seed, "output": output],
         ]
+        let tlsMid = compareTls ? Bench.median(encrypted.map { $0.throughput }) : 0
+        let tlsRun = compareTls ? encrypted.sorted { $0.throughput < $1.throughput }[encrypted.count / 2] : run
+        result["tls"] = compareTls ? "compare" : tls
+        if compareTls {
+            result["tls_bytes_per_sec"] = tlsMid.rounded()
+            result["tls_ratio"] = (tlsMid / mid * 1000).rounded() / 1000
+            result["tls_cpu_seconds"] = (tlsRun.cpu * 1000).rounded() / 1000
+        }
         if compareLz4Nc {
             let p = Bench.median(pipeline)
             result["lz4_nc_bytes_per_sec"] = p.rounded()
@@ -74,8 +91,13 @@ struct Throughput: ParsableCommand {
             let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
-            print("stream-bench: \(Format.bytes(bytes)) \(profile), \(connections) connections, \(compression), \(IOBackend.preferred.rawValue), median of \(ours.count)")
+            let mode = compareTls ? "" : (tls == "psk" ? ", TLS 1.3 PSK" : "")
+            print("stream-bench: \(Format.bytes(bytes)) \(profile), \(connections) connections, \(compression)\(mode), \(IOBackend.preferred.rawValue), median of \(ours.count)")
             print(String(format: "  devstream      %10.1f MiB/s  (wire %.2fx smaller, %.2f CPU s)", mid / 1048576, Double(bytes) / Double(max(run.wireBytes, 1)), run.cpu))
+            if compareTls {
+                print(String(format: "  devstream+TLS  %10.1f MiB/s  (TLS 1.3 PSK, AES-128-GCM, %.2f CPU s)", tlsMid / 1048576, tlsRun.cpu))
+                print(String(format: "  TLS / plain    %10.2fx", tlsMid / mid))
+            }
             print(String(format: "  plain socket   %10.1f MiB/s  (baseline, no compression)", baseMid / 1048576))
             print(String(format: "  ratio          %10.2fx", mid / baseMid))
             if compareLz4Nc {

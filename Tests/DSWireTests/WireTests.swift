@@ -39,6 +39,34 @@ import Testing
         #expect(throws: WireError.unsupportedAuthentication(7)) { try p.encoded().withUnsafeBytes { try Preamble.decode($0) } }
     }
 
+    /// Auth method 1 (TLS session token): only with the `tls` feature bit, 0 bytes on channel 0
+    /// and 32 on the others; a TLS preamble without it is refused too.
+    @Test func sessionTokenMethod() throws {
+        func decode(_ p: Preamble) throws -> Preamble { try p.encoded().withUnsafeBytes { try Preamble.decode($0) } }
+        var p = sample
+        p.features.insert(.tls)
+        p.authMethod = Preamble.authSessionToken
+        p.channelIndex = 0
+        #expect(try decode(p) == p)
+        p.channelIndex = 2
+        p.authLength = 32
+        #expect(try decode(p) == p)
+        p.authLength = 0
+        #expect(throws: WireError.self) { try decode(p) }
+        p.channelIndex = 0
+        p.authLength = 32
+        #expect(throws: WireError.self) { try decode(p) }
+        var plain = sample
+        plain.authMethod = Preamble.authSessionToken
+        #expect(throws: WireError.self) { try decode(plain) }
+        plain = sample
+        plain.features.insert(.tls)
+        #expect(throws: WireError.self) { try decode(plain) }
+        plain = sample
+        plain.authLength = 32
+        #expect(throws: WireError.self) { try decode(plain) }
+    }
+
     @Test func truncated() {
         let bytes = Array(sample.encoded()[0..<63])
         #expect(throws: WireError.truncatedPayload(needed: 64, remaining: 63)) { try bytes.withUnsafeBytes { try Preamble.decode($0) } }

@@ -12,10 +12,10 @@ import DSNetLab
     func migratesAcrossNamespaces(shape: NetLink.Shape) throws {
         let link = try NetLink(shape)
         defer { link.close() }
-        let (r, endpoint) = try CLI.receiver(["--device", "sim:size=64M", "--timeout", "10s", "--json"],
+        let (r, endpoint) = try CLI.receiver(["--device", "sim:size=64M", "--timeout", "10s", "--json", "--insecure"],
                                              host: link.destinationAddress, wrapper: link.inDestination([]))
         let s = try CLI.start(["migrate", "--device", "sim:size=64M,dirty-rate=4M,seed=9", "--to", endpoint,
-                               "--timeout", "10s", "--deadline", "30s", "--json"], wrapper: link.inSource([]))
+                               "--timeout", "10s", "--deadline", "30s", "--json", "--insecure"], wrapper: link.inSource([]))
         let src = s.wait()
         let dst = r.wait()
         #expect(src.status == 0, "\(link.description): \(src.stderr)")
@@ -35,15 +35,38 @@ import DSNetLab
         // has nothing there, so a completed migration must have crossed the veth pair.
         let link = try NetLink(.veth)
         defer { link.close() }
-        let (r, endpoint) = try CLI.receiver(["--device", "sim:size=8M", "--timeout", "5s"],
+        let (r, endpoint) = try CLI.receiver(["--device", "sim:size=8M", "--timeout", "5s", "--insecure"],
                                              host: link.destinationAddress, wrapper: link.inDestination([]))
         let port = endpoint.split(separator: ":").last!
         let wrong = try CLI.run(["migrate", "--device", "sim:size=8M", "--to", "127.0.0.1:\(port)", "--timeout", "3s"],
                                 env: [:], wrapper: link.inSource([]))
         #expect(wrong.status != 0)
         #expect(wrong.stderr.contains("refused"), "\(wrong.stderr)")
-        let right = try CLI.run(["migrate", "--device", "sim:size=8M", "--to", endpoint, "--timeout", "5s"], wrapper: link.inSource([]))
+        let right = try CLI.run(["migrate", "--device", "sim:size=8M", "--to", endpoint, "--timeout", "5s", "--insecure"], wrapper: link.inSource([]))
         #expect(right.status == 0, "\(right.stderr)")
         _ = r.wait()
+    }
+
+    @Test func migratesOverTLSWithAPreSharedKey() throws {
+        // Off loopback, the normal way: encrypted and authenticated, no --insecure.
+        let link = try NetLink(.gigabit)
+        defer { link.close() }
+        let psk = "/tmp/ds-link-psk-\(getpid())"
+        defer { unlink(psk) }
+        FileManager.default.createFile(atPath: psk, contents: Data(String(repeating: "5a", count: 32).utf8))
+        let (r, endpoint) = try CLI.receiver(["--device", "sim:size=32M", "--timeout", "10s", "--psk-file", psk],
+                                             host: link.destinationAddress, wrapper: link.inDestination([]))
+        let s = try CLI.run(["migrate", "--device", "sim:size=32M,dirty-rate=2M,seed=4", "--to", endpoint,
+                             "--timeout", "10s", "--psk-file", psk, "--json"], wrapper: link.inSource([]))
+        let d = r.wait()
+        #expect(s.status == 0, "\(s.stderr)")
+        #expect(d.status == 0, "\(d.stderr)")
+        let j = CLI.json(s.stdout)
+        let dev = (j?["devices"] as? [[String: Any]])?.first
+        #expect(dev?["source_xxh3"] as? String != nil && dev?["source_xxh3"] as? String == dev?["destination_xxh3"] as? String)
+        // Without a key or --insecure, plaintext to this address is refused before connecting.
+        let plain = try CLI.run(["migrate", "--device", "sim:size=1M", "--to", endpoint], wrapper: link.inSource([]))
+        #expect(plain.status != 0)
+        #expect(plain.stderr.contains("--insecure"), "\(plain.stderr)")
     }
 }

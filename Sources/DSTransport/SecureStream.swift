@@ -1,0 +1,391 @@
+internal import COpenSSL
+import Glibc
+import Synchronization
+import DSRing
+
+/// One TLS 1.3 connection over a socket, with OpenSSL kept away from the socket.
+///
+/// OpenSSL reads and writes two buffers this object owns (a custom BIO, `ds_bio_buffers` in
+/// the shim); the socket I/O is done here through the calling thread's `Ring`, in batches: one
+/// `send` per frame (up to 1 MiB of records) and `recv`s of up to 256 KiB, instead of one
+/// syscall per 16 KiB record (BIO_s_socket). Measured on the 2-core VM (stream-bench
+/// `--compare-tls`): the cost that remains is AES-GCM itself and OpenSSL's record copies.
+/// kTLS would move the record layer into the kernel, but this kernel has no `tls` ULP.
+///
+/// Nothing is allocated per frame: the buffers are made once per connection.
+///
+/// Threads: one thread sends and one receives at a time (a migration's channel 0 is full
+/// duplex: a worker sends while the feedback reader receives). Every use of the SSL object
+/// and the buffers' bookkeeping is under `lock`; a sender holds it for the whole frame,
+/// including the socket send, so records go out in the order they were made. A receiver takes
+/// it only to decrypt (its socket `recv` runs outside it), and never sends.
+package final class SecureStream: @unchecked Sendable {
+    // @unchecked: `ssl` and `io` are touched only under `lock` (see above); the receive area
+    // past `io.in_len` is written only by the one receiving thread, outside the lock.
+    package let fd: Int32
+    private let ssl: OpaquePointer
+    private let io: UnsafeMutablePointer<ds_bio_buffers>
+    private let lock: UnsafeMutablePointer<pthread_mutex_t>
+    package let context: SecurityContext
+    /// The session token (`SSL_export_keying_material`), derived once after the handshake.
+    package private(set) var token: [UInt8] = []
+    /// What `handle` and the errors call the peer.
+    let peer: String
+
+    static let sendCapacity = (1 << 20) + (64 << 10)
+    static let receiveCapacity = 256 << 10
+
+    /// Failures of the stream: the socket's, or TLS's (with OpenSSL's reasons).
+    package enum Failure: Error {
+        case socket(Errno)
+        case tls(String)
+    }
+
+    // nonisolated(unsafe): made once (a lazy global is initialized once, thread-safely) and
+    // only read afterwards; OpenSSL treats a BIO_METHOD as immutable once set up.
+    nonisolated(unsafe) private static let bioMethod: OpaquePointer? = ds_bio_method_new()
+
+    private init(fd: Int32, context: SecurityContext, peer: String) throws(TransferError) {
+        self.fd = fd
+        self.context = context
+        self.peer = peer
+        guard let method = Self.bioMethod, let ssl = SSL_new(context.ctx) else {
+            throw TransferError(.localIO, "cannot create a TLS connection: \(Self.openSSLErrors())")
+        }
+        self.ssl = ssl
+        io = .allocate(capacity: 1)
+        io.initialize(to: ds_bio_buffers(
+            out: .allocate(capacity: Self.sendCapacity), out_len: 0, out_cap: Self.sendCapacity,
+            in: .allocate(capacity: Self.receiveCapacity), in_len: 0, in_off: 0))
+        lock = .allocate(capacity: 1)
+        pthread_mutex_init(lock, nil)
+        guard let bio = ds_bio_new(method, io) else {
+            SSL_free(ssl)
+            throw TransferError(.localIO, "cannot create a TLS BIO: \(Self.openSSLErrors())")
+        }
+        SSL_set_bio(ssl, bio, bio)
+        if context.isServer { SSL_set_accept_state(ssl) } else { SSL_set_connect_state(ssl) }
+    }
+
+    deinit {
+        Self.registry.withLock { r in
+            // A dying object's weak references already read nil; a newer stream on a reused fd
+            // number does not.
+            if let w = r[fd], w.stream == nil { r[fd] = nil }
+        }
+        SSL_free(ssl)
+        io.pointee.out.deallocate()
+        io.pointee.in.deallocate()
+        io.deallocate()
+        pthread_mutex_destroy(lock)
+        lock.deallocate()
+    }
+
+    // MARK: Handshake
+
+    /// Runs the TLS 1.3 handshake on a connected socket (client or server per `context`),
+    /// derives the session token and registers the stream for `fd` (see `forSocket`).
+    /// - Parameter timeout: how long the peer may stay silent during the handshake.
+    package static func handshake(fd: Int32, context: SecurityContext, ring: Ring, timeout: Duration,
+                                  peer: String) throws(TransferError) -> SecureStream {
+        let s = try SecureStream(fd: fd, context: context, peer: peer)
+        try s.runHandshake(ring: ring, timeout: timeout)
+        s.identity = connectionIdentity(fd)
+        register(s)
+        return s
+    }
+
+    private func runHandshake(ring: Ring, timeout: Duration) throws(TransferError) {
+        let what = "the TLS handshake with \(peer)"
+        while true {
+            ERR_clear_error()
+            let rc = SSL_do_handshake(ssl)
+            let err = rc == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl, rc)
+            let reasons = rc == 1 ? "" : describe(err)
+            // Whatever SSL made (a flight, an alert) goes out first.
+            if io.pointee.out_len > 0 {
+                do { try flushLocked(ring: ring, timeout: timeout) } catch {
+                    if rc == 1 || err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE { throw handshakeFailure(error, what, timeout) }
+                }
+            }
+            if rc == 1 { break }
+            switch err {
+            case SSL_ERROR_WANT_READ:
+                let n: Int
+                do { n = try fill(ring: ring, timeout: timeout) } catch { throw handshakeFailure(error, what, timeout) }
+                if n == 0 {
+                    throw TransferError(.peerClosed, "\(what) failed: the peer closed the connection during the handshake (it refused our credentials, or it is not a TLS devstream): \(context.isServer ? "give the sender" : "check that the receiver has") the same --psk-file, or certificates from the same --tls-ca")
+                }
+            case SSL_ERROR_WANT_WRITE:
+                continue
+            default:
+                if context.isServer && startsWithPlaintextPreamble {
+                    throw TransferError(.rejected, "the sender at \(peer) is not using TLS (a plaintext devstream sender); this receiver requires TLS: give the sender the same --psk-file or --tls-* options")
+                }
+                throw TransferError(.rejected, "\(what) failed: \(context.hint(reasons)) (\(reasons))")
+            }
+        }
+        if case .psk = context.options.mode, SSL_session_reused(ssl) != 1 {
+            throw TransferError(.rejected, "\(what) did not use the pre-shared key; refusing the session: both ends need the same --psk-file")
+        }
+        var out = [UInt8](repeating: 0, count: SecurityContext.tokenLength)
+        let label = SecurityContext.sessionLabel
+        let ok = out.withUnsafeMutableBytes { o in
+            SSL_export_keying_material(ssl, o.baseAddress!.assumingMemoryBound(to: UInt8.self), o.count, label, label.utf8.count, nil, 0, 0)
+        }
+        guard ok == 1 else { throw TransferError(.localIO, "cannot derive the TLS session token: \(Self.openSSLErrors())") }
+        token = out
+    }
+
+    /// Whether the bytes received so far start like a devstream preamble (a plaintext sender).
+    var startsWithPlaintextPreamble: Bool {
+        let magic = Array("DSTREAM\n".utf8)
+        guard io.pointee.in_len >= magic.count else { return false }
+        return (0..<magic.count).allSatisfy { io.pointee.in[$0] == magic[$0] }
+    }
+
+    private func handshakeFailure(_ f: Failure, _ what: String, _ timeout: Duration) -> TransferError {
+        switch f {
+        case .socket(let e) where e == .timedOut:
+            return TransferError(.timeout, "\(what) timed out: no reply within \(timeout); is the peer a devstream \(context.isServer ? "sender" : "receiver") with TLS options?")
+        case .socket(let e) where e == .connectionReset || e == .brokenPipe:
+            return TransferError(.peerClosed, "\(what) failed: the peer closed the connection (\(e)); it refused our credentials or does not speak TLS: use the same --psk-file, or certificates from the same --tls-ca, at both ends")
+        case .socket(let e):
+            return TransferError(.peerClosed, "\(what) failed: \(e)")
+        case .tls(let r):
+            return TransferError(.rejected, "\(what) failed: \(context.hint(r)) (\(r))")
+        }
+    }
+
+    // MARK: Data
+
+    /// Encrypts and sends all of `bytes` (one batch of records per `sendCapacity`).
+    /// - Parameter ring: the calling thread's ring; nil sends with blocking `send(2)`.
+    package func sendAll(_ bytes: UnsafeRawBufferPointer, ring: Ring?, timeout: Duration) throws(Failure) {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        var off = 0
+        while off < bytes.count {
+            ERR_clear_error()
+            let n = SSL_write(ssl, bytes.baseAddress! + off, Int32(min(bytes.count - off, 1 << 30)))
+            if n > 0 { off += Int(n); continue }
+            let e = SSL_get_error(ssl, n)
+            guard e == SSL_ERROR_WANT_WRITE else { throw .tls(describe(e)) }
+            try flushLocked(ring: ring, timeout: timeout)
+        }
+        try flushLocked(ring: ring, timeout: timeout)
+    }
+
+    /// `sendAll` for an array (set-up and control paths).
+    package func send(_ bytes: [UInt8], ring: Ring?, timeout: Duration) throws(Failure) {
+        var failure: Failure?
+        bytes.withUnsafeBytes { b in
+            do throws(Failure) { try sendAll(b, ring: ring, timeout: timeout) } catch { failure = error }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Receives up to `count` bytes (fewer only when the peer closed) into a new array.
+    package func receive(count: Int, ring: Ring, timeout: Duration) throws(Failure) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var failure: Failure?
+        let n = out.withUnsafeMutableBytes { b -> Int in
+            do throws(Failure) { return try recvExactly(into: b, ring: ring, timeout: timeout) } catch { failure = error; return 0 }
+        }
+        if let failure { throw failure }
+        return Array(out[0..<n])
+    }
+
+    /// Receives and decrypts exactly `buffer.count` bytes; fewer only when the peer closed.
+    package func recvExactly(into buffer: UnsafeMutableRawBufferPointer, ring: Ring, timeout: Duration) throws(Failure) -> Int {
+        var got = 0
+        while got < buffer.count {
+            pthread_mutex_lock(lock)
+            ERR_clear_error()
+            let n = SSL_read(ssl, buffer.baseAddress! + got, Int32(min(buffer.count - got, 1 << 30)))
+            let e = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, n)
+            let reasons = n > 0 || e == SSL_ERROR_WANT_READ || e == SSL_ERROR_ZERO_RETURN ? "" : describe(e)
+            pthread_mutex_unlock(lock)
+            if n > 0 { got += Int(n); continue }
+            switch e {
+            case SSL_ERROR_WANT_READ:
+                if try fill(ring: ring, timeout: timeout) == 0 { return got }
+            case SSL_ERROR_ZERO_RETURN:
+                return got
+            default:
+                throw .tls(reasons)
+            }
+        }
+        return got
+    }
+
+    /// Decrypts whatever is already waiting on the socket (non-blocking) into `buffer`; for
+    /// reading the peer's `error` frame after a failed send.
+    package func readAvailable(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        var got = 0
+        while got < buffer.count {
+            pthread_mutex_lock(lock)
+            let n = SSL_read(ssl, buffer.baseAddress! + got, Int32(buffer.count - got))
+            let e = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, n)
+            pthread_mutex_unlock(lock)
+            if n > 0 { got += Int(n); continue }
+            guard e == SSL_ERROR_WANT_READ, let m = try? fill(ring: nil, timeout: .zero, nonblocking: true), m > 0 else { break }
+        }
+        return got
+    }
+
+    /// Best effort, never blocks: encrypts `bytes` and sends them with MSG_DONTWAIT, unless
+    /// another thread is sending on this stream (then its frame must not be interleaved).
+    package func trySend(_ bytes: [UInt8]) {
+        guard pthread_mutex_trylock(lock) == 0 else { return }
+        defer { pthread_mutex_unlock(lock) }
+        let ok = bytes.withUnsafeBytes { b in SSL_write(ssl, b.baseAddress, Int32(b.count)) == Int32(b.count) }
+        guard ok else { return }
+        var off = 0
+        while off < io.pointee.out_len {
+            let n = Glibc.send(fd, io.pointee.out + off, io.pointee.out_len - off, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+            if n <= 0 { break }
+            off += n
+        }
+        io.pointee.out_len = 0
+    }
+
+    /// Sends what SSL wrote into the out buffer (called with `lock` held, or during the
+    /// handshake, before any other thread knows the stream).
+    private func flushLocked(ring: Ring?, timeout: Duration) throws(Failure) {
+        let count = io.pointee.out_len
+        guard count > 0 else { return }
+        io.pointee.out_len = 0
+        let b = UnsafeRawBufferPointer(start: io.pointee.out, count: count)
+        if let ring {
+            do { try ring.sendAll(fd: fd, b, timeout: timeout) } catch { throw .socket(error) }
+            return
+        }
+        var off = 0
+        while off < count {
+            let n = Glibc.send(fd, b.baseAddress! + off, count - off, Int32(MSG_NOSIGNAL))
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { throw .socket(.current) }
+            if n == 0 { throw .socket(.connectionReset) }
+            off += n
+        }
+    }
+
+    /// Receives more bytes into the in buffer (one `recv`, up to its free space).
+    /// - Returns: the bytes received; 0 at end of stream.
+    private func fill(ring: Ring?, timeout: Duration, nonblocking: Bool = false) throws(Failure) -> Int {
+        pthread_mutex_lock(lock)
+        let p = io.pointee
+        if p.in_off == p.in_len {
+            io.pointee.in_off = 0; io.pointee.in_len = 0
+        } else if p.in_len == Self.receiveCapacity || p.in_off > Self.receiveCapacity / 2 {
+            let keep = p.in_len - p.in_off
+            memmove(p.in, p.in + p.in_off, keep)
+            io.pointee.in_off = 0; io.pointee.in_len = keep
+        }
+        let start = io.pointee.in + io.pointee.in_len
+        let space = Self.receiveCapacity - io.pointee.in_len
+        pthread_mutex_unlock(lock)
+        // SSL asks for more only once it has consumed every byte (the BIO reports "would block"
+        // only when empty), so there is always room; never trap on it.
+        guard space > 0 else { throw .tls("the receive buffer is full inside one record") }
+        let n: Int
+        if let ring, !nonblocking {
+            do { n = try ring.perform(.recv(fd: fd, buffer: UnsafeMutableRawBufferPointer(start: start, count: space)), timeout: timeout) } catch {
+                throw .socket(error)
+            }
+        } else {
+            let r = recv(fd, start, space, nonblocking ? Int32(MSG_DONTWAIT) : 0)
+            if r < 0 { throw .socket(.current) }
+            n = r
+        }
+        pthread_mutex_lock(lock)
+        io.pointee.in_len += n
+        pthread_mutex_unlock(lock)
+        return n
+    }
+
+    // MARK: Errors
+
+    /// The reasons for a failed SSL call, from SSL_get_error and OpenSSL's error queue.
+    private func describe(_ err: Int32) -> String {
+        var parts: [String] = []
+        let queued = Self.openSSLErrors()
+        if !queued.isEmpty { parts.append(queued) }
+        let verify = SSL_get_verify_result(ssl)
+        if case .x509 = context.options.mode, verify != X509_V_OK, let s = X509_verify_cert_error_string(verify) {
+            parts.append("certificate check: \(String(cString: s))")
+        }
+        if parts.isEmpty {
+            switch err {
+            case SSL_ERROR_SYSCALL: parts.append("the connection ended without a TLS close (unexpected eof)")
+            case SSL_ERROR_ZERO_RETURN: parts.append("the peer closed the TLS session")
+            default: parts.append("SSL error \(err)")
+            }
+        }
+        return parts.joined(separator: "; ")
+    }
+
+    /// Drains this thread's OpenSSL error queue into one line.
+    static func openSSLErrors() -> String {
+        var out: [String] = []
+        while true {
+            let e = ERR_get_error()
+            if e == 0 { break }
+            if let r = ERR_reason_error_string(e) { out.append(String(cString: r)) } else { out.append("error \(e)") }
+        }
+        return out.joined(separator: "; ")
+    }
+
+    // MARK: Sockets to streams
+
+    /// The socket's inode (sockfs) at the handshake: a later socket that reuses the fd number is
+    /// another socket, with another inode. (Unlike the address pair, it survives a reset.)
+    private var identity: (UInt, UInt) = (0, 0)
+
+    private static func connectionIdentity(_ fd: Int32) -> (UInt, UInt) {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return (UInt.max, UInt.max) }
+        return (UInt(st.st_dev), UInt(st.st_ino))
+    }
+
+    private struct Weak { weak var stream: SecureStream? }
+    private static let registry = Mutex<[Int32: Weak]>([:])
+
+    private static func register(_ s: SecureStream) {
+        registry.withLock { $0[s.fd] = Weak(stream: s) }
+    }
+
+    /// The stream whose handshake ran on `fd`, while it lives. Code that only has a socket (an
+    /// abort's farewell, a migration's feedback reader and control replies) uses it to speak
+    /// through TLS; nil means the socket is plaintext.
+    package static func forSocket(_ fd: Int32) -> SecureStream? {
+        guard let s = registry.withLock({ $0[fd]?.stream }) else { return nil }
+        return s.identity == connectionIdentity(fd) ? s : nil
+    }
+
+    /// Forgets the stream of `fd` (call before closing a socket whose stream may outlive it).
+    package static func forget(_ fd: Int32) {
+        registry.withLock { _ = $0.removeValue(forKey: fd) }
+    }
+}
+
+extension SecureStream.Failure {
+    /// As a transfer error on `channel`, `doing` what.
+    func transferError(_ doing: String, channel: Int) -> TransferError {
+        switch self {
+        case .socket(let e): TransferError.network(e, doing, channel: channel)
+        case .tls(let r): TransferError(.protocolViolation, "\(doing) on channel \(channel): TLS failed (\(r)); the stream was tampered with or the peer is broken")
+        }
+    }
+
+    /// Like `transferError(_:channel:)`; a TLS alert from the peer (it refused this end's
+    /// credentials after the handshake, as a TLS 1.3 server does with a client certificate)
+    /// gets the same advice as a failed handshake.
+    func transferError(_ doing: String, channel: Int, stream: SecureStream) -> TransferError {
+        if case .tls(let r) = self, r.contains("alert") {
+            return TransferError(.rejected, "\(doing) on channel \(channel): the peer ended the TLS session: \(stream.context.hint(r)) (\(r))")
+        }
+        return transferError(doing, channel: channel)
+    }
+}

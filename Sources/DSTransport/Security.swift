@@ -1,0 +1,217 @@
+internal import COpenSSL
+import Glibc
+import DSRing
+
+/// How a session authenticates and encrypts its channels: TLS 1.3 (OpenSSL 3), AES-GCM.
+///
+/// - `psk`: both ends hold the same secret (`--psk-file`); TLS 1.3 external PSK with (EC)DHE,
+///   so a recorded session stays secret even if the key leaks later.
+/// - `x509`: mutual certificates (`--tls-cert`, `--tls-key`, `--tls-ca`); each end presents
+///   its certificate and verifies the peer's chain against `ca`. Any certificate that `ca`
+///   issued is accepted (no host name check): use a CA dedicated to devstream peers.
+public struct SecurityOptions: Sendable, Equatable {
+    public enum Mode: Sendable, Equatable {
+        case psk(key: [UInt8])
+        /// A nil certificate or key makes a client that presents none (a receiver refuses it).
+        case x509(certificate: String?, privateKey: String?, ca: String)
+    }
+    public var mode: Mode
+    public init(_ mode: Mode) { self.mode = mode }
+
+    /// The smallest key a PSK file may hold.
+    public static let minimumKeyLength = 32
+
+    /// Reads a PSK file: if its content (whitespace trimmed) is all hex digits, the key is
+    /// those hex bytes; otherwise it is the file's raw bytes. Either way at least 32 bytes.
+    /// (`openssl rand -hex 32 > key` makes one.)
+    public static func pskFile(_ path: String) throws(TransferError) -> SecurityOptions {
+        guard let raw = readSmallFile(path) else {
+            throw TransferError(.usage, "--psk-file \(path): cannot read it (\(Errno.current)); make one with `openssl rand -hex 32 > \(path)`")
+        }
+        let text = raw.filter { !($0 == 0x20 || $0 == 0x0a || $0 == 0x0d || $0 == 0x09) }
+        let isHex = !text.isEmpty && text.count % 2 == 0 && text.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x66) }
+        var key: [UInt8]
+        if isHex {
+            key = []
+            key.reserveCapacity(text.count / 2)
+            func nibble(_ c: UInt8) -> UInt8 { c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x61 + 10 }
+            var i = 0
+            while i < text.count { key.append(nibble(text[i]) << 4 | nibble(text[i + 1])); i += 2 }
+        } else {
+            key = raw
+        }
+        guard key.count >= minimumKeyLength else {
+            throw TransferError(.usage, "--psk-file \(path): the key is \(key.count) bytes (\(isHex ? "hex" : "raw")); at least \(minimumKeyLength) are needed, e.g. `openssl rand -hex 32 > \(path)`")
+        }
+        return SecurityOptions(.psk(key: key))
+    }
+
+    private static func readSmallFile(_ path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while out.count < 1 << 16 {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { return nil }
+            if n == 0 { break }
+            out += buf[0..<n]
+        }
+        return out
+    }
+}
+
+extension Endpoint {
+    /// Whether this endpoint is on the loopback network (127.0.0.0/8, ::1); 0.0.0.0 and `::`
+    /// (every interface) are not.
+    public func isLoopback() throws(TransferError) -> Bool {
+        var (storage, _, family) = try resolve()
+        return withUnsafeBytes(of: &storage) { b -> Bool in
+            if family == AF_INET {
+                return b.load(fromByteOffset: MemoryLayout<sockaddr_in>.offset(of: \.sin_addr)!, as: UInt8.self) == 127
+            }
+            if family == AF_INET6 {
+                let at = MemoryLayout<sockaddr_in6>.offset(of: \.sin6_addr)!
+                let a = Array(b[at..<(at + 16)])
+                if a[0..<15].allSatisfy({ $0 == 0 }) && a[15] == 1 { return true }          // ::1
+                if a[0..<10].allSatisfy({ $0 == 0 }) && a[10] == 0xff && a[11] == 0xff { return a[12] == 127 }  // ::ffff:127.x
+            }
+            return false
+        }
+    }
+}
+
+/// A configured `SSL_CTX` for one side of a session, made once from `SecurityOptions`
+/// (certificates and keys are loaded here, so a bad path fails before any connection).
+package final class SecurityContext: @unchecked Sendable {
+    // @unchecked: the SSL_CTX is configured in init and only read afterwards (SSL_new is
+    // thread-safe on a configured context); `psk` is immutable after init.
+    let ctx: OpaquePointer
+    private let psk: UnsafeMutablePointer<ds_psk>?
+    package let options: SecurityOptions
+    package let isServer: Bool
+
+    /// Exporter label for the session token that binds channels 1... to channel 0.
+    static let sessionLabel = "EXPORTER-devstream-session"
+    static let tokenLength = 32
+
+    package init(_ options: SecurityOptions, server: Bool) throws(TransferError) {
+        self.options = options
+        isServer = server
+        ERR_clear_error()
+        guard let ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()) else {
+            throw TransferError(.localIO, "cannot create a TLS context: \(SecureStream.openSSLErrors())")
+        }
+        self.ctx = ctx
+        var psk: UnsafeMutablePointer<ds_psk>?
+        do throws(TransferError) {
+            guard ds_ctx_tls13_only(ctx) == 1, SSL_CTX_set_num_tickets(ctx, 0) == 1 else {
+                throw TransferError(.localIO, "cannot configure TLS 1.3: \(SecureStream.openSSLErrors())")
+            }
+            ds_ctx_set_mode(ctx)
+            guard ds_ctx_set_sid_context(ctx) == 1 else {
+                throw TransferError(.localIO, "cannot configure TLS: \(SecureStream.openSSLErrors())")
+            }
+            switch options.mode {
+            case .psk(let key):
+                guard key.count >= SecurityOptions.minimumKeyLength else {
+                    throw TransferError(.usage, "the PSK is \(key.count) bytes; at least \(SecurityOptions.minimumKeyLength) are needed")
+                }
+                // The TLS PSK is SHA-256("devstream psk v1" || key): any key length >= 32 maps to
+                // the suite's hash length.
+                let p = UnsafeMutablePointer<ds_psk>.allocate(capacity: 1)
+                psk = p
+                let material = Array("devstream psk v1".utf8) + key
+                withUnsafeMutableBytes(of: &p.pointee.key) { out in
+                    _ = material.withUnsafeBytes { EVP_Digest($0.baseAddress, $0.count, out.baseAddress!.assumingMemoryBound(to: UInt8.self), nil, EVP_sha256(), nil) }
+                }
+                guard SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256") == 1 else {
+                    throw TransferError(.localIO, "cannot select TLS_AES_128_GCM_SHA256: \(SecureStream.openSSLErrors())")
+                }
+                ds_ctx_use_psk(ctx, p)
+                // Should the server not take the PSK, OpenSSL falls back to certificates: with no
+                // CA loaded, any certificate fails verification, so a PSK session is PSK or nothing.
+                if !server { SSL_CTX_set_verify(ctx, ds_verify_peer(), nil) }
+            case .x509(let cert, let key, let ca):
+                guard SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384") == 1 else {
+                    throw TransferError(.localIO, "cannot select the AES-GCM suites: \(SecureStream.openSSLErrors())")
+                }
+                if server && (cert == nil || key == nil) {
+                    throw TransferError(.usage, "a TLS receiver needs --tls-cert and --tls-key (and --tls-ca)")
+                }
+                if let cert {
+                    try Self.checkReadable(cert, option: "--tls-cert")
+                    guard SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 else {
+                        throw TransferError(.usage, "--tls-cert \(cert): not a PEM certificate (\(SecureStream.openSSLErrors()))")
+                    }
+                }
+                if let key {
+                    try Self.checkReadable(key, option: "--tls-key")
+                    guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 else {
+                        throw TransferError(.usage, "--tls-key \(key): not a PEM private key (\(SecureStream.openSSLErrors()))")
+                    }
+                    guard SSL_CTX_check_private_key(ctx) == 1 else {
+                        throw TransferError(.usage, "--tls-key \(key) does not belong to the certificate in --tls-cert \(cert ?? "-")")
+                    }
+                }
+                try Self.checkReadable(ca, option: "--tls-ca")
+                guard SSL_CTX_load_verify_locations(ctx, ca, nil) == 1 else {
+                    throw TransferError(.usage, "--tls-ca \(ca): cannot load CA certificates (\(SecureStream.openSSLErrors()))")
+                }
+                SSL_CTX_set_verify(ctx, server ? ds_verify_peer_required() : ds_verify_peer(), nil)
+            }
+        } catch {
+            SSL_CTX_free(ctx)
+            psk?.deallocate()
+            throw error
+        }
+        self.psk = psk
+    }
+
+    private static func checkReadable(_ path: String, option: String) throws(TransferError) {
+        guard access(path, R_OK) == 0 else {
+            throw TransferError(.usage, "\(option) \(path): cannot read it (\(Errno.current))")
+        }
+    }
+
+    deinit {
+        SSL_CTX_free(ctx)
+        if let psk {
+            withUnsafeMutableBytes(of: &psk.pointee.key) { _ = memset($0.baseAddress!, 0, $0.count) }
+            psk.deallocate()
+        }
+    }
+
+    /// What the user should check for a handshake failure whose OpenSSL reasons are `reasons`.
+    func hint(_ reasons: String) -> String {
+        let r = reasons.lowercased()
+        if case .psk = options.mode, r.contains("certificate") {
+            return "the peer uses certificates (--tls-*) and this end a PSK (--psk-file): give both ends the same kind"
+        }
+        if r.contains("wrong version number") || r.contains("packet length too long") || r.contains("record layer failure")
+            || r.contains("http request") {
+            return "the peer does not speak TLS (a plaintext devstream?): give both ends the same --psk-file or --tls-* options"
+        }
+        if r.contains("binder") || r.contains("decrypt error") || r.contains("bad record mac") || r.contains("decryption failed")
+            || r.contains("illegal parameter") {
+            if case .psk = options.mode { return "the pre-shared keys differ: both ends need the same --psk-file" }
+        }
+        if r.contains("certificate verify failed") {
+            return "the peer's certificate does not verify against --tls-ca"
+        }
+        if r.contains("peer did not return a certificate") || r.contains("certificate required") {
+            return "mutual TLS: the client must present a certificate (--tls-cert and --tls-key) issued by the receiver's --tls-ca"
+        }
+        if r.contains("alert unknown ca") || r.contains("alert bad certificate") || r.contains("alert certificate")
+            || r.contains("alert decrypt error") {
+            return "the peer refused our certificate: it must be issued by the CA the peer trusts (its --tls-ca) and be valid now"
+        }
+        if r.contains("no shared cipher") || r.contains("no suitable") || r.contains("handshake failure")
+            || r.contains("missing extension") {
+            return "the two ends use different authentication: both need --psk-file, or both --tls-cert/--tls-key/--tls-ca"
+        }
+        return "check that both ends use the same --psk-file, or certificates from the same --tls-ca"
+    }
+}

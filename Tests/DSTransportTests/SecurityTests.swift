@@ -1,0 +1,226 @@
+import Testing
+import Glibc
+import DSRing
+import DSWire
+import DSCodec
+@testable import DSTransport
+import DSTestSupport
+
+func pskOptions(connections: Int = 3, key: UInt8 = 7) -> TransferOptions {
+    var o = options(connections: connections)
+    o.security = SecurityOptions(.psk(key: [UInt8](repeating: key, count: 32) + [1, 2, 3]))
+    return o
+}
+
+func tlsTmpPath(_ name: String) -> String {
+    "/tmp/tls-\(getpid())-\(UInt32.random(in: 0...UInt32.max))-\(name)"
+}
+
+@Suite(.serialized) struct SecurityTests {
+    @Test(arguments: [1, 3])
+    func pskRoundTrip(connections: Int) throws {
+        let src = tlsTmpPath("src"), out = tlsTmpPath("out")
+        defer { unlink(src); unlink(out) }
+        let data = testData(3_000_000, seed: 21)
+        writeFile(src, data)
+        let (sent, received) = try transfer(source: src, output: out, options: pskOptions(connections: connections))
+        #expect(sent.completed, "\(sent.error?.message ?? "")")
+        #expect(received.completed, "\(received.error?.message ?? "")")
+        #expect(readFile(out) == data)
+        #expect(sent.digest != nil && sent.digest == received.digest)
+        #expect(received.connections == connections)
+    }
+
+    @Test func wrongPSKIsRefusedAtBothEnds() throws {
+        let src = tlsTmpPath("src"), out = tlsTmpPath("out")
+        defer { unlink(src); unlink(out) }
+        writeFile(src, testData(500_000, seed: 2))
+        let (sent, received) = try transfer(source: src, output: out, options: pskOptions(key: 1), receiverOptions: pskOptions(key: 2))
+        #expect(!sent.completed && !received.completed)
+        #expect(sent.error?.message.contains("--psk-file") == true, "\(sent.error?.message ?? "")")
+        #expect(received.error?.message.contains("pre-shared keys differ") == true, "\(received.error?.message ?? "")")
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    @Test func plaintextSenderToTLSReceiverFailsClearly() throws {
+        let src = tlsTmpPath("src"), out = tlsTmpPath("out")
+        defer { unlink(src); unlink(out) }
+        writeFile(src, testData(200_000, seed: 3))
+        let (sent, received) = try transfer(source: src, output: out, options: options(), receiverOptions: pskOptions())
+        #expect(!sent.completed && !received.completed)
+        #expect(sent.error?.code == .rejected, "\(sent.error?.message ?? "")")
+        #expect(sent.error?.message.contains("requires TLS") == true, "\(sent.error?.message ?? "")")
+        #expect(received.error?.message.contains("not using TLS") == true, "\(received.error?.message ?? "")")
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    @Test func tlsSenderToPlaintextReceiverFailsClearly() throws {
+        let src = tlsTmpPath("src"), out = tlsTmpPath("out")
+        defer { unlink(src); unlink(out) }
+        writeFile(src, testData(200_000, seed: 3))
+        let (sent, received) = try transfer(source: src, output: out, options: pskOptions(), receiverOptions: options())
+        #expect(!sent.completed && !received.completed)
+        #expect(sent.error?.message.contains("TLS") == true, "\(sent.error?.message ?? "")")
+        #expect(received.error?.message.contains("speaks TLS") == true, "\(received.error?.message ?? "")")
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    /// A flipped ciphertext byte fails the record's AES-GCM tag: refused, nothing left behind.
+    @Test(arguments: [100, 64 + 40 + 30_000, 200_000])
+    func tamperedCiphertextIsRefused(at offset: Int) throws {
+        let src = tlsTmpPath("src"), out = tlsTmpPath("out")
+        defer { unlink(src); unlink(out) }
+        writeFile(src, testData(1_000_000, seed: 4))
+        let o = pskOptions(connections: 1)
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
+        let proxy = try FaultProxy(to: receiver.listener.endpoint, fault: .flip(at: offset))
+        nonisolated(unsafe) var received: TransferReport?
+        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let sent = TransferSender.send(try TransferSource(path: src), to: proxy.endpoint, options: o, warn: { _ in })
+        t.join(); proxy.join()
+        #expect(!sent.completed)
+        #expect(received?.completed == false)
+        #expect(received?.error != nil)
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    /// Channel 1 must carry the token of channel 0's TLS connection: a peer with the right
+    /// PSK but its own connection (a wrong token, its own token, or none) is turned away, and
+    /// the real session still completes.
+    @Test func channelsAreBoundToChannelZerosSession() throws {
+        let o = pskOptions(connections: 2)
+        let listener = try SessionListener(endpoint: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
+        listener.start()
+        let client = try SecurityContext(o.security!, server: false)
+        let ring = try Ring(entries: 8)
+        let session = SessionID.random()
+        var keep: [SecureStream] = []
+        var fds: [Int32] = []
+        defer { keep = []; for fd in fds { close(fd) } }
+
+        /// Opens a TLS connection and sends channel `index`'s preamble with `token`; returns the
+        /// reply frame type (nil: closed without one) and the stream.
+        func join(_ index: UInt16, token: (SecureStream) -> [UInt8]?) throws -> (FrameType?, SecureStream) {
+            let fd = try Sockets.connect(listener.endpoint, ring: ring, timeout: .seconds(5))
+            fds.append(fd)
+            let s = try SecureStream.handshake(fd: fd, context: client, ring: ring, timeout: .seconds(5), peer: "test")
+            keep.append(s)
+            var p = Preamble(features: [.xxh3, .tls], sessionID: session, channelIndex: index, channelCount: 2,
+                             chunkSize: 64 << 10, mode: .addressable, totalSize: 1000)
+            p.authMethod = Preamble.authSessionToken
+            let t = token(s) ?? []
+            p.authLength = UInt16(t.count)
+            try s.send(p.encoded() + t, ring: ring, timeout: .seconds(5))
+            let reply = (try? s.receive(count: FrameHeader.size, ring: ring, timeout: .seconds(5))) ?? []
+            guard reply.count == FrameHeader.size else { return (nil, s) }
+            return (try reply.withUnsafeBytes { try FrameHeader.decode($0) }.type, s)
+        }
+
+        let (r0, s0) = try join(0) { _ in nil }
+        #expect(r0 == .accept)
+        let (wrong, _) = try join(1) { _ in [UInt8](repeating: 0xAB, count: 32) }
+        #expect(wrong == .reject)
+        let (own, _) = try join(1) { $0.token }            // its own connection's exporter
+        #expect(own == .reject)
+        let (absent, _) = try join(1) { _ in nil }          // no token at all: not a valid preamble
+        #expect(absent == nil)
+        let (real, _) = try join(1) { _ in s0.token }
+        #expect(real == .accept)
+        let (info, sockets) = try listener.waitForSession(timeout: .seconds(5))
+        #expect(info.id == session && sockets.count == 2)
+        #expect(listener.rejectedCount == 3)
+        listener.stop()
+    }
+
+    /// A "receiver" that accepts, reads `take` bytes (nil: nothing) and then closes (or, with
+    /// `hold`, keeps the connection silent until the test ends).
+    func silentPeer(take: Int?, hold: Bool) throws -> (Endpoint, OSThread) {
+        let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
+        let t = OSThread {
+            let c = accept(lfd, nil, nil)
+            if let take {
+                var buf = [UInt8](repeating: 0, count: take)
+                _ = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, Int32(MSG_WAITALL)) }
+            }
+            if hold { usleep(2_500_000) }
+            close(c); close(lfd)
+        }
+        return (Endpoint(host: "127.0.0.1", port: port), t)
+    }
+
+    @Test func handshakeTimeoutIsReported() throws {
+        let src = tlsTmpPath("src")
+        defer { unlink(src) }
+        writeFile(src, [1, 2, 3])
+        let (endpoint, t) = try silentPeer(take: nil, hold: true)
+        var o = pskOptions(connections: 2)
+        o.timeout = .milliseconds(500)
+        let r = TransferSender.send(try TransferSource(path: src), to: endpoint, options: o, warn: { _ in })
+        t.join()
+        #expect(!r.completed && r.error?.code == .timeout, "\(r.error?.message ?? "")")
+        #expect(r.error?.message.contains("TLS handshake") == true && r.error?.message.contains("timed out") == true, "\(r.error?.message ?? "")")
+    }
+
+    @Test func peerClosingMidHandshakeIsReported() throws {
+        let src = tlsTmpPath("src")
+        defer { unlink(src) }
+        writeFile(src, [1, 2, 3])
+        let (endpoint, t) = try silentPeer(take: 50, hold: false)
+        let r = TransferSender.send(try TransferSource(path: src), to: endpoint, options: pskOptions(connections: 2), warn: { _ in })
+        t.join()
+        #expect(!r.completed && r.error?.code == .peerClosed, "\(r.error?.message ?? "")")
+        #expect(r.error?.message.contains("TLS handshake") == true && r.error?.message.contains("--psk-file") == true, "\(r.error?.message ?? "")")
+    }
+
+    /// A TLS receiver whose first connection says nothing gives up with a clear error.
+    @Test func silentConnectionToATLSReceiver() throws {
+        var o = pskOptions(connections: 1)
+        o.timeout = .milliseconds(400)
+        let out = tlsTmpPath("out")
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
+        let c = rawConnect(receiver.listener.endpoint)
+        defer { close(c) }
+        let r = receiver.receive(output: out, acceptTimeout: .seconds(5))
+        #expect(!r.completed && r.error?.code == .timeout, "\(r.error?.message ?? "")")
+        #expect(r.error?.message.contains("sent nothing") == true, "\(r.error?.message ?? "")")
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    @Test func plaintextNeedsLoopbackOrInsecure() throws {
+        let plain = TransferOptions()
+        for host in ["127.0.0.1", "127.9.8.7", "::1", "localhost"] {
+            #expect(throws: Never.self) { try plain.checkPlaintext(Endpoint(host: host, port: 7000)) }
+        }
+        for host in ["0.0.0.0", "192.0.2.1", "::"] {
+            let e = #expect(throws: TransferError.self) { try plain.checkPlaintext(Endpoint(host: host, port: 7000)) }
+            #expect(e?.code == .usage)
+            #expect(e?.message.contains("needs --insecure") == true)
+        }
+        var insecure = TransferOptions()
+        insecure.allowInsecure = true
+        #expect(throws: Never.self) { try insecure.checkPlaintext(Endpoint(host: "192.0.2.1", port: 7000)) }
+        #expect(throws: Never.self) { try pskOptions().checkPlaintext(Endpoint(host: "192.0.2.1", port: 7000)) }
+        // The library applies it too: before binding, and before connecting.
+        #expect(throws: TransferError.self) { _ = try TransferReceiver(listen: Endpoint(host: "0.0.0.0", port: 0), options: plain, warn: { _ in }) }
+        let src = tlsTmpPath("src")
+        defer { unlink(src) }
+        writeFile(src, [1, 2, 3])
+        let start = Monotonic.now
+        let r = TransferSender.send(try TransferSource(path: src), to: Endpoint(host: "192.0.2.1", port: 7000), options: plain, warn: { _ in })
+        #expect(!r.completed && r.error?.code == .usage)
+        #expect(Monotonic.now - start < .seconds(2))
+    }
+
+    @Test func pskFiles() throws {
+        let hex = tlsTmpPath("hex"), raw = tlsTmpPath("raw"), short = tlsTmpPath("short")
+        defer { unlink(hex); unlink(raw); unlink(short) }
+        writeFile(hex, Array((String(repeating: "0a1B", count: 16) + "\n").utf8))
+        writeFile(raw, [UInt8](repeating: 0xFE, count: 40))
+        writeFile(short, Array("00112233".utf8))
+        #expect(try SecurityOptions.pskFile(hex) == SecurityOptions(.psk(key: [UInt8]((0..<16).flatMap { _ in [0x0a, 0x1b] }))))
+        #expect(try SecurityOptions.pskFile(raw) == SecurityOptions(.psk(key: [UInt8](repeating: 0xFE, count: 40))))
+        let e = #expect(throws: TransferError.self) { try SecurityOptions.pskFile(short) }
+        #expect(e?.message.contains("at least 32") == true)
+        #expect(throws: TransferError.self) { try SecurityOptions.pskFile("/nonexistent/tls-key") }
+    }
+}

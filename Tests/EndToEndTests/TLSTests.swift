@@ -1,0 +1,163 @@
+import Testing
+import Foundation
+import Glibc
+import DSTestSupport
+@testable import DeviceStream
+
+/// A CA, certificates it issued, and one from another CA, made with the `openssl` CLI.
+final class TestPKI: @unchecked Sendable {
+    let dir: String
+    init() throws {
+        dir = "/tmp/tls-pki-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(dir, 0o700)
+        try ca("ca"); try ca("ca2")
+        try cert("server", by: "ca"); try cert("client", by: "ca"); try cert("stranger", by: "ca2")
+    }
+    deinit { _ = try? FileManager.default.removeItem(atPath: dir) }
+
+    func path(_ name: String, _ ext: String) -> String { "\(dir)/\(name).\(ext)" }
+    /// `--tls-cert/--tls-key/--tls-ca` for `name`'s certificate, trusting `ca`.
+    func flags(_ name: String, trusting ca: String = "ca") -> [String] {
+        ["--tls-cert", path(name, "pem"), "--tls-key", path(name, "key"), "--tls-ca", path(ca, "pem")]
+    }
+
+    private func openssl(_ args: [String]) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        p.arguments = args
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw PKIError.openssl(args.joined(separator: " ")) }
+    }
+    enum PKIError: Error { case openssl(String) }
+
+    private func ca(_ name: String) throws {
+        try openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                     "-keyout", path(name, "key"), "-out", path(name, "pem"), "-days", "2", "-subj", "/CN=\(name)"])
+    }
+    private func cert(_ name: String, by ca: String) throws {
+        try openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                     "-keyout", path(name, "key"), "-out", path(name, "csr"), "-subj", "/CN=\(name)"])
+        try openssl(["x509", "-req", "-in", path(name, "csr"), "-CA", path(ca, "pem"), "-CAkey", path(ca, "key"),
+                     "-CAcreateserial", "-out", path(name, "pem"), "-days", "1"])
+    }
+}
+
+@Suite(.serialized) struct TLSTests {
+    func file(_ bytes: Int, seed: UInt64) -> String {
+        let p = "/tmp/tls-e2e-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        writeFile(p, testData(bytes, seed: seed))
+        return p
+    }
+
+    @Test func x509MutualRoundTripThroughTheCLI() throws {
+        let pki = try TestPKI()
+        let src = file(4_000_000, seed: 11), out = src + ".out"
+        defer { unlink(src); unlink(out) }
+        let (recv, addr) = try CLI.receiver(["--output", out, "--json"] + pki.flags("server"))
+        let sent = try CLI.run(["send", src, "--to", addr, "--connections", "3", "--json"] + pki.flags("client"))
+        let got = recv.wait()
+        #expect(sent.status == 0, "\(sent.stderr)")
+        #expect(got.status == 0, "\(got.stderr)")
+        #expect(CLI.json(sent.stdout)?["xxh3"] as? String == CLI.json(got.stdout)?["xxh3"] as? String)
+        #expect(readFile(out) == readFile(src))
+    }
+
+    @Test func pskRoundTripThroughTheCLI() throws {
+        let src = file(3_000_000, seed: 12), out = src + ".out", key = src + ".psk"
+        defer { unlink(src); unlink(out); unlink(key) }
+        writeFile(key, Array("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n".utf8))
+        let (recv, addr) = try CLI.receiver(["--output", out, "--psk-file", key])
+        let sent = try CLI.run(["send", src, "--to", addr, "--connections", "4", "--psk-file", key])
+        let got = recv.wait()
+        #expect(sent.status == 0 && got.status == 0, "\(sent.stderr) \(got.stderr)")
+        #expect(readFile(out) == readFile(src))
+    }
+
+    /// A certificate from another CA is refused by the receiver; a client that trusts another
+    /// CA refuses the receiver's. Both ends exit non-zero and no output is left.
+    @Test(arguments: [("stranger", "ca"), ("client", "ca2")])
+    func certificateFromAnotherCAIsRefused(cert: String, trusting ca: String) throws {
+        let pki = try TestPKI()
+        let src = file(500_000, seed: 13), out = src + ".out"
+        defer { unlink(src); unlink(out) }
+        let (recv, addr) = try CLI.receiver(["--output", out] + pki.flags("server"))
+        let sent = try CLI.run(["send", src, "--to", addr] + pki.flags(cert, trusting: ca))
+        let got = recv.wait()
+        #expect(sent.status != 0 && got.status != 0)
+        #expect(sent.stderr.contains("--tls-ca"), "\(sent.stderr)")
+        #expect(got.stderr.contains("--tls-ca"), "\(got.stderr)")
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    /// A TLS client that presents no certificate (openssl s_client) does not get in.
+    @Test func clientWithoutCertificateIsRefused() throws {
+        let pki = try TestPKI()
+        let out = "/tmp/tls-e2e-\(getpid())-nocert.out"
+        defer { unlink(out) }
+        let (recv, addr) = try CLI.receiver(["--output", out, "--timeout", "5s"] + pki.flags("server"))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        p.arguments = ["s_client", "-connect", addr, "-tls1_3", "-CAfile", pki.path("ca", "pem")]
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let got = recv.wait()
+        p.waitUntilExit()
+        #expect(got.status != 0)
+        #expect(got.stderr.contains("must present a certificate"), "\(got.stderr)")
+        #expect(!exists(out) && !exists(out + ".partial"))
+    }
+
+    /// Plaintext off loopback is a usage error before any connection is tried.
+    @Test func plaintextToANonLoopbackAddressNeedsInsecure() throws {
+        let src = file(1000, seed: 14)
+        defer { unlink(src) }
+        let start = Date()
+        let r = try CLI.run(["send", src, "--to", "192.0.2.1:7000", "--timeout", "20s"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("needs --insecure"), "\(r.stderr)")
+        #expect(Date().timeIntervalSince(start) < 5)
+        let l = try CLI.run(["receive", "--listen", "0.0.0.0:0", "--output", src + ".out"])
+        #expect(l.status != 0 && l.stderr.contains("needs --insecure"), "\(l.stderr)")
+        let m = try CLI.run(["migrate", "--device", "sim:size=1M", "--to", "192.0.2.1:7000"])
+        #expect(m.status != 0 && m.stderr.contains("needs --insecure"), "\(m.stderr)")
+    }
+
+    /// A live migration over PSK, N = 3: every channel (and channel 0's two-way control
+    /// traffic) runs through TLS.
+    @Test func migrationOverPSK() throws {
+        let src = try SimulatedDevice(size: 16 << 20, dirtyRate: 8 << 20, profile: .mixed, seed: 5)
+        let dst = try SimulatedDevice(destinationSize: 16 << 20)
+        defer { src.close(); dst.close() }
+        var config = migrationConfig(connections: 3)
+        config.transfer.security = SecurityOptions(.psk(key: [UInt8](repeating: 0x5A, count: 32)))
+        let (s, d) = try runMigration([src], [dst], config)
+        #expect(s.completed, "\(s.error?.message ?? "")")
+        #expect(d.completed, "\(d.error?.message ?? "")")
+        #expect(try src.digest() == dst.digest())
+        #expect(s.devices[0].sourceDigest == s.devices[0].destinationDigest)
+    }
+
+    /// The destination's failure reaches the source through TLS (an encrypted farewell).
+    @Test func migrationWithWrongPSKFailsAtBothEnds() throws {
+        let src = try SimulatedDevice(size: 4 << 20, dirtyRate: 0, profile: .mixed, seed: 6)
+        let dst = try SimulatedDevice(destinationSize: 4 << 20)
+        defer { src.close(); dst.close() }
+        var config = migrationConfig(connections: 2)
+        config.transfer.security = SecurityOptions(.psk(key: [UInt8](repeating: 1, count: 32)))
+        var destOptions = config.transfer
+        destOptions.security = SecurityOptions(.psk(key: [UInt8](repeating: 2, count: 32)))
+        let destination = try MigrationDestination(listen: Endpoint(host: "127.0.0.1", port: 0), devices: [dst], options: destOptions, warn: { _ in })
+        nonisolated(unsafe) var d: MigrationReport?
+        let t = OSThread { d = destination.run(acceptTimeout: .seconds(10)) }
+        let s = MigrationSource(devices: [src], configuration: config, warn: { _ in }).migrate(to: destination.listener.endpoint)
+        t.join()
+        #expect(!s.completed && d?.completed == false)
+        #expect(s.error?.message.contains("--psk-file") == true, "\(s.error?.message ?? "")")
+        #expect(d?.error?.message.contains("--psk-file") == true, "\(d?.error?.message ?? "")")
+    }
+}
