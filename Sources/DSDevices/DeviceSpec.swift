@@ -195,20 +195,28 @@ public struct DeviceSpec: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// Checks that this spec can be a migration destination, before any peer is heard: a `sim:`
+    /// destination must give `size=` (its memory is allocated locally, so its size is never
+    /// taken from the peer).
+    public func checkDestination() throws(DeviceError) {
+        if case .sim(let o) = kind, !o.sizeGiven {
+            throw DeviceError(.badSpec, "destination spec '\(text)' has no size=; a sim: destination allocates its memory here and never takes the size from the source: give size= (the source's device size)")
+        }
+    }
+
     /// Opens the device as a migration destination, empty, in RESUMING. `size` is the source's state
-    /// size: required for `file:`; for `sim:` it is used when the spec gives no `size=` and must
-    /// match it when it does; for `vfio-emu:` it must match the spec's size.
+    /// size (from the peer, so it is checked before anything is allocated): for `sim:` and
+    /// `vfio-emu:` it must equal the spec's `size=` (a `sim:` destination without `size=` is
+    /// refused: `checkDestination`); for `file:` it is required, and the file is written through
+    /// `PATH.partial`, refused beforehand if the file system lacks the space (`FileDevice`).
     public func makeDestination(size: UInt64?) throws(DeviceError) -> any MigratableDevice {
         switch kind {
         case .sim(let o):
-            var s = o.size
-            if let size {
-                if o.sizeGiven && size != o.size {
-                    throw Self.bad("destination spec '\(text)' says size=\(o.size) but the source has \(size) bytes; drop size= or give the source's size")
-                }
-                s = size
+            try checkDestination()
+            if let size, size != o.size {
+                throw Self.bad("destination spec '\(text)' says size=\(o.size) but the source has \(size) bytes; give the source's size")
             }
-            return try SimulatedDevice(destinationSize: s, chunkSize: o.chunkSize, spec: text)
+            return try SimulatedDevice(destinationSize: o.size, chunkSize: o.chunkSize, spec: text)
         case .vfioEmu(let o):
             if let size, size != o.size {
                 throw Self.bad("destination spec '\(text)' says size=\(o.size) but the source has \(size) bytes; give the source's size")

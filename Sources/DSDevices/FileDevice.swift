@@ -1,8 +1,11 @@
 /// `file:PATH`: a regular file or block device migrated as addressable state.
 ///
 /// A source (`init(sourcePath:)`) is opened read-only and read whole; a destination
-/// (`init(destinationPath:size:)`) is opened for writing (a regular file is created or truncated
-/// to `size`; a block device must hold at least `size` bytes) and written whole.
+/// (`init(destinationPath:size:)`) is written whole: a regular file through `PATH.partial`
+/// (created with O_EXCL | O_NOFOLLOW, sized to `size` only if the file system has the space),
+/// renamed to `PATH` when the device reaches RUNNING — the migration loaded and verified it — and
+/// removed if the device is closed before that, so a failed migration leaves neither; a block
+/// device is written in place and must hold at least `size` bytes.
 ///
 /// A file has no workload and nothing dirties it, so it has no pre-copy: its flags are
 /// [STOP_COPY]. A source starts in RUNNING ("not being migrated yet"); the first
@@ -33,6 +36,8 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
     private var initialPending = false
     private var fd: Int32
     private var closed = false
+    /// A regular-file destination's `PATH.partial` until it is renamed to `PATH` (then nil).
+    private var partialPath: String?
 
     /// Opens `path` (a regular file or block device) as a source, in RUNNING.
     public init(sourcePath path: String, chunkSize: Int = 1 << 20) throws(DeviceError) {
@@ -55,36 +60,98 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
         current = .running
     }
 
-    /// Opens `path` as a destination of `size` bytes, in RESUMING: a regular file is created or
-    /// truncated to `size`; a block device must be at least `size` bytes.
+    /// Opens `path` as a destination of `size` bytes, in RESUMING. A regular file is written as
+    /// `PATH.partial` (see the type's summary); a block device must be at least `size` bytes.
+    ///
+    /// `size` comes from the source, so it is bounded here before anything is reserved: a regular
+    /// file is refused when the file system does not have `size` bytes free (statvfs). A
+    /// `PATH.partial` that exists is removed if it is a regular file owned by this user (a
+    /// leftover), and refused otherwise (a symlink, say): nothing is ever written through it.
     public init(destinationPath path: String, size: UInt64, chunkSize: Int = 1 << 20) throws(DeviceError) {
         try Self.checkChunk(chunkSize, path)
         var st = stat()
         let exists = stat(path, &st) == 0
         let isBlock = exists && (st.st_mode & S_IFMT) == S_IFBLK
-        let fd = isBlock ? open(path, O_RDWR | O_CLOEXEC) : open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else {
-            throw DeviceError(.io, "file device: cannot open '\(path)' for writing: \(errnoText()); check that the directory exists and is writable")
-        }
         if isBlock {
+            let fd = open(path, O_RDWR | O_CLOEXEC)
+            guard fd >= 0 else {
+                throw DeviceError(.io, "file device: cannot open '\(path)' for writing: \(errnoText()); check the device's permissions")
+            }
             let have: UInt64
             do throws(DeviceError) { have = try Self.sizeOf(fd: fd, path: path) } catch { Glibc.close(fd); throw error }
             guard have >= size else {
                 Glibc.close(fd)
                 throw DeviceError(.io, "file device: block device '\(path)' holds \(have) bytes but the source has \(size); use a larger device")
             }
-        } else if ftruncate(fd, off_t(size)) != 0 {
-            let e = errnoText()
-            Glibc.close(fd)
-            throw DeviceError(.io, "file device: cannot size '\(path)' to \(size) bytes: \(e); check free space")
+            self.fd = fd
+        } else {
+            if exists && (st.st_mode & S_IFMT) == S_IFDIR {
+                throw DeviceError(.badSpec, "file device: '\(path)' is a directory; give a file path")
+            }
+            try Self.checkFreeSpace(path: path, size: size)
+            let partial = path + ".partial"
+            let fd = try Self.createPartial(partial)
+            guard let length = off_t(exactly: size), ftruncate(fd, length) == 0 else {
+                let e = errnoText()
+                Glibc.close(fd); unlink(partial)
+                throw DeviceError(.io, "file device: cannot size '\(partial)' to \(size) bytes: \(e); check free space and the file-size limit")
+            }
+            self.fd = fd
+            partialPath = partial
         }
-        self.fd = fd
         self.path = path
         self.size = size
         spec = "file:\(path)"
         trackingChunkSize = chunkSize
         isDestination = true
         current = .resuming
+    }
+
+    /// Creates `partial` for writing: O_CREAT | O_EXCL | O_NOFOLLOW, so it never writes through a
+    /// symlink or into a file someone else made. A leftover regular file owned by this user (a
+    /// crashed run's) is removed first; anything else there is refused.
+    static func createPartial(_ partial: String) throws(DeviceError) -> Int32 {
+        var lst = stat()
+        if lstat(partial, &lst) == 0 {
+            guard (lst.st_mode & S_IFMT) == S_IFREG, lst.st_uid == geteuid(), lst.st_nlink == 1 else {
+                throw DeviceError(.io, "file device: '\(partial)' already exists and is not a leftover of ours (a symlink, another user's file, or not a regular file); nothing was written through it: remove it and retry")
+            }
+            unlink(partial)
+        }
+        let fd = open(partial, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw DeviceError(.io, "file device: cannot create '\(partial)': \(errnoText()); check that the directory exists and is writable and that no one else is writing there")
+        }
+        return fd
+    }
+
+    /// Refuses a size the file system holding `path` cannot take (statvfs of its directory).
+    static func checkFreeSpace(path: String, size: UInt64) throws(DeviceError) {
+        var dir = path
+        if let slash = dir.lastIndex(of: "/") { dir = String(dir[..<slash]); if dir.isEmpty { dir = "/" } } else { dir = "." }
+        var vfs = statvfs()
+        guard statvfs(dir, &vfs) == 0 else { return }  // the open that follows reports a missing directory
+        let free = UInt64(vfs.f_bavail).multipliedReportingOverflow(by: UInt64(vfs.f_frsize))
+        let available = free.overflow ? UInt64.max : free.partialValue
+        guard size <= available else {
+            throw DeviceError(.io, "file device: the source's device has \(size) bytes but only \(available) are free in '\(dir)'; free space or give a path on a larger file system")
+        }
+    }
+
+    /// Makes a regular-file destination's data durable and puts it under `PATH`.
+    private func commitLocked() throws(DeviceError) {
+        guard let partial = partialPath else { return }
+        guard fsync(fd) == 0 else {
+            throw DeviceError(.io, "file device: fsync of '\(partial)' failed: \(errnoText())")
+        }
+        guard rename(partial, path) == 0 else {
+            throw DeviceError(.io, "file device: cannot rename '\(partial)' to '\(path)': \(errnoText())")
+        }
+        partialPath = nil
+        var dir = path
+        if let slash = dir.lastIndex(of: "/") { dir = String(dir[..<slash]); if dir.isEmpty { dir = "/" } } else { dir = "." }
+        let d = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if d >= 0 { fsync(d); Glibc.close(d) }
     }
 
     deinit { close() }
@@ -132,6 +199,8 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
             if !VFIOStateMachine.isSaving(next) { initialPending = false }
             current = next
         }
+        // RUNNING on a destination: the migration loaded the whole state; only now is it PATH.
+        if isDestination && current == .running { try commitLocked() }
     }
 
     public func dataFD(for access: DeviceAccess) throws(DeviceError) -> Int32 {
@@ -231,5 +300,7 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
         closed = true
         Glibc.close(fd)
         fd = -1
+        // Never renamed: the migration did not complete, so no partial state is left behind.
+        if let partial = partialPath { unlink(partial); partialPath = nil }
     }
 }

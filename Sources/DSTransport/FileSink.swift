@@ -24,12 +24,23 @@ public final class FileSink: @unchecked Sendable {
     private var coveredAbove = Set<UInt64>()
     private var finished = false
 
-    /// Opens the output. With a known `size` a regular file is preallocated, so a full disk or a
-    /// file-size limit fails now, before any byte moves.
+    /// The size to reserve for a regular file, once the session has shown valid data.
+    private let reserveSize: UInt64?
+    private let reserved = Atomic<Bool>(false)
+
+    /// Opens the output. A regular file is written as `FILE.partial`, created with O_EXCL |
+    /// O_NOFOLLOW (never through a symlink); a leftover `FILE.partial` that is a regular file
+    /// owned by this user is removed first, anything else there (a symlink, another user's file)
+    /// fails the receive and is left alone.
+    ///
+    /// `size` is the sender's claim, so nothing is reserved for it yet: a claim larger than the
+    /// file system's free space fails now, before any file is created, and the space is
+    /// preallocated (`reserveOnce`) only when the first verified data frame arrives — a lone
+    /// hostile preamble reserves nothing.
     public init(path: String, size: UInt64?) throws(TransferError) {
         self.path = path
         if path == "-" {
-            fd = 1; ownsFD = false; partialPath = nil; seekable = false
+            fd = 1; ownsFD = false; partialPath = nil; seekable = false; reserveSize = nil
             return
         }
         var st = stat()
@@ -40,27 +51,56 @@ public final class FileSink: @unchecked Sendable {
         }
         if kind == S_IFREG {
             let partial = path + ".partial"
-            let f = open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            if let size { try Self.checkFreeSpace(path: path, size: size) }
+            var lst = stat()
+            if lstat(partial, &lst) == 0 {
+                guard (lst.st_mode & S_IFMT) == S_IFREG, lst.st_uid == geteuid(), lst.st_nlink == 1 else {
+                    throw TransferError(.localIO, "cannot write '\(partial)': it already exists and is not a leftover of ours (a symlink, another user's file, or not a regular file); nothing was written through it: remove it and retry")
+                }
+                unlink(partial)  // a crashed run's leftover
+            }
+            let f = open(partial, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
             guard f >= 0 else {
                 let e = Errno.current
-                throw TransferError(.localIO, "cannot write '\(partial)': \(e); check that the directory exists and is writable")
+                throw TransferError(.localIO, "cannot write '\(partial)': \(e); check that the directory exists and is writable and that no other receive writes there")
             }
             fd = f; ownsFD = true; partialPath = partial; seekable = true
-            if let size, size > 0 {
-                let rc = off_t(exactly: size).map { posix_fallocate(f, 0, $0) } ?? EFBIG
-                if rc != 0 && rc != EOPNOTSUPP && rc != EINVAL {
-                    close(f); unlink(partial)
-                    throw TransferError(.localIO, "cannot reserve \(size) bytes for '\(path)': \(Errno(rawValue: rc)); free space or raise the file-size limit")
-                }
-            }
+            reserveSize = size.flatMap { $0 > 0 ? $0 : nil }
         } else {
             let f = open(path, O_WRONLY | O_CLOEXEC)
             guard f >= 0 else {
                 let e = Errno.current
                 throw TransferError(.localIO, "cannot open '\(path)' for writing: \(e)")
             }
-            fd = f; ownsFD = true; partialPath = nil
+            fd = f; ownsFD = true; partialPath = nil; reserveSize = nil
             seekable = lseek(f, 0, SEEK_CUR) >= 0
+        }
+    }
+
+    /// Refuses a claimed size the file system holding `path` cannot take (statvfs of its directory).
+    static func checkFreeSpace(path: String, size: UInt64) throws(TransferError) {
+        var dir = path
+        if let slash = dir.lastIndex(of: "/") { dir = String(dir[..<slash]); if dir.isEmpty { dir = "/" } } else { dir = "." }
+        var vfs = statvfs()
+        guard statvfs(dir, &vfs) == 0 else { return }  // the open that follows names a missing directory
+        let free = UInt64(vfs.f_bavail).multipliedReportingOverflow(by: UInt64(vfs.f_frsize))
+        let available = free.overflow ? UInt64.max : free.partialValue
+        guard size <= available else {
+            throw TransferError(.localIO, "the sender's transfer has \(size) bytes but only \(available) are free in '\(dir)'; nothing was written: free space or give an --output on a larger file system")
+        }
+    }
+
+    /// Preallocates the whole output once, after the first verified data frame (so a full disk
+    /// or a file-size limit fails before more bytes move, but only for a peer that sends data).
+    func reserveOnce() throws(TransferError) {
+        guard let size = reserveSize, !reserved.load(ordering: .acquiring) else { return }
+        let rc = turn.withLock { () -> Int32 in
+            guard !reserved.load(ordering: .relaxed) else { return 0 }
+            reserved.store(true, ordering: .releasing)
+            return off_t(exactly: size).map { posix_fallocate(fd, 0, $0) } ?? EFBIG
+        }
+        if rc != 0 && rc != EOPNOTSUPP && rc != EINVAL {
+            throw TransferError(.localIO, "cannot reserve \(size) bytes for '\(path)': \(Errno(rawValue: rc)); free space or raise the file-size limit")
         }
     }
 

@@ -97,6 +97,7 @@ public final class TransferReceiver {
                         guard sink.cover(index) else {
                             throw TransferError(.protocolViolation, "chunk at offset \(h.position) arrived twice")
                         }
+                        try sink.reserveOnce()
                         if sink.seekable {
                             try sink.write(frame.bytes, at: h.position, ring: ch.ring, slot: frame.slot)
                         } else {

@@ -65,7 +65,9 @@ public struct PayloadReader: Sendable {
         defer { position += n }
         return Array(bytes[position..<position + n])
     }
+    /// A length-prefixed UTF-8 string from the peer, escaped for printing (`PeerText`): control
+    /// characters never reach a terminal, and its length is bounded.
     public mutating func string(limit: Int = 4096) throws(WireError) -> String {
-        String(decoding: try blob(limit: limit), as: UTF8.self)
+        PeerText.escape(String(decoding: try blob(limit: limit), as: UTF8.self))
     }
 }

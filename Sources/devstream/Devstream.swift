@@ -83,12 +83,12 @@ struct Send: ParsableCommand {
 struct Receive: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Receive one transfer into a file (or -), or, with --device, one live migration.")
-    @Option(help: "Where to listen, HOST:PORT (port 0 picks one; the first stdout line names it).") var listen: String
+    @Option(help: "Where to listen, HOST:PORT (port 0 picks one; the first stdout line names it, or the first stderr line with --output -).") var listen: String
     @Option(help: "Output file, device, or - for stdout.") var output: String?
     @Option(help: "Destination device spec (repeatable), for a migration.") var device: [String] = []
     @Option(help: "Fail when the peer makes no progress for this long.") var timeout: String = "30s"
     @OptionGroup var security: SecurityFlags
-    @Flag(help: "Print one JSON object on stdout at the end.") var json = false
+    @Flag(help: "Print one JSON object on stdout at the end (on stderr with --output -).") var json = false
 
     func run() throws {
         Terminal.ignoreSignals()
@@ -103,15 +103,18 @@ struct Receive: ParsableCommand {
             return
         }
         guard let output else { throw ValidationError("--output FILE (or -) is required, or --device SPEC for a migration") }
+        // With `--output -` stdout is the data (QEMU's `-incoming exec:` reads it): every line
+        // of ours, the listening line and the JSON report included, goes to stderr.
+        let stdoutIsData = output == "-"
         let receiver: TransferReceiver
         do { receiver = try TransferReceiver(listen: endpoint, options: options) } catch {
-            Report.fail(error, json: json, extra: [:])
+            Report.fail(error, json: json, extra: [:], stdoutIsData: stdoutIsData)
         }
-        Terminal.announce("listening on \(receiver.listener.endpoint)")
+        Terminal.announce("listening on \(receiver.listener.endpoint)", toStderr: stdoutIsData)
         let ticker = Terminal.progressTicker(receiver.progress, label: "receive")
         let report = receiver.receive(output: output)
         ticker?.stop()
         Report.finish(report, json: json, verb: "received", compressionName: report.compression ? "lz4" : "none",
-                      stdoutIsData: output == "-")
+                      stdoutIsData: stdoutIsData)
     }
 }

@@ -153,26 +153,24 @@ enum MigrationCLI {
     }
 
     static func receive(endpoint: Endpoint, devices specs: [String], options: TransferOptions, json: Bool) throws {
+        for s in specs {
+            do { try DeviceSpec(s).checkDestination() } catch { throw ValidationError("--device \(s): \(error)") }
+        }
         let destination: MigrationDestination
         do { destination = try MigrationDestination(listen: endpoint, specs: specs, options: options) } catch {
             Report.fail(error, json: json, extra: [:])
         }
-        defer { destination.closeDevices() }
         destination.phaseHook = try testKillHook()
         Terminal.announce("listening on \(destination.listener.endpoint)")
         let report = destination.run()
+        // Before `finish` exits: a `file:` destination that never reached RUNNING removes its
+        // PATH.partial on close.
+        destination.closeDevices()
         finish(report, json: json, side: "destination")
     }
 
-    static func jsonValue(_ v: Any) -> Any {
-        if v is NSNullLike { return NSNull() }
-        if let d = v as? [String: Any] { return d.mapValues(jsonValue) }
-        if let a = v as? [Any] { return a.map(jsonValue) }
-        return v
-    }
-
     static func finish(_ r: MigrationReport, json: Bool, side: String) -> Never {
-        if json { Report.json(jsonValue(r.jsonObject) as! [String: Any]) }
+        if json { Report.json(r.jsonObject) }
         if r.completed {
             var line = "devstream: migration completed in \(String(format: "%.2f", r.totalTime.seconds)) s"
             if let d = r.downtime { line += String(format: ", downtime %.1f ms", d.milliseconds) }
@@ -190,7 +188,7 @@ enum MigrationCLI {
             }
             exit(0)
         }
-        printWarning("devstream: error: \(r.error?.message ?? "migration failed")")
+        Report.errorLine(r.error?.message ?? "migration failed")
         exit(1)
     }
 }

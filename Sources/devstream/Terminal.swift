@@ -11,10 +11,11 @@ enum Terminal {
         signal(SIGXFSZ, SIG_IGN)
     }
 
-    /// The `listening on HOST:PORT` line: the first stdout line, flushed at once.
-    static func announce(_ line: String) {
+    /// The `listening on HOST:PORT` line, flushed at once: the first stdout line, or a stderr
+    /// line when stdout carries the data (`--output -`).
+    static func announce(_ line: String, toStderr: Bool = false) {
         var s = line + "\n"
-        s.withUTF8 { b in _ = Glibc.write(1, b.baseAddress, b.count) }
+        s.withUTF8 { b in _ = Glibc.write(toStderr ? 2 : 1, b.baseAddress, b.count) }
     }
 
     static func line(_ s: String) {
@@ -74,26 +75,39 @@ enum Format {
 }
 
 enum Report {
-    /// Prints `object` as one line of JSON on stdout.
-    static func json(_ object: [String: Any]) {
-        let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-        FileHandle.standardOutput.write(data)
-        FileHandle.standardOutput.write("\n".data(using: .utf8)!)
+    /// Prints `object` as one line of JSON on stdout (on stderr when stdout carries the data).
+    /// Total: non-finite numbers become null (`JSONText`).
+    static func json(_ object: [String: Any], toStderr: Bool = false) {
+        var s = JSONText.encode(object) + "\n"
+        s.withUTF8 { b in
+            var rest = UnsafeRawBufferPointer(b)
+            while !rest.isEmpty {
+                let n = Glibc.write(toStderr ? 2 : 1, rest.baseAddress, rest.count)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return }
+                rest = UnsafeRawBufferPointer(rebasing: rest[n...])
+            }
+        }
+    }
+
+    /// An error line on stderr; control characters are escaped (a peer's words may be in it).
+    static func errorLine(_ message: String) {
+        printWarning("devstream: error: \(PeerText.escape(message, maxCharacters: 4096))")
     }
 
     /// Reports a failure before a transfer started, and exits non-zero.
-    static func fail(_ error: TransferError, json: Bool, extra: [String: Any]) -> Never {
+    static func fail(_ error: TransferError, json: Bool, extra: [String: Any], stdoutIsData: Bool = false) -> Never {
         if json {
             var o = extra
             o["status"] = "failed"; o["error"] = error.message
-            Report.json(o)
+            Report.json(o, toStderr: stdoutIsData)
         }
-        printWarning("devstream: error: \(error.message)")
+        errorLine(error.message)
         exit(1)
     }
 
     static func finish(_ r: TransferReport, json: Bool, verb: String, compressionName: String, stdoutIsData: Bool = false) {
-        if json && !stdoutIsData {
+        if json {
             var o: [String: Any] = [
                 "status": r.completed ? "completed" : "failed",
                 "bytes": r.bytes, "wire_bytes": r.wireBytes, "chunks": r.chunks,
@@ -105,14 +119,14 @@ enum Report {
             ]
             if let d = r.digest { o["xxh3"] = TransferDigest.hex(d) }
             if let e = r.error { o["error"] = e.message }
-            Report.json(o)
+            Report.json(o, toStderr: stdoutIsData)
         }
         if r.completed {
             let ratio = r.wireBytes > 0 ? String(format: ", ratio %.2f", Double(r.bytes) / Double(r.wireBytes)) : ""
             printWarning("devstream: \(verb) \(Format.bytes(r.bytes)) in \(String(format: "%.3f", r.elapsed.seconds)) s (\(Format.rate(r.throughput)), \(r.connections) connections, \(compressionName)\(ratio)), xxh3 \(r.digest.map(TransferDigest.hex) ?? "-")")
             exit(0)
         }
-        printWarning("devstream: error: \(r.error?.message ?? "transfer failed")")
+        errorLine(r.error?.message ?? "transfer failed")
         exit(1)
     }
 }

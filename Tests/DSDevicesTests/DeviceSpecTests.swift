@@ -40,11 +40,17 @@ import Testing
         defer { src.close() }
         #expect(src.size == 4 << 20 && src.trackingChunkSize == 64 << 10 && src.seed == 2 && src.state == .running)
         #expect(src.spec == "sim:size=4M,seed=2,chunk=64K")
-        let dst = try #require(try DeviceSpec("sim:chunk=64K").makeDestination(size: 4 << 20) as? SimulatedDevice)
+        let dst = try #require(try DeviceSpec("sim:size=4M,chunk=64K").makeDestination(size: 4 << 20) as? SimulatedDevice)
         defer { dst.close() }
         #expect(dst.size == 4 << 20 && dst.state == .resuming && dst.isDestination)
         #expect(try dst.digest() == (try SimulatedDevice(destinationSize: 4 << 20).digest()))
         expectError(.badSpec, "source has 1048576") { _ = try DeviceSpec("sim:size=4M").makeDestination(size: 1 << 20) }
+        // The peer never chooses how much memory a sim destination allocates: size= is required,
+        // and a peer's size that differs (here 1 TiB) is refused before anything is allocated.
+        expectError(.badSpec, "has no size=") { _ = try DeviceSpec("sim:chunk=64K").makeDestination(size: 4 << 20) }
+        expectError(.badSpec, "has no size=") { try DeviceSpec("sim:").checkDestination() }
+        try DeviceSpec("sim:size=4M").checkDestination()
+        expectError(.badSpec, "source has 1099511627776") { _ = try DeviceSpec("sim:size=4M").makeDestination(size: 1 << 40) }
         let emu = try #require(try DeviceSpec("vfio-emu:size=64K").makeDestination(size: nil) as? EmulatedVFIODevice)
         defer { emu.close() }
         #expect(emu.state == .resuming && emu.dataKind == .orderedStream)
