@@ -50,6 +50,8 @@ public final class Channel {
     public var maxChunk: Int
     /// Marks frames in flight for the session's farewell (nil: not watched).
     public var socketGuard: SocketGuard?
+    /// Taken around every send when a `KeepalivePacer` shares the socket (nil: none does).
+    public var sendTurn: SendTurn?
     /// After a failed send, look for an error frame the peer left (off when another thread
     /// reads this socket, as the migration source's feedback reader does on channel 0).
     public var peekPeerErrors = true
@@ -93,6 +95,8 @@ public final class Channel {
                                  wireLength: UInt32(enc.wireLength), aux: aux, position: position, checksum: enc.checksum)
         header.encode(into: pool.header(slot))
         let frame = UnsafeRawBufferPointer(rebasing: pool.bytes(slot)[0..<(FrameHeader.size + enc.wireLength)])
+        sendTurn?.beginChannelSend()
+        defer { sendTurn?.endChannelSend() }
         socketGuard?.setMidFrame(true)
         do { try ring.sendAll(fd: fd, frame, timeout: timeout) } catch {
             throw peerFailure(error, doing: "sending data")
@@ -108,6 +112,8 @@ public final class Channel {
     public func sendControl(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0,
                             payload: [UInt8] = []) throws(TransferError) {
         let frame = controlFrame(type, stream: stream, aux: aux, position: position, payload: payload)
+        sendTurn?.beginChannelSend()
+        defer { sendTurn?.endChannelSend() }
         socketGuard?.setMidFrame(true)
         do {
             try frame.withUnsafeBytes { b in try ring.sendAll(fd: fd, b, timeout: timeout) }
@@ -145,26 +151,32 @@ public final class Channel {
     // MARK: Receiving
 
     /// Receives the next frame: validates the header before anything else, bounds every
-    /// length, then decodes and verifies data payloads.
+    /// length, then decodes and verifies data payloads. `keepalive` frames are skipped here,
+    /// between any two frames: each restarts the stall timeout.
     public func receive(timeout: Duration? = nil) throws(TransferError) -> ReceivedFrame {
         let hbuf = pool.header(inSlot)
-        let got: Int
-        do { got = try ring.recvExactly(fd: fd, into: hbuf, timeout: timeout ?? self.timeout) } catch {
-            throw TransferError.network(error, "receiving", channel: index)
-        }
-        guard got == FrameHeader.size else {
-            throw TransferError(.peerClosed, got == 0
-                ? "the peer closed channel \(index) before the transfer completed"
-                : "the stream on channel \(index) was truncated inside a frame header")
-        }
-        let header: FrameHeader
-        do {
-            header = try FrameHeader.decode(UnsafeRawBufferPointer(hbuf))
-            try header.checkLengths(maxChunk: maxChunk)
-        } catch {
-            throw TransferError(.protocolViolation, "invalid frame on channel \(index): \(error)")
-        }
-        stats.wireBytes += UInt64(FrameHeader.size) + UInt64(header.wireLength)
+        var header: FrameHeader
+        repeat {
+            let got: Int
+            do { got = try ring.recvExactly(fd: fd, into: hbuf, timeout: timeout ?? self.timeout) } catch {
+                throw TransferError.network(error, "receiving", channel: index)
+            }
+            guard got == FrameHeader.size else {
+                throw TransferError(.peerClosed, got == 0
+                    ? "the peer closed channel \(index) before the transfer completed"
+                    : "the stream on channel \(index) was truncated inside a frame header")
+            }
+            do {
+                header = try FrameHeader.decode(UnsafeRawBufferPointer(hbuf))
+                try header.checkLengths(maxChunk: maxChunk)
+            } catch {
+                throw TransferError(.protocolViolation, "invalid frame on channel \(index): \(error)")
+            }
+            stats.wireBytes += UInt64(FrameHeader.size) + UInt64(header.wireLength)
+            if header.type == .keepalive && header.wireLength != 0 {
+                throw TransferError(.protocolViolation, "invalid frame on channel \(index): a keepalive with a \(header.wireLength)-byte payload")
+            }
+        } while header.type == .keepalive
         let wire = Int(header.wireLength)
         if header.type.isData {
             let dst = UnsafeMutableRawBufferPointer(rebasing: pool.payload(inSlot)[0..<wire])
