@@ -153,6 +153,29 @@ enum CLI {
         #expect(same, "the received file differs from what was sent")
     }
 
+    /// A `file:` destination is PATH.partial until the migration completes; a migration that
+    /// fails after the file was made leaves neither PATH nor PATH.partial.
+    @Test func fileDestinationAppearsOnlyOnSuccess() throws {
+        let src = file("cli-fdev-src", bytes: 3 << 20, seed: 44), dst = tmpPath("cli-fdev-dst")
+        defer { unlink(src); unlink(dst); unlink(dst + ".partial") }
+        let (recv, addr) = try CLI.receiver(["--device", "file:\(dst)"])
+        // A file has no pre-copy: switch over rather than wait for a convergence that never comes.
+        let m = try CLI.run(["migrate", "--device", "file:\(src)", "--to", addr, "--on-nonconvergence", "switchover"])
+        let got = recv.wait()
+        #expect(m.status == 0 && got.status == 0, "\(m.stderr) \(got.stderr)")
+        let same = readFile(dst) == readFile(src)
+        #expect(same && !exists(dst + ".partial"))
+        unlink(dst)
+        // Device 0 (the file) is made, then device 1's size disagrees: the migration fails.
+        let (recv2, addr2) = try CLI.receiver(["--device", "file:\(dst)", "--device", "sim:size=4M"])
+        let m2 = try CLI.run(["migrate", "--device", "file:\(src)", "--device", "sim:size=8M", "--to", addr2,
+                              "--on-nonconvergence", "switchover"])
+        let got2 = recv2.wait()
+        #expect(m2.status != 0 && got2.status != 0)
+        #expect(got2.stderr.contains("size=4194304") || got2.stderr.contains("8388608"), "\(got2.stderr)")
+        #expect(!exists(dst) && !exists(dst + ".partial"))
+    }
+
     /// A sim: destination without size= is refused at once: the source never chooses how much
     /// memory the destination allocates.
     @Test func simDestinationNeedsSize() throws {
