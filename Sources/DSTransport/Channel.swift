@@ -50,6 +50,8 @@ public final class Channel {
     public var maxChunk: Int
     /// Marks frames in flight for the session's farewell (nil: not watched).
     public var socketGuard: SocketGuard?
+    /// Taken around every send when a `KeepalivePacer` shares the socket (nil: none does).
+    public var sendTurn: SendTurn?
     /// After a failed send, look for an error frame the peer left (off when another thread
     /// reads this socket, as the migration source's feedback reader does on channel 0).
     public var peekPeerErrors = true
@@ -96,6 +98,8 @@ public final class Channel {
                                  wireLength: UInt32(enc.wireLength), aux: aux, position: position, checksum: enc.checksum)
         header.encode(into: pool.header(slot))
         let frame = UnsafeRawBufferPointer(rebasing: pool.bytes(slot)[0..<(FrameHeader.size + enc.wireLength)])
+        sendTurn?.beginChannelSend()
+        defer { sendTurn?.endChannelSend() }
         socketGuard?.setMidFrame(true)
         try sendBytes(frame, doing: "sending data")
         socketGuard?.setMidFrame(false)
@@ -109,6 +113,8 @@ public final class Channel {
     public func sendControl(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0,
                             payload: [UInt8] = []) throws(TransferError) {
         let frame = controlFrame(type, stream: stream, aux: aux, position: position, payload: payload)
+        sendTurn?.beginChannelSend()
+        defer { sendTurn?.endChannelSend() }
         socketGuard?.setMidFrame(true)
         try sendBytes(frame, doing: "sending \(type)")
         socketGuard?.setMidFrame(false)
@@ -176,23 +182,29 @@ public final class Channel {
     // MARK: Receiving
 
     /// Receives the next frame: validates the header before anything else, bounds every
-    /// length, then decodes and verifies data payloads.
+    /// length, then decodes and verifies data payloads. `keepalive` frames are skipped here,
+    /// between any two frames: each restarts the stall timeout.
     public func receive(timeout: Duration? = nil) throws(TransferError) -> ReceivedFrame {
         let hbuf = pool.header(inSlot)
-        let got = try receiveBytes(hbuf, timeout: timeout ?? self.timeout)
-        guard got == FrameHeader.size else {
-            throw TransferError(.peerClosed, got == 0
-                ? "the peer closed channel \(index) before the transfer completed"
-                : "the stream on channel \(index) was truncated inside a frame header")
-        }
-        let header: FrameHeader
-        do {
-            header = try FrameHeader.decode(UnsafeRawBufferPointer(hbuf))
-            try header.checkLengths(maxChunk: maxChunk)
-        } catch {
-            throw TransferError(.protocolViolation, "invalid frame on channel \(index): \(error)")
-        }
-        stats.wireBytes += UInt64(FrameHeader.size) + UInt64(header.wireLength)
+        var header: FrameHeader
+        repeat {
+            let got = try receiveBytes(hbuf, timeout: timeout ?? self.timeout)
+            guard got == FrameHeader.size else {
+                throw TransferError(.peerClosed, got == 0
+                    ? "the peer closed channel \(index) before the transfer completed"
+                    : "the stream on channel \(index) was truncated inside a frame header")
+            }
+            do {
+                header = try FrameHeader.decode(UnsafeRawBufferPointer(hbuf))
+                try header.checkLengths(maxChunk: maxChunk)
+            } catch {
+                throw TransferError(.protocolViolation, "invalid frame on channel \(index): \(error)")
+            }
+            stats.wireBytes += UInt64(FrameHeader.size) + UInt64(header.wireLength)
+            if header.type == .keepalive && header.wireLength != 0 {
+                throw TransferError(.protocolViolation, "invalid frame on channel \(index): a keepalive with a \(header.wireLength)-byte payload")
+            }
+        } while header.type == .keepalive
         let wire = Int(header.wireLength)
         if header.type.isData {
             let dst = UnsafeMutableRawBufferPointer(rebasing: pool.payload(inSlot)[0..<wire])

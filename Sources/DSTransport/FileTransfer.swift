@@ -145,16 +145,25 @@ public enum TransferSender {
         defer { for fd in sockets { close(fd) } }
         defer { group.shutdown() }
 
+        // Keepalives while a channel waits on its input (a paused pipe): the receiver's stall
+        // timeout is for a silent network, not a paused producer. A regular file never pauses.
+        let pacer = source.mode == .addressable ? nil
+            : KeepalivePacer(interval: KeepalivePacer.interval(timeout: options.timeout), abort: abort)
+        defer { pacer?.stop() }
+
         // Data: every channel claims chunks until the source is exhausted, then ends its channel.
         let merged = Mutex(ChannelStats())
         try group.run { (_, ch) throws(TransferError) in
+            if let pacer { ch.sendTurn = pacer.add(fd: ch.fd, guard: ch.socketGuard) }
             while try source.sendNext(on: ch, progress: progress) {
                 if abort.isAborted { return }
             }
             try ch.sendControl(.channelEnd, payload: ChannelEnd(chunks: ch.stats.chunks, rawBytes: ch.stats.rawBytes).encoded())
+            ch.sendTurn?.retire()
             let s = ch.stats
             merged.withLock { $0.merge(s) }
         }
+        pacer?.stop()
         let stats = merged.withLock { $0 }
         let totals = TransferTotals(chunks: stats.chunks, rawBytes: stats.rawBytes, wireBytes: stats.wireBytes, digest: stats.digest.value)
 

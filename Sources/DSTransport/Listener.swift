@@ -19,13 +19,19 @@ public struct SessionInfo: Sendable {
 /// answered with a `reject` frame and closed, and the session goes on. A first connection that
 /// is not devstream at all (bad magic, garbage) fails the receive: it handles one transfer.
 ///
+/// Preambles (and TLS handshakes) are read concurrently, one short-lived thread per connection
+/// (at most `maxPending` at a time; more are closed at once with a warning), so a slow or
+/// silent connection blocks no other. A connection that sends nothing — it closes at once (a
+/// port probe) or stays silent past the preamble timeout — is dropped with a warning and does
+/// not end the receive.
+///
 /// With TLS (`security`), each connection's handshake runs first and everything after it is
 /// encrypted. Channel 0 must open the session; its connection's TLS exporter is the session
 /// token, and every later channel must send that token after its preamble, so a peer that
 /// holds valid credentials of its own cannot splice a connection into this session.
 public final class SessionListener: @unchecked Sendable {
-    // @unchecked: `joined`, `session`, `failure`, `stopping`, `streams`, `sessionToken` are
-    // guarded by `lock`; the listening fd and `security` are immutable.
+    // @unchecked: `joined`, `session`, `failure`, `stopping`, `streams`, `sessionToken`,
+    // `pending`, `finished` are guarded by `lock`; the listening fd and `security` are immutable.
     public let fd: Int32
     public let port: UInt16
     public let endpoint: Endpoint
@@ -48,6 +54,18 @@ public final class SessionListener: @unchecked Sendable {
     private var streams: [Int: SecureStream] = [:]
     /// The session token exported from channel 0's TLS connection.
     private var sessionToken: [UInt8]?
+    /// The most connections whose preamble is read at once.
+    public static let maxPending = 16
+    /// Connections whose preamble is being read, by id: the reading thread, and the socket while
+    /// that thread still owns it (-1 once it closed it or handed it on).
+    private var pending: [Int: (thread: OSThread?, fd: Int32)] = [:]
+    /// Ids of preamble threads that are done (joined by the accept thread, or by `stop`).
+    private var finished: [Int] = []
+    private var nextPendingID = 0
+    /// Connections whose preamble is being read now (tests read it).
+    public var pendingCount: Int { lock.withLock { pending.count - finished.count } }
+    /// Connections dropped so far for sending nothing, or for exceeding `maxPending`.
+    public private(set) var droppedCount = 0
 
     /// Listens with `options`' timeout, backend and security; refuses plaintext on a
     /// non-loopback address unless `options.allowInsecure`.
@@ -103,12 +121,19 @@ public final class SessionListener: @unchecked Sendable {
         return result!
     }
 
-    /// Stops accepting and joins the thread. Idempotent.
+    /// Stops accepting and joins the threads. Idempotent.
     public func stop() {
         lock.withLock { stopping = true }
         shutdown(fd, Int32(SHUT_RDWR))
         thread?.join()
         thread = nil
+        // Wake the preamble readers (their sockets, while they still own them) and join them.
+        let readers = lock.withLock { () -> [OSThread] in
+            for (_, p) in pending where p.fd >= 0 { shutdown(p.fd, Int32(SHUT_RDWR)) }
+            defer { pending = [:]; finished = [] }
+            return pending.values.compactMap(\.thread)
+        }
+        for t in readers { t.join() }
         let orphans = lock.withLock { () -> [Int32] in
             guard !handedOut else { return [] }
             defer { joined = [:] }
@@ -130,8 +155,44 @@ public final class SessionListener: @unchecked Sendable {
                 lock.withLock { failure = TransferError(.localIO, "accept on \(endpoint) failed: \(error)"); lock.broadcast() }
                 return
             }
-            handle(Int32(conn), ring: ring)
+            admit(Int32(conn))
         }
+    }
+
+    /// Starts a preamble reader for `conn`, or closes it when `maxPending` are already waiting.
+    private func admit(_ conn: Int32) {
+        // Join the readers that are done (instant: they have returned).
+        let done = lock.withLock { () -> [OSThread] in
+            defer { finished = [] }
+            return finished.compactMap { pending.removeValue(forKey: $0)?.thread }
+        }
+        for t in done { t.join() }
+        let id = lock.withLock { () -> Int? in
+            guard !stopping, pending.count < Self.maxPending else { return nil }
+            defer { nextPendingID += 1 }
+            pending[nextPendingID] = (nil, conn)
+            return nextPendingID
+        }
+        guard let id else {
+            let who = peerName(conn)
+            close(conn)
+            let stopping = lock.withLock { droppedCount += 1; return self.stopping }
+            if !stopping {
+                warn("warning: dropped a connection from \(PeerText.escape(who)): \(Self.maxPending) connections are already waiting to send their preamble")
+            }
+            return
+        }
+        let t = OSThread { [self] in
+            let ring = (try? Ring(entries: 4, backend: backend)) ?? (try? Ring(entries: 4, backend: .blocking))
+            if let ring { handle(conn, id: id, ring: ring) } else { release(id); close(conn) }
+            lock.withLock { finished.append(id) }
+        }
+        lock.withLock { pending[id]?.thread = t }
+    }
+
+    /// The reader `id` no longer owns its socket (it closes it or hands it on right after).
+    private func release(_ id: Int) {
+        lock.withLock { pending[id]?.fd = -1 }
     }
 
     private func peerName(_ fd: Int32) -> String {
@@ -153,14 +214,12 @@ public final class SessionListener: @unchecked Sendable {
             _ = try? frame.withUnsafeBytes { try ring.sendAll(fd: conn, $0, timeout: .seconds(2)) }
         }
         shutdown(conn, Int32(SHUT_WR))
-        SecureStream.forget(conn)
-        close(conn)
         lock.withLock { rejectedCount += 1 }
     }
 
     /// A connection that is not a (matching) devstream sender: fails the receive if no session
     /// has started (it handles one transfer), else is logged and dropped.
-    private func refuseStranger(_ conn: Int32, _ message: String, code: TransferError.Code = .protocolViolation,
+    private func refuseStranger(_ conn: Int32, id: Int, _ message: String, code: TransferError.Code = .protocolViolation,
                                 ring: Ring? = nil, tellPeer: Bool = false) {
         if tellPeer, let ring {
             // Said in plaintext: the peer speaks plaintext devstream. Read its preamble first:
@@ -171,16 +230,27 @@ public final class SessionListener: @unchecked Sendable {
             _ = try? frame.withUnsafeBytes { try ring.sendAll(fd: conn, $0, timeout: .seconds(2)) }
             shutdown(conn, Int32(SHUT_WR))
         }
+        release(id)
         SecureStream.forget(conn)
         close(conn)
         let fatal = lock.withLock { () -> Bool in
             rejectedCount += 1
-            guard session == nil else { return false }
+            guard session == nil, !stopping else { return false }
             failure = TransferError(code, message + "; no transfer took place")
             lock.broadcast()
             return true
         }
-        if !fatal { warn("warning: rejected \(message)") }
+        if !fatal && !lock.withLock({ stopping }) { warn("warning: rejected \(message)") }
+    }
+
+    /// A connection that sent nothing at all (a port probe that closed, or one silent past the
+    /// timeout): not a sender, so it is dropped with a warning and the listener goes on.
+    private func dropSilent(_ conn: Int32, id: Int, who: String) {
+        release(id)
+        SecureStream.forget(conn)
+        close(conn)
+        let stopping = lock.withLock { droppedCount += 1; return self.stopping }
+        if !stopping { warn("warning: dropped a connection from \(who) that sent nothing") }
     }
 
     /// What the first byte waiting on `conn` says (waiting up to `ms` for it): a plaintext
@@ -192,10 +262,12 @@ public final class SessionListener: @unchecked Sendable {
         repeat { rc = poll(&pfd, 1, ms) } while rc < 0 && errno == EINTR
         guard rc > 0 else { return .silent }
         var first: UInt8 = 0
-        return recv(conn, &first, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 1 && first == Preamble.magic[0] ? .plaintextPreamble : .other
+        let n = recv(conn, &first, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        guard n == 1 else { return .silent }  // closed (or reset) without a byte: a probe
+        return first == Preamble.magic[0] ? .plaintextPreamble : .other
     }
 
-    private func handle(_ conn: Int32, ring: Ring) {
+    private func handle(_ conn: Int32, id: Int, ring: Ring) {
         Sockets.configure(conn)
         let who = peerName(conn)
         let wait = min(timeout, .seconds(10))
@@ -203,17 +275,17 @@ public final class SessionListener: @unchecked Sendable {
         if let security {
             switch Self.firstByte(conn, ms: Int32(wait.seconds * 1000)) {
             case .silent:
-                refuseStranger(conn, "the connection from \(who) sent nothing within \(wait) (no TLS handshake): is it a devstream sender with --psk-file or --tls-*?", code: .timeout)
+                dropSilent(conn, id: id, who: who)
                 return
             case .other:
                 break
             case .plaintextPreamble:
-                refuseStranger(conn, "the sender at \(who) is not using TLS (a plaintext devstream sender); this receiver requires TLS: give the sender the same --psk-file or --tls-cert/--tls-key/--tls-ca options",
+                refuseStranger(conn, id: id, "the sender at \(who) is not using TLS (a plaintext devstream sender); this receiver requires TLS: give the sender the same --psk-file or --tls-cert/--tls-key/--tls-ca options",
                                code: .rejected, ring: ring, tellPeer: true)
                 return
             }
             do { stream = try SecureStream.handshake(fd: conn, context: security, ring: ring, timeout: wait, peer: who) } catch {
-                refuseStranger(conn, error.message, code: error.code)
+                refuseStranger(conn, id: id, error.message, code: error.code)
                 return
             }
         }
@@ -225,6 +297,10 @@ public final class SessionListener: @unchecked Sendable {
             n = got.count
         } else {
             n = (try? buf.withUnsafeMutableBytes { try ring.recvExactly(fd: conn, into: $0, timeout: wait) }) ?? 0
+            if n == 0 {
+                dropSilent(conn, id: id, who: who)
+                return
+            }
         }
         let preamble: Preamble
         do {
@@ -232,9 +308,9 @@ public final class SessionListener: @unchecked Sendable {
             preamble = try buf.withUnsafeBytes { try Preamble.decode($0) }
         } catch {
             if stream == nil && n >= 3 && buf[0] == 0x16 && buf[1] == 0x03 {
-                refuseStranger(conn, "the sender at \(who) speaks TLS, but this receiver has no TLS options: pass the sender's --psk-file, or --tls-cert/--tls-key/--tls-ca", code: .rejected)
+                refuseStranger(conn, id: id, "the sender at \(who) speaks TLS, but this receiver has no TLS options: pass the sender's --psk-file, or --tls-cert/--tls-key/--tls-ca", code: .rejected)
             } else {
-                refuseStranger(conn, "the connection from \(who) is not a devstream sender (\(error))")
+                refuseStranger(conn, id: id, "the connection from \(who) is not a devstream sender (\(error))")
             }
             return
         }
@@ -243,7 +319,7 @@ public final class SessionListener: @unchecked Sendable {
         if let stream, preamble.authLength > 0 {
             token = (try? stream.receive(count: Int(preamble.authLength), ring: ring, timeout: wait)) ?? []
             guard token.count == Int(preamble.authLength) else {
-                refuseStranger(conn, "the connection from \(who) closed inside its session token")
+                refuseStranger(conn, id: id, "the connection from \(who) closed inside its session token")
                 return
             }
         }
@@ -286,6 +362,9 @@ public final class SessionListener: @unchecked Sendable {
         if let refusal {
             warn("warning: rejected a connection from \(who): \(refusal)")
             reject(conn, ring: ring, refusal, stream: stream)
+            release(id)
+            SecureStream.forget(conn)
+            close(conn)
             return
         }
         let frame = ErrorMessage.acceptFrame
@@ -296,15 +375,20 @@ public final class SessionListener: @unchecked Sendable {
                 try frame.withUnsafeBytes { try ring.sendAll(fd: conn, $0, timeout: timeout) }
             }
         } catch {
+            release(id)
             SecureStream.forget(conn)
             close(conn)
             return
         }
-        lock.withLock {
+        release(id)
+        let keep = lock.withLock { () -> Bool in
+            guard !stopping else { return false }
             joined[Int(preamble.channelIndex)] = conn
             if let stream { streams[Int(preamble.channelIndex)] = stream }
             lock.broadcast()
+            return true
         }
+        if !keep { SecureStream.forget(conn); close(conn) }
     }
 }
 

@@ -22,6 +22,9 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case accept = 0x07
     /// Receiver → sender, after a preamble: the channel may not join; payload `ErrorMessage`.
     case reject = 0x08
+    /// Sender → receiver, between frames: "still here" while the sender's input pauses (empty
+    /// payload). The receiver skips it; it only restarts the stall timeout.
+    case keepalive = 0x09
 
     // Live migration (source → destination unless noted).
     /// A device's header (QEMU: setup state): id in `stream`, payload `DeviceHeader`.

@@ -36,6 +36,43 @@ import Testing
         #expect(try Data(contentsOf: URL(fileURLWithPath: dstPath)) == Data(content))
     }
 
+    /// A destination file is written as PATH.partial and becomes PATH only at RUNNING; a
+    /// destination closed before that (a failed migration) leaves neither.
+    @Test func destinationIsPartialUntilRunning() throws {
+        let path = Self.tempPath("dst-partial")
+        defer { unlink(path); unlink(path + ".partial") }
+        let failed = try #require(try DeviceSpec("file:\(path)").makeDestination(size: 1 << 20) as? FileDevice)
+        #expect(access(path + ".partial", F_OK) == 0 && access(path, F_OK) != 0)
+        failed.close()
+        #expect(access(path + ".partial", F_OK) != 0 && access(path, F_OK) != 0)
+
+        let ok = try FileDevice(destinationPath: path, size: 8192)
+        let src = Self.tempPath("dst-partial-src")
+        defer { unlink(src) }
+        #expect(FileManager.default.createFile(atPath: src, contents: Data(repeating: 9, count: 8192)))
+        let s = try FileDevice(sourcePath: src)
+        defer { s.close() }
+        try ok.loadConfig(try s.saveConfig())
+        try ok.setState(.stop)
+        #expect(access(path, F_OK) != 0, "not PATH before RUNNING")
+        try ok.setState(.running)
+        ok.close()
+        #expect(access(path, F_OK) == 0 && access(path + ".partial", F_OK) != 0)
+    }
+
+    /// The source's size is bounded by the free space, and a symlinked PATH.partial is refused
+    /// without writing through it.
+    @Test func destinationRefusesHugeSizesAndSymlinks() throws {
+        let path = Self.tempPath("dst-hostile"), victim = Self.tempPath("victim")
+        defer { unlink(path); unlink(path + ".partial"); unlink(victim) }
+        expectError(.io, "are free") { _ = try FileDevice(destinationPath: path, size: 1 << 62) }
+        #expect(access(path + ".partial", F_OK) != 0 && access(path, F_OK) != 0)
+        #expect(FileManager.default.createFile(atPath: victim, contents: Data("keep".utf8)))
+        #expect(symlink(victim, path + ".partial") == 0)
+        expectError(.io, "not a leftover of ours") { _ = try FileDevice(destinationPath: path, size: 4096) }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: victim)) == Data("keep".utf8))
+    }
+
     @Test func errors() throws {
         let path = Self.tempPath("err")
         defer { unlink(path) }

@@ -1,4 +1,5 @@
 import Testing
+import Synchronization
 import Glibc
 import DSRing
 import DSWire
@@ -172,17 +173,23 @@ func tlsTmpPath(_ name: String) -> String {
         #expect(r.error?.message.contains("TLS handshake") == true && r.error?.message.contains("--psk-file") == true, "\(r.error?.message ?? "")")
     }
 
-    /// A TLS receiver whose first connection says nothing gives up with a clear error.
+    /// A connection that says nothing to a TLS receiver (no handshake) is dropped with a
+    /// warning, like a plaintext one: it does not end the receive, which then times out waiting
+    /// for a real sender, with a clear error.
     @Test func silentConnectionToATLSReceiver() throws {
         var o = pskOptions(connections: 1)
         o.timeout = .milliseconds(400)
         let out = tlsTmpPath("out")
-        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
+        let warnings = Mutex<[String]>([])
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o,
+                                            warn: { w in warnings.withLock { $0.append(w) } })
         let c = rawConnect(receiver.listener.endpoint)
         defer { close(c) }
-        let r = receiver.receive(output: out, acceptTimeout: .seconds(5))
+        let r = receiver.receive(output: out, acceptTimeout: .seconds(2))
         #expect(!r.completed && r.error?.code == .timeout, "\(r.error?.message ?? "")")
-        #expect(r.error?.message.contains("sent nothing") == true, "\(r.error?.message ?? "")")
+        #expect(r.error?.message.contains("no sender connected") == true, "\(r.error?.message ?? "")")
+        #expect(receiver.listener.droppedCount == 1)
+        #expect(warnings.withLock { $0.contains { $0.contains("sent nothing") } }, "\(warnings.withLock { $0 })")
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 

@@ -2,6 +2,7 @@ import Testing
 import Foundation
 import Glibc
 import DSTestSupport
+import DeviceStream
 
 /// The real `devstream` binary, run as a user would, over loopback.
 enum CLI {
@@ -62,18 +63,19 @@ enum CLI {
         try start(args, env: env, shellPrefix: shellPrefix, stdin: stdin, wrapper: wrapper).wait()
     }
 
-    /// Starts a receiver on port 0 and returns it with the port from its first stdout line.
+    /// Starts a receiver on port 0 and returns it with the port from its first stdout line (its
+    /// first stderr line with `--output -`, when `listenLineOnStderr`).
     static func receiver(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil,
-                         host: String = "127.0.0.1", wrapper: [String] = []) throws -> (Running, String) {
+                         listenLineOnStderr: Bool = false, host: String = "127.0.0.1", wrapper: [String] = []) throws -> (Running, String) {
         let r = try start(["receive", "--listen", "\(host):0"] + args, env: env, shellPrefix: shellPrefix, wrapper: wrapper)
         var line = [UInt8]()
-        let h = r.out.fileHandleForReading
+        let h = listenLineOnStderr ? r.err.fileHandleForReading : r.out.fileHandleForReading
         while true {
             let b = h.readData(ofLength: 1)
             if b.isEmpty || b[0] == 10 { break }
             line.append(b[0])
         }
-        r.firstLine = String(decoding: line, as: UTF8.self) + "\n"
+        if !listenLineOnStderr { r.firstLine = String(decoding: line, as: UTF8.self) + "\n" }
         let s = String(decoding: line, as: UTF8.self)
         guard s.hasPrefix("listening on \(host):") else { throw CLIError.noListenLine(s) }
         return (r, String(s.dropFirst("listening on ".count)))
@@ -118,17 +120,99 @@ enum CLI {
         let src = file("cli-stdin", bytes: 3_000_000, seed: 2)
         defer { unlink(src) }
         let env = ["DEVSTREAM_IO_BACKEND": "blocking"]
-        let (recv, addr) = try CLI.receiver(["--output", "-"], env: env)
+        // stdout is the data (QEMU's `-incoming exec:` reads it): the listening line and the
+        // JSON report go to stderr.
+        let (recv, addr) = try CLI.receiver(["--output", "-", "--json"], env: env, listenLineOnStderr: true)
         let sender = try CLI.start(["send", "-", "--to", addr, "--json"], env: env, stdin: src)
         let got = recv.wait()  // drains the receiver's stdout while the sender runs
         let sent = sender.wait()
         #expect(sent.status == 0 && got.status == 0, "\(sent.stderr) \(got.stderr)")
         #expect(CLI.json(sent.stdout)?["io_backend"] as? String == "blocking")
-        // stdout: the listening line, then exactly the data.
-        let all = got.stdoutBytes
-        let data = Array(all[(all.firstIndex(of: 10)! + 1)...])
-        #expect(data.count == 3_000_000)
-        #expect(data == readFile(src))
+        // stdout: exactly the data, not one byte more.
+        let same = got.stdoutBytes == readFile(src)
+        #expect(same, "stdout is \(got.stdoutBytes.count) bytes, not exactly the 3000000 sent")
+        #expect(CLI.json(got.stderr)?["status"] as? String == "completed", "\(got.stderr)")
+    }
+
+    /// `devstream send -` fed by a producer that pauses 2.5 s, longer than the receiver's 1 s
+    /// --timeout: keepalives keep the receiver from calling it a stall; the bytes arrive exact.
+    @Test func pausedStdinProducerCompletes() throws {
+        let out = tmpPath("cli-paused")
+        defer { unlink(out) }
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        let first = testData(2 << 20, seed: 41), second = testData(1 << 20 + 777, seed: 42)
+        let (recv, addr) = try CLI.receiver(["--output", out, "--timeout", "1s"])
+        let sender = try CLI.start(["send", "-", "--to", addr, "--timeout", "1s", "--chunk-size", "256K"], stdinFD: fds[0])
+        close(fds[0])
+        signal(SIGPIPE, SIG_IGN)
+        func put(_ b: [UInt8]) { var off = 0; while off < b.count { let n = b.withUnsafeBytes { write(fds[1], $0.baseAddress! + off, $0.count - off) }; if n <= 0 { return }; off += n } }
+        put(first)
+        usleep(2_500_000)
+        put(second)
+        close(fds[1])
+        let sent = sender.wait()
+        let got = recv.wait()
+        #expect(sent.status == 0 && got.status == 0, "\(sent.stderr) \(got.stderr)")
+        let same = readFile(out) == first + second
+        #expect(same, "the received file differs from what was sent")
+    }
+
+    /// A `file:` destination is PATH.partial until the migration completes; a migration that
+    /// fails after the file was made leaves neither PATH nor PATH.partial.
+    @Test func fileDestinationAppearsOnlyOnSuccess() throws {
+        let src = file("cli-fdev-src", bytes: 3 << 20, seed: 44), dst = tmpPath("cli-fdev-dst")
+        defer { unlink(src); unlink(dst); unlink(dst + ".partial") }
+        let (recv, addr) = try CLI.receiver(["--device", "file:\(dst)"])
+        // A file has no pre-copy: switch over rather than wait for a convergence that never comes.
+        let m = try CLI.run(["migrate", "--device", "file:\(src)", "--to", addr, "--on-nonconvergence", "switchover"])
+        let got = recv.wait()
+        #expect(m.status == 0 && got.status == 0, "\(m.stderr) \(got.stderr)")
+        let same = readFile(dst) == readFile(src)
+        #expect(same && !exists(dst + ".partial"))
+        unlink(dst)
+        // Device 0 (the file) is made, then device 1's size disagrees: the migration fails.
+        let (recv2, addr2) = try CLI.receiver(["--device", "file:\(dst)", "--device", "sim:size=4M"])
+        let m2 = try CLI.run(["migrate", "--device", "file:\(src)", "--device", "sim:size=8M", "--to", addr2,
+                              "--on-nonconvergence", "switchover"])
+        let got2 = recv2.wait()
+        #expect(m2.status != 0 && got2.status != 0)
+        #expect(got2.stderr.contains("size=4194304") || got2.stderr.contains("8388608"), "\(got2.stderr)")
+        #expect(!exists(dst) && !exists(dst + ".partial"))
+    }
+
+    /// A sim: destination without size= is refused at once: the source never chooses how much
+    /// memory the destination allocates.
+    @Test func simDestinationNeedsSize() throws {
+        let r = try CLI.run(["receive", "--listen", "127.0.0.1:0", "--device", "sim:chunk=64K"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("has no size="), "\(r.stderr)")
+        #expect(!r.stdout.contains("listening"))
+    }
+
+    /// A hostile receiver rejects with terminal escape sequences: the sender's stderr shows them
+    /// escaped, never raw.
+    @Test func peerEscapesNeverReachTheTerminal() throws {
+        let src = file("cli-escape", bytes: 10_000, seed: 43)
+        defer { unlink(src) }
+        let (lfd, port) = try DSTransportListenPort.free()
+        listen(lfd, 4)
+        let t = OSThreadForTests {
+            let c = accept(lfd, nil, nil)
+            var buf = [UInt8](repeating: 0, count: 64)
+            _ = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress, 64, Int32(MSG_WAITALL)) }
+            sendRaw(c, ErrorMessage(code: 2, message: "\u{1b}[2J\r gotcha").frame(type: .reject))
+            shutdown(c, Int32(SHUT_WR))
+            usleep(300_000)
+            close(c)
+        }
+        let r = try CLI.run(["send", src, "--to", "127.0.0.1:\(port)", "--connections", "1", "--json"])
+        t.join()
+        close(lfd)
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("\\u{1b}[2J\\u{d} gotcha"), "\(r.stderr)")
+        #expect(!r.stderr.contains("\u{1b}") && !r.stderr.contains("\r"), "raw control characters on stderr")
+        #expect(!r.stdout.contains("\u{1b}") && CLI.json(r.stdout)?["status"] as? String == "failed")
     }
 
     @Test func connectionRefusedExitsNonZero() throws {
