@@ -210,6 +210,8 @@ public enum SwitchoverReason: String, Equatable, Hashable, Sendable {
     case nonConvergencePolicy
     /// The deadline passed and the policy is `.switchover`.
     case deadlineReached
+    /// No device can pre-copy: everything moves in stop-copy, and iterating cannot shrink it.
+    case noPrecopy
 }
 
 public enum Action: Equatable, Sendable {

@@ -443,6 +443,12 @@ struct SourceRun {
         var decision: Action = .iterate(rateLimit: nil)
         var lastProbe = 0
         while true {
+            if precopyDevices.isEmpty {
+                // No device can pre-copy (a file, a device without PRE_COPY): every byte moves in
+                // stop-copy, and rounds would only spin, so switch over at once.
+                decision = .switchover(reason: .noPrecopy)
+                break
+            }
             iteration += 1
             var items: [SaveItem] = []
             for s in precopyDevices where s.header.kind == 0 {
@@ -524,7 +530,7 @@ struct SourceRun {
             throw TransferError(.aborted, "migration aborted, staying on the source: \(reason)")
         }
         guard case .switchover(let reason) = decision else { throw TransferError(.aborted, "unexpected scheduler decision") }
-        report.converged = reason == .converged || reason == .nothingToSend
+        report.converged = reason == .noPrecopy ? nil : (reason == .converged || reason == .nothingToSend)
         report.switchoverReason = reason.rawValue
         report.expectedDowntime = sched.predictedDowntime
         onEvent(.switchover(predicted: sched.predictedDowntime, reason: reason.rawValue))

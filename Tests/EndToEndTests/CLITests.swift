@@ -164,10 +164,15 @@ enum CLI {
         let src = file("cli-fdev-src", bytes: 3 << 20, seed: 44), dst = tmpPath("cli-fdev-dst")
         defer { unlink(src); unlink(dst); unlink(dst + ".partial") }
         let (recv, addr) = try CLI.receiver(["--device", "file:\(dst)"])
-        // A file has no pre-copy: switch over rather than wait for a convergence that never comes.
-        let m = try CLI.run(["migrate", "--device", "file:\(src)", "--to", addr, "--on-nonconvergence", "switchover"])
+        // A file has no pre-copy: under the default policy (wait) it switches over at once,
+        // instead of spinning through empty rounds until the deadline.
+        let m = try CLI.run(["migrate", "--device", "file:\(src)", "--to", addr, "--deadline", "20s", "--json"])
         let got = recv.wait()
         #expect(m.status == 0 && got.status == 0, "\(m.stderr) \(got.stderr)")
+        let j = CLI.json(m.stdout)
+        #expect(j?["switchover_reason"] as? String == "noPrecopy", "\(m.stdout)")
+        #expect(j?["iterations"] as? Int == 0)
+        #expect((j?["total_time_ms"] as? Double ?? 1e9) < 15_000, "it waited for the deadline")
         let same = readFile(dst) == readFile(src)
         #expect(same && !exists(dst + ".partial"))
         unlink(dst)
