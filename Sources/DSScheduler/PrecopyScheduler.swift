@@ -167,6 +167,9 @@ public struct SchedulerConfiguration: Equatable, Sendable {
     /// The fraction of the limit held back for the prediction's own error: switchover when
     /// the predicted downtime is at most `downtimeLimit × (1 − predictionMargin)`.
     public var predictionMargin: Double
+    /// Bandwidth samples (rounds) needed before a prediction may switch over, unless nothing
+    /// remains: one round's rate on a busy machine can be off by a fifth.
+    public var minimumBandwidthSamples: Int
 
     public init(
         downtimeLimit: Duration = .milliseconds(300),
@@ -181,8 +184,10 @@ public struct SchedulerConfiguration: Equatable, Sendable {
         stallShrinkFactor: Double = 0.95,
         rateTimeConstant: Duration = .seconds(1),
         registeredDevices: [Int] = [],
-        predictionMargin: Double = 0
+        predictionMargin: Double = 0,
+        minimumBandwidthSamples: Int = 1
     ) {
+        self.minimumBandwidthSamples = max(minimumBandwidthSamples, 0)
         self.predictionMargin = min(max(predictionMargin, 0), 0.9)
         self.downtimeLimit = downtimeLimit
         self.maxBandwidth = maxBandwidth
@@ -268,6 +273,8 @@ public struct PrecopyScheduler: Sendable {
 
     // Rates (device bytes per second), nil until a sample arrives.
     public private(set) var senderRate: Double?
+    /// Rounds whose rate fed the bandwidth so far.
+    public private(set) var bandwidthSamples = 0
     public private(set) var linkCapacity: Double?
     public private(set) var receiverRate: Double?
     public private(set) var dirtyRateBytesPerSecond: Double?
@@ -319,6 +326,7 @@ public struct PrecopyScheduler: Sendable {
         totalSentBytes &+= bytes
         totalWireBytes &+= wireBytes
         guard let rate = Self.rate(bytes: bytes, over: duration) else { return }
+        bandwidthSamples += 1
         senderRate = smooth(senderRate, rate, over: duration)
         if configuration.maxBandwidth == nil {
             linkCapacity = smooth(linkCapacity, rate, over: duration)
@@ -431,7 +439,8 @@ public struct PrecopyScheduler: Sendable {
     private func decide(now: Instant, predicted: Duration?, nonConvergence why: String?) -> Action {
         let config = configuration
         let budget = config.downtimeLimit * (1 - config.predictionMargin)
-        let fits = predicted.map { $0 <= budget } ?? false
+        let enoughSamples = remainingBytes == 0 || bandwidthSamples >= config.minimumBandwidthSamples
+        let fits = enoughSamples && (predicted.map { $0 <= budget } ?? false)
         let missing = pendingAcks
         let iterate = Action.iterate(rateLimit: precopyRateLimit)
 

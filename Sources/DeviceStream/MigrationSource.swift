@@ -433,7 +433,8 @@ struct SourceRun {
             deadline: configuration.deadline,
             defaultFixedCosts: FixedCosts(stopTransition: max(stopCost, .microseconds(100)), configState: configCost,
                                           destinationResume: max(resumeCost, .microseconds(100)), roundTrip: rtt0 * 2),
-            maxIterations: configuration.maxIterations, predictionMargin: configuration.predictionMargin), start: Instant(nanoseconds: Monotonic.nanoseconds))
+            maxIterations: configuration.maxIterations, predictionMargin: configuration.predictionMargin,
+            minimumBandwidthSamples: configuration.minimumBandwidthSamples), start: Instant(nanoseconds: Monotonic.nanoseconds))
         let precopyDevices = savers.filter { $0.supportsPrecopy }
         for s in precopyDevices { sched.registerDevice(id: s.id) }
         let streams = precopyDevices.filter { $0.header.kind == 1 }
@@ -512,7 +513,7 @@ struct SourceRun {
                 dirty += p.precopy + p.stopCopyOnly
             }
             decision = sched.nextAction(now: Instant(nanoseconds: Monotonic.nanoseconds))
-            Trace(start: start).mark("round \(iteration)\(probe ? " (probe)" : ""): \(bytes) bytes in \(duration.milliseconds) ms; sender \(sched.senderRate.map { Int($0 / 1048576) } ?? -1) MiB/s, receiver \(sched.receiverRate.map { Int($0 / 1048576) } ?? -1) MiB/s, rtt \(feedback.roundTrip.map { $0.milliseconds } ?? -1) ms, remaining \(sched.remainingBytes), predicted \(sched.predictedDowntime.map { $0.milliseconds } ?? -1) ms")
+            Trace(start: start).mark("round \(iteration)\(probe ? " (probe)" : ""): \(bytes) bytes (\(wire) on the wire) in \(duration.milliseconds) ms; sender \(sched.senderRate.map { Int($0 / 1048576) } ?? -1) MiB/s, receiver \(sched.receiverRate.map { Int($0 / 1048576) } ?? -1) MiB/s, rtt \(feedback.roundTrip.map { $0.milliseconds } ?? -1) ms, remaining \(sched.remainingBytes), predicted \(sched.predictedDowntime.map { $0.milliseconds } ?? -1) ms")
             let round = IterationReport(iteration: iteration, sentBytes: bytes, wireBytes: wire, dirtyBytes: dirty,
                                         bandwidth: sched.bandwidthBytesPerSecond, predictedDowntime: sched.predictedDowntime,
                                         duration: duration, unthrottledProbe: probe)
@@ -547,10 +548,11 @@ struct SourceRun {
         }
         let allStreams = savers.filter { $0.header.kind == 1 }
         for s in allStreams { do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &items) } catch { throw device(error) } }
-        let (stopBytes, _) = try sendRound(items.filter { if case .range = $0 { true } else { false } }, streams: allStreams,
-                                           flags: [.stopCopy], iteration: iteration + 1, pacer: nil, counters: counters)
+        trace.mark("stop-copy planned (\(items.count) items)")
+        let (stopBytes, stopWire) = try sendRound(items.filter { if case .range = $0 { true } else { false } }, streams: allStreams,
+                                                  flags: [.stopCopy], iteration: iteration + 1, pacer: nil, counters: counters)
         report.stopcopyBytes = stopBytes
-        trace.mark("stop-copy data sent (\(stopBytes) bytes, \(items.count) items)")
+        trace.mark("stop-copy data sent (\(stopBytes) bytes, \(stopWire) on the wire, \(items.count) items)")
         try g.run(only: 0) { (_, ch) throws(TransferError) in
             for s in savers {
                 let config: [UInt8]

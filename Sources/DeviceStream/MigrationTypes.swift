@@ -19,6 +19,9 @@ public struct MigrationConfiguration: Sendable {
     /// within ±7% of the limit on the test links; see README): switchover happens when the
     /// predicted downtime fits `limit × (1 − margin)`.
     public var predictionMargin = 0.1
+    /// Rounds whose rate must be measured before switchover (unless nothing remains): the
+    /// prediction then rests on two samples, not one.
+    public var minimumBandwidthSamples = 2
     public init() {}
 }
 

@@ -364,3 +364,25 @@ struct InstantTests {
         #expect(reason.contains("deadline"))
     }
 }
+
+@Suite struct BandwidthSampleTests {
+    @Test func switchoverWaitsForTheRequiredSamplesUnlessNothingRemains() {
+        var now = Instant(nanoseconds: 1_000_000_000)
+        var s = PrecopyScheduler(configuration: .init(downtimeLimit: .milliseconds(300), minimumBandwidthSamples: 2), start: now)
+        // One round's rate: the prediction fits, but one sample is not enough.
+        s.recordSent(bytes: 100 << 20, wireBytes: 100 << 20, over: .milliseconds(100))
+        s.updateRemaining(deviceID: 0, dirtyBytes: 1 << 20)
+        now = now + .milliseconds(100)
+        #expect(s.bandwidthSamples == 1)
+        #expect(s.nextAction(now: now) == .iterate(rateLimit: nil))
+        // The second sample allows it.
+        s.recordSent(bytes: 1 << 20, wireBytes: 1 << 20, over: .milliseconds(2))
+        now = now + .milliseconds(2)
+        #expect(s.nextAction(now: now) == .switchover(reason: .converged))
+
+        // Nothing remaining needs no bandwidth at all.
+        var t = PrecopyScheduler(configuration: .init(downtimeLimit: .milliseconds(300), minimumBandwidthSamples: 2), start: now)
+        t.updateRemaining(deviceID: 0, dirtyBytes: 0)
+        #expect(t.nextAction(now: now + .milliseconds(5)) == .switchover(reason: .nothingToSend))
+    }
+}
