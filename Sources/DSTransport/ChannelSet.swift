@@ -10,11 +10,12 @@ public enum ChannelSet {
     /// receiver's `accept`. The caller closes `sockets` (indexed by channel) after shutting the
     /// group down.
     ///
-    /// With TLS (`options.security`) each connection handshakes before its preamble, and
-    /// channel 0 goes first: channels 1... connect only once channel 0 is accepted, and send
-    /// its session token (the TLS exporter of channel 0's connection) after their preamble, which
-    /// binds them to that authenticated session. Plaintext to a non-loopback address is
-    /// refused unless `options.allowInsecure`.
+    /// Channel 0 goes first: channels 1... connect only once channel 0 is accepted (one round
+    /// trip more at setup), so a receiver that refuses the session says why on channel 0, and
+    /// the others never race it. With TLS (`options.security`) each connection handshakes before
+    /// its preamble, and channels 1... send channel 0's session token (the TLS exporter of
+    /// channel 0's connection) after their preamble, which binds them to that authenticated
+    /// session. Plaintext to a non-loopback address is refused unless `options.allowInsecure`.
     public static func connect(to endpoint: Endpoint, options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
                                abort: AbortSignal, backend: IOBackendKind,
                                warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (group: WorkerGroup<Channel>, sockets: [Int32]) {
@@ -38,12 +39,13 @@ public enum ChannelSet {
                 var preamble = Preamble(features: features, sessionID: session, channelIndex: UInt16(i), channelCount: UInt16(n),
                                         chunkSize: UInt32(options.chunkSize), mode: mode, totalSize: totalSize ?? Preamble.unknownSize)
                 var bytes: [UInt8] = []
-                if security != nil {
-                    preamble.authMethod = Preamble.authSessionToken
-                    if i > 0 {
-                        guard let t = token.wait(abort) else {
-                            throw TransferError(.aborted, "channel \(i) did not start: channel 0 failed")
-                        }
+                if security != nil { preamble.authMethod = Preamble.authSessionToken }
+                if i > 0 {
+                    // Channel 0 opens the session; the others follow once it is accepted.
+                    guard let t = token.wait(abort) else {
+                        throw TransferError(.aborted, "channel \(i) did not start: channel 0 failed")
+                    }
+                    if security != nil {
                         preamble.authLength = UInt16(t.count)
                         bytes = t
                     }
@@ -70,7 +72,7 @@ public enum ChannelSet {
                     }
                     throw Channel.unexpected(reply, expecting: "accept", channel: i)
                 }
-                if i == 0, let stream { token.publish(stream.token) }
+                if i == 0 { token.publish(stream?.token ?? []) }
                 return ch
             }
             return (group, sockets.withLock { $0 })
@@ -97,7 +99,8 @@ public enum ChannelSet {
     }
 }
 
-/// Channel 0's session token, handed to the other channels of a TLS session.
+/// Channel 0's acceptance, with its session token (empty without TLS), handed to the other
+/// channels.
 private final class TokenBox: @unchecked Sendable {
     // @unchecked: `token` and `woken` are guarded by `lock`.
     private let lock = ConditionLock()
