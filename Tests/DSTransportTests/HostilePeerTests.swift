@@ -24,11 +24,13 @@ import DSTestSupport
     }
 
     /// A connection that opens and says nothing is held open while a real transfer completes:
-    /// preambles are read concurrently, so it blocks nothing.
-    @Test func silentConnectionDoesNotBlockATransfer() throws {
+    /// preambles (and TLS handshakes) are read concurrently, so it blocks nothing.
+    @Test(arguments: [false, true])
+    func silentConnectionDoesNotBlockATransfer(tls: Bool) throws {
         let (src, out, data) = prepared()
         defer { unlink(src); unlink(out) }
-        let o = options(timeout: .seconds(5))
+        var o = options(timeout: .seconds(5))
+        if tls { o.security = pskOptions().security }
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
         let silent = rawConnect(receiver.listener.endpoint)
         defer { close(silent) }
@@ -48,11 +50,14 @@ import DSTestSupport
 
     /// A port probe (connect, then close without a byte) before the sender: dropped with a
     /// warning, and the receive goes on.
-    @Test func zeroByteProbeBeforeATransfer() throws {
+    @Test(arguments: [false, true])
+    func zeroByteProbeBeforeATransfer(tls: Bool) throws {
         let (src, out, data) = prepared()
         defer { unlink(src); unlink(out) }
         let warnings = Warnings()
-        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(), warn: warnings.sink)
+        var o = options()
+        if tls { o.security = pskOptions().security }
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: warnings.sink)
         nonisolated(unsafe) var received: TransferReport?
         let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(10)) }
         close(rawConnect(receiver.listener.endpoint))
@@ -60,7 +65,7 @@ import DSTestSupport
         var waited = 0
         while receiver.listener.droppedCount == 0 && waited < 200 { usleep(10_000); waited += 1 }
         #expect(receiver.listener.droppedCount == 1)
-        let sent = TransferSender.send(try TransferSource(path: src), to: receiver.listener.endpoint, options: options(), warn: { _ in })
+        let sent = TransferSender.send(try TransferSource(path: src), to: receiver.listener.endpoint, options: o, warn: { _ in })
         t.join()
         #expect(sent.completed, "\(sent.error?.message ?? "")")
         #expect(received?.completed == true, "\(received?.error?.message ?? "")")
