@@ -469,20 +469,22 @@ struct SourceRun {
             let pacer = probe ? nil : sched.precopyRateLimit.map { Pacer(rate: $0) }
             let roundStart = Monotonic.now
             let (bytes, wire) = try sendRound(ranges, streams: streams, flags: [], iteration: iteration, pacer: pacer, counters: counters)
-            let pingAt = Monotonic.now
-            try g.run(only: 0) { (_, ch) throws(TransferError) in
-                if iteration == 1 {
+            if iteration == 1 {
+                try g.run(only: 0) { (_, ch) throws(TransferError) in
                     for s in precopyDevices {
                         try ch.sendControl(.initDataSent, stream: UInt16(s.id), payload: counters.totals(device: s.id).encoded())
                     }
                 }
-                try ch.sendControl(.ping, position: UInt64(pingAt.nanosecondsSinceBoot))
             }
             // A round ends when the destination has loaded it, not when its last byte entered a
             // socket buffer: so the rate is what the path delivers, and no earlier round is
             // still in flight (megabytes in socket buffers and queues) when stop-copy starts.
             try feedback.waitRoundLoaded(UInt32(iteration), timeout: options.timeout)
             let duration = Monotonic.now - roundStart
+            // With the path empty, a ping measures the round trip, not a queue (its pong lands
+            // in a later round's estimate).
+            let pingAt = Monotonic.now
+            try g.run(only: 0) { (_, ch) throws(TransferError) in try ch.sendControl(.ping, position: UInt64(pingAt.nanosecondsSinceBoot)) }
             report.precopyBytes += bytes
             report.iterations = iteration
             // The first round is the bulk copy of the initial state: its rate says little about
@@ -500,9 +502,11 @@ struct SourceRun {
                     report.receiverLoadRate = sample.rate
                 }
             }
+            // The smallest of the last few pings (queueing behind data only adds), so the
+            // estimate follows the path as it is now, up or down.
             if let rtt = feedback.roundTrip {
-                sched.recordFixedCost(.roundTrip, min(rtt, rtt0) * 2)
-                report.roundTrip = min(rtt, rtt0)
+                sched.recordFixedCost(.roundTrip, rtt * 2)
+                report.roundTrip = rtt
             }
             for id in feedback.takeAcks() { sched.switchoverAcknowledged(deviceID: id) }
             var dirty: UInt64 = 0
