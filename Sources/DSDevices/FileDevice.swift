@@ -38,6 +38,8 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
     private var closed = false
     /// A regular-file destination's `PATH.partial` until it is renamed to `PATH` (then nil).
     private var partialPath: String?
+    /// Set once the handover committed this destination's state: never delete it then.
+    private var keepPartial = false
 
     /// Opens `path` (a regular file or block device) as a source, in RUNNING.
     public init(sourcePath path: String, chunkSize: Int = 1 << 20) throws(DeviceError) {
@@ -138,14 +140,23 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
         }
     }
 
-    /// Makes a regular-file destination's data durable and puts it under `PATH`.
-    private func commitLocked() throws(DeviceError) {
+    /// Makes a regular-file destination's data durable (RESUMING → STOP: before the
+    /// destination says `loaded`, so a failure here still leaves the source free to restart).
+    private func syncLocked() throws(DeviceError) {
         guard let partial = partialPath else { return }
-        guard fsync(fd) == 0 else {
+        guard fsync(fd) == 0 || errno == EINVAL || errno == EROFS else {
             throw DeviceError(.io, "file device: fsync of '\(partial)' failed: \(errnoText())")
         }
+    }
+
+    /// Puts a regular-file destination's (already synced) data under `PATH` (STOP → RUNNING,
+    /// after the source's commit). From here the migrated state is never deleted: if the
+    /// rename fails, it stays in `PATH.partial` and the error says so.
+    private func commitLocked() throws(DeviceError) {
+        guard let partial = partialPath else { return }
+        keepPartial = true
         guard rename(partial, path) == 0 else {
-            throw DeviceError(.io, "file device: cannot rename '\(partial)' to '\(path)': \(errnoText())")
+            throw DeviceError(.io, "file device: cannot rename '\(partial)' to '\(path)': \(errnoText()); the migrated state is kept in '\(partial)'")
         }
         partialPath = nil
         var dir = path
@@ -197,10 +208,12 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
         try walkArcs(from: current, to: target, flags: migrationFlags, device: "file device") { (from, next) throws(DeviceError) in
             if VFIOStateMachine.isSaving(next) && !VFIOStateMachine.isSaving(from) { initialPending = true }
             if !VFIOStateMachine.isSaving(next) { initialPending = false }
+            if isDestination && from == .resuming { try syncLocked() }
+            // RUNNING on a destination: the migration loaded the whole state; only now is it
+            // PATH (and only once it is, is the device RUNNING).
+            if isDestination && VFIOStateMachine.isRunning(next) { try commitLocked() }
             current = next
         }
-        // RUNNING on a destination: the migration loaded the whole state; only now is it PATH.
-        if isDestination && current == .running { try commitLocked() }
     }
 
     public func dataFD(for access: DeviceAccess) throws(DeviceError) -> Int32 {
@@ -300,7 +313,8 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
         closed = true
         Glibc.close(fd)
         fd = -1
-        // Never renamed: the migration did not complete, so no partial state is left behind.
-        if let partial = partialPath { unlink(partial); partialPath = nil }
+        // Never renamed: the migration did not complete, so no partial state is left behind
+        // (unless the handover committed it: then it is the only copy).
+        if let partial = partialPath, !keepPartial { unlink(partial); partialPath = nil }
     }
 }

@@ -102,11 +102,14 @@ public final class NetLink: @unchecked Sendable {
     public func inSource(_ args: [String]) -> [String] { ["ip", "netns", "exec", sourceNamespace] + args }
     public func inDestination(_ args: [String]) -> [String] { ["ip", "netns", "exec", destinationNamespace] + args }
 
+    /// Where iproute2's `ip` is.
+    public static var ipPath: String { FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") ? "/usr/sbin/ip" : "/sbin/ip" }
+
     /// Runs `ip ARGS` and fails with its stderr.
     @discardableResult
     static func ip(_ args: [String]) throws -> String {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") ? "/usr/sbin/ip" : "/sbin/ip")
+        p.executableURL = URL(fileURLWithPath: ipPath)
         p.arguments = args
         let out = Pipe(), err = Pipe()
         p.standardOutput = out

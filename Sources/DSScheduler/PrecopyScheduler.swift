@@ -273,7 +273,8 @@ public struct PrecopyScheduler: Sendable {
 
     // Rates (device bytes per second), nil until a sample arrives.
     public private(set) var senderRate: Double?
-    /// Rounds whose rate fed the bandwidth so far.
+    /// Samples of the link capacity so far: unthrottled rounds (every round without
+    /// `maxBandwidth`; only the probes with it).
     public private(set) var bandwidthSamples = 0
     public private(set) var linkCapacity: Double?
     public private(set) var receiverRate: Double?
@@ -326,9 +327,9 @@ public struct PrecopyScheduler: Sendable {
         totalSentBytes &+= bytes
         totalWireBytes &+= wireBytes
         guard let rate = Self.rate(bytes: bytes, over: duration) else { return }
-        bandwidthSamples += 1
         senderRate = smooth(senderRate, rate, over: duration)
         if configuration.maxBandwidth == nil {
+            bandwidthSamples += 1
             linkCapacity = smooth(linkCapacity, rate, over: duration)
         }
     }
@@ -337,6 +338,7 @@ public struct PrecopyScheduler: Sendable {
     /// stop-copy of an earlier migration): a sample of the link capacity.
     public mutating func recordUnthrottledSample(bytes: UInt64, over duration: Duration) {
         guard let rate = Self.rate(bytes: bytes, over: duration) else { return }
+        bandwidthSamples += 1
         linkCapacity = smooth(linkCapacity, rate, over: duration)
     }
 

@@ -105,7 +105,12 @@ public final class KeepalivePacer: @unchecked Sendable {
             guard let list else { return }
             if abort.isAborted { continue }
             for e in list where e.turn.tryBeginKeepalive(idleNanos: idle) {
-                if e.guard?.midFrame != true, !send(e.fd) {
+                if e.guard?.midFrame == true { e.turn.endKeepalive(); continue }
+                // Marked mid-frame while it goes out, so an abort's farewell is not spliced in.
+                e.guard?.setMidFrame(true)
+                let sent = send(e.fd)
+                e.guard?.setMidFrame(false)
+                if !sent {
                     e.turn.endKeepalive()
                     abort.abort(TransferError(.peerClosed, "sending a keepalive failed: the stream to the receiver is broken"))
                     break
@@ -123,11 +128,12 @@ public final class KeepalivePacer: @unchecked Sendable {
             // be dropped half-sent). Only when the socket has room for it, so this never blocks:
             // a full buffer means the receiver has data to read anyway.
             guard Self.hasRoom(fd, for: 256) else { return true }
-            var ok = true
+            // A failure is left for the channel's own next send or receive to report (with the
+            // peer's reason, if it left one), as on a plaintext socket.
             Self.frame.withUnsafeBytes { b in
-                do throws(SecureStream.Failure) { try secure.sendAll(b, ring: nil, timeout: .seconds(1)) } catch { ok = false }
+                do throws(SecureStream.Failure) { try secure.sendAll(b, ring: nil, timeout: .seconds(1)) } catch {}
             }
-            return ok
+            return true
         }
         var sent = 0
         let deadline = Monotonic.now + .seconds(1)

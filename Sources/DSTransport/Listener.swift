@@ -54,14 +54,17 @@ public final class SessionListener: @unchecked Sendable {
     private var streams: [Int: SecureStream] = [:]
     /// The session token exported from channel 0's TLS connection.
     private var sessionToken: [UInt8]?
-    /// The most connections whose preamble is read at once.
-    public static let maxPending = 16
+    /// The most connections whose preamble is read at once: a whole session's channels (which
+    /// arrive together once channel 0 is accepted) and a few strangers besides.
+    public static let maxPending = Int(WireLimits.maxChannels) + 16
     /// Connections whose preamble is being read, by id: the reading thread, and the socket while
     /// that thread still owns it (-1 once it closed it or handed it on).
     private var pending: [Int: (thread: OSThread?, fd: Int32)] = [:]
     /// Ids of preamble threads that are done (joined by the accept thread, or by `stop`).
     private var finished: [Int] = []
     private var nextPendingID = 0
+    /// Channel indexes claimed by a connection whose `accept` is being sent.
+    private var reserved: Set<Int> = []
     /// Connections whose preamble is being read now (tests read it).
     public var pendingCount: Int { lock.withLock { pending.count - finished.count } }
     /// Connections dropped so far for sending nothing, or for exceeding `maxPending`.
@@ -350,14 +353,17 @@ public final class SessionListener: @unchecked Sendable {
             } else if Int(preamble.channelCount) != s.channelCount || Int(preamble.chunkSize) != s.chunkSize
                         || preamble.mode != s.mode {
                 refusal = "channel \(preamble.channelIndex) disagrees with the session's channel count, chunk size or mode"
-            } else if joined[Int(preamble.channelIndex)] != nil {
+            } else if joined[Int(preamble.channelIndex)] != nil || reserved.contains(Int(preamble.channelIndex)) {
                 refusal = "channel \(preamble.channelIndex) of session \(s.id) has already joined"
-            } else if joined.count == s.channelCount {
+            } else if joined.count + reserved.count == s.channelCount {
                 refusal = "session \(s.id) is complete"
             } else if stream != nil, preamble.channelIndex != 0,
                       !constantTimeEqual(token, sessionToken ?? []) {
                 refusal = "channel \(preamble.channelIndex) does not carry session \(s.id)'s token: it is not part of the TLS session that opened it on channel 0"
             }
+            // Claimed now, under the lock: a second connection for the same channel is refused
+            // even while this one's accept is still being sent.
+            if refusal == nil { reserved.insert(Int(preamble.channelIndex)) }
         }
         if let refusal {
             warn("warning: rejected a connection from \(who): \(refusal)")
@@ -375,6 +381,7 @@ public final class SessionListener: @unchecked Sendable {
                 try frame.withUnsafeBytes { try ring.sendAll(fd: conn, $0, timeout: timeout) }
             }
         } catch {
+            lock.withLock { _ = reserved.remove(Int(preamble.channelIndex)) }
             release(id)
             SecureStream.forget(conn)
             close(conn)
@@ -382,6 +389,7 @@ public final class SessionListener: @unchecked Sendable {
         }
         release(id)
         let keep = lock.withLock { () -> Bool in
+            reserved.remove(Int(preamble.channelIndex))
             guard !stopping else { return false }
             joined[Int(preamble.channelIndex)] = conn
             if let stream { streams[Int(preamble.channelIndex)] = stream }

@@ -60,7 +60,7 @@ package final class SecureStream: @unchecked Sendable {
         lock = .allocate(capacity: 1)
         pthread_mutex_init(lock, nil)
         guard let bio = ds_bio_new(method, io) else {
-            SSL_free(ssl)
+            // Every stored property is set: deinit runs and frees `ssl` and the buffers.
             throw TransferError(.localIO, "cannot create a TLS BIO: \(Self.openSSLErrors())")
         }
         SSL_set_bio(ssl, bio, bio)
@@ -261,14 +261,9 @@ package final class SecureStream: @unchecked Sendable {
             do { try ring.sendAll(fd: fd, b, timeout: timeout) } catch { throw .socket(error) }
             return
         }
-        var off = 0
-        while off < count {
-            let n = Glibc.send(fd, b.baseAddress! + off, count - off, Int32(MSG_NOSIGNAL))
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { throw .socket(.current) }
-            if n == 0 { throw .socket(.connectionReset) }
-            off += n
-        }
+        // No ring on this thread: non-blocking sends, polled, within `timeout` in all (a peer
+        // that stops reading fails the send instead of holding the stream's lock forever).
+        if let e = Sockets.sendAll(fd: fd, b, deadline: Monotonic.now + timeout) { throw .socket(e) }
     }
 
     /// Receives more bytes into the in buffer (one `recv`, up to its free space).

@@ -11,8 +11,9 @@ import DSDevices
 /// (each in RESUMING), loads chunks as they arrive on N channels — at their offsets, or in
 /// sequence for stream devices — tells the source when each device's initial data is loaded
 /// (switchover-ack), and after every device's end of state has been verified against what
-/// was loaded, takes the devices RESUMING → STOP → RUNNING and acknowledges. If anything
-/// fails the devices are left not running and the error says so.
+/// was loaded, takes the devices RESUMING → STOP and says `loaded`, and only on the source's
+/// `commit` takes them to RUNNING. A failure before `commit` leaves the devices not running;
+/// after it they run, and the error says so.
 public final class MigrationDestination: @unchecked Sendable {
     // @unchecked: `devices` is written only by `run`'s setup phase (worker 0, while the caller
     // waits) and read after it.
@@ -280,8 +281,8 @@ public final class MigrationDestination: @unchecked Sendable {
         let resumeTime = Monotonic.now - commitAt
         report.destinationLoadTime = loadTime
         report.destinationResumeTime = validateTime + resumeTime
-        // From here the devices run: what follows proves and reports, and its failure is a
-        // warning (the migration happened; the source compares the digests).
+        // From here the devices run. If the source cannot be told, the migration is not
+        // "completed" (the source may report it failed), and the error says the devices run here.
         do throws(TransferError) {
             try control.send(.resumed, payload: Timings(a: resumeTime.milliseconds, b: (validateTime + resumeTime).milliseconds).encoded())
             phaseHook?(.running)
@@ -294,15 +295,15 @@ public final class MigrationDestination: @unchecked Sendable {
             }
             try control.send(.ack, payload: DigestList(digests: digests).encoded())
         } catch {
-            warn("warning: the devices run on the destination, but reporting to the source failed: \(error.message)")
-            return
+            throw TransferError(error.code, "the source committed and the devices run here, but telling the source failed (\(error.message)); it may report the migration as failed: check both sides before using the devices")
         }
         report.receiverLoadRate = Double(loaders.reduce(UInt64(0)) { $0 + $1.loadedBytes }) / max(loadTime.seconds, 1e-6)
 
         // The source's summary: downtime as it measured it, and its digests.
         let summary = Mutex<MigrationSummary?>(nil)
-        // Its loss is not a failure (the devices run, verified): read it without aborting, and
-        // give the source time to digest large devices.
+        // Read without aborting, giving the source time to digest large devices. Its loss leaves
+        // the copy verified by chunk counts and checksums only (said in a warning); digests
+        // that differ fail the migration here as at the source.
         try? group.run(only: 0) { (_, ch) throws(TransferError) in
             guard let f = try? ch.receive(timeout: options.timeout + .seconds(600)), f.header.type == .endOfStream,
                   let s = try? MigrationSummary.decode(f.control) else { return }
@@ -319,6 +320,13 @@ public final class MigrationDestination: @unchecked Sendable {
             report.precopyBytes = s.precopyBytes
             report.stopcopyBytes = s.stopcopyBytes
             for (i, d) in s.sourceDigests.enumerated() where i < report.devices.count { report.devices[i].sourceDigest = d }
+            for d in report.devices {
+                if let src = d.sourceDigest, let dst = d.destinationDigest, src != dst {
+                    throw TransferError(.corruption, "device \(d.id) (\(d.spec)): the state digest here \(TransferDigestHex.hex(dst)) differs from the source's \(TransferDigestHex.hex(src))")
+                }
+            }
+        } else {
+            warn("warning: the source's summary did not arrive: the devices run with every chunk verified, but the whole-device digests were not compared here")
         }
     }
 }
@@ -349,17 +357,8 @@ final class ControlReplies: Sendable {
                 if let secure {
                     do { try secure.sendAll(b, ring: nil, timeout: timeout); return nil } catch { return "\(error)" }
                 }
-                var off = 0
-                while off < b.count {
-                    let n = Glibc.send(fd, b.baseAddress! + off, b.count - off, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
-                    if n > 0 { off += n; continue }
-                    let e = errno
-                    if n < 0 && e == EINTR { continue }
-                    guard n < 0 && (e == EAGAIN || e == EWOULDBLOCK) else { return "\(Errno(rawValue: e))" }
-                    let left = deadline - Monotonic.now
-                    guard left > .zero else { return "the source has not read its socket for \(timeout)" }
-                    var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                    _ = poll(&p, 1, Int32(min(left.milliseconds.rounded(.up), 60_000)))
+                if let e = Sockets.sendAll(fd: fd, b, deadline: deadline) {
+                    return e == .timedOut ? "the source has not read its socket for \(timeout)" : "\(e)"
                 }
                 return nil
             }

@@ -18,8 +18,9 @@ public enum MigrationEvent: Sendable {
 /// It runs the devices' save hooks over the data path: setup (device headers; devices enter
 /// PRE_COPY), pre-copy rounds of dirty data spread over N channels, the scheduler's decision
 /// after each round, then switchover (devices to STOP_COPY, the rest of the state, config,
-/// end of state) and the destination's "every device is RUNNING". On any failure the source
-/// devices go back to RUNNING with their state intact.
+/// end of state), the destination's `loaded`, the source's `commit` and the destination's
+/// `resumed`. On any failure before `commit` the source devices go back to RUNNING with their
+/// state intact; from `commit` on they stay stopped (the destination may run them).
 public final class MigrationSource {
     public let devices: [any MigratableDevice]
     public let configuration: MigrationConfiguration
@@ -112,6 +113,9 @@ final class Feedback: @unchecked Sendable {
     private var rtts: [Duration] = []
     /// The highest round every destination channel has loaded (its `loadStats`).
     private var loadedRound: UInt32 = 0
+    /// The highest round the source has sent (a report for a later one is a lie).
+    private var sentRound: UInt32 = 0
+    private var aborted = false
     private var stage = HandoverStage.transferring
     private var loaded: Timings?
     private var resumed: Timings?
@@ -148,6 +152,10 @@ final class Feedback: @unchecked Sendable {
                     case .switchoverAck: lock.withLock { acks.insert(Int(f.header.stream)); lock.broadcast() }
                     case .loadStats:
                         let t = try decode { () throws(WireError) in try Timings.decode(f.control) }
+                        let bogus = lock.withLock { f.header.aux > sentRound }
+                        if bogus {
+                            throw TransferError(.protocolViolation, "the destination reported round \(f.header.aux) loaded before it was sent")
+                        }
                         lock.withLock {
                             loadedRound = max(loadedRound, f.header.aux)
                             if t.b.isFinite && t.b > 0 { loadRates.append((f.header.aux, t.b)); if loadRates.count > 64 { loadRates.removeFirst() } }
@@ -188,6 +196,12 @@ final class Feedback: @unchecked Sendable {
 
     func advance(to s: HandoverStage) { lock.withLock { stage = s; lock.broadcast() } }
 
+    /// Round `r` (its mark included) is on its way: the destination may report it.
+    func sent(round r: UInt32) { lock.withLock { sentRound = max(sentRound, r) } }
+
+    /// Ends every wait at once (the session aborted elsewhere).
+    func wake() { lock.withLock { aborted = true; lock.broadcast() } }
+
     func takeAcks() -> Set<Int> { lock.withLock { acks } }
 
     /// The load-rate samples that arrived since the last call (each is used once).
@@ -199,10 +213,11 @@ final class Feedback: @unchecked Sendable {
     private func wait<T>(_ what: String, timeout: Duration, _ value: () -> T?) throws(TransferError) -> T {
         var out: T?, err: TransferError?
         lock.withLock {
-            _ = lock.wait(until: { value() != nil || failure != nil }, timeout: timeout)
+            _ = lock.wait(until: { value() != nil || failure != nil || aborted }, timeout: timeout)
             out = value(); err = failure
         }
         if let out { return out }
+        if err == nil && aborted { throw TransferError(.aborted, "the migration was aborted") }
         throw err ?? TransferError(.timeout, "the destination did not \(what) within \(timeout)")
     }
 
@@ -409,6 +424,7 @@ struct SourceRun {
         // From here the feedback thread owns reads on channel 0.
         try g.run(only: 0) { (_, ch) throws(TransferError) in ch.peekPeerErrors = false }
         feedback.start(fd: s[0], options: options, backend: backend, abort: abort)
+        abort.onAbort { [feedback] in feedback.wake() }
 
         // Switchover's fixed costs, each for what it is:
         // - stop: the devices' own estimate, else the measured RUNNING → PRE_COPY transition
@@ -468,6 +484,7 @@ struct SourceRun {
             }
             let pacer = probe ? nil : sched.precopyRateLimit.map { Pacer(rate: $0) }
             let roundStart = Monotonic.now
+            feedback.sent(round: UInt32(iteration))
             let (bytes, wire) = try sendRound(ranges, streams: streams, flags: [], iteration: iteration, pacer: pacer, counters: counters)
             if iteration == 1 {
                 try g.run(only: 0) { (_, ch) throws(TransferError) in
@@ -537,8 +554,11 @@ struct SourceRun {
         guard case .switchover(let reason) = decision else { throw TransferError(.aborted, "unexpected scheduler decision") }
         report.converged = reason == .noPrecopy ? nil : (reason == .converged || reason == .nothingToSend)
         report.switchoverReason = reason.rawValue
-        report.expectedDowntime = sched.predictedDowntime
-        onEvent(.switchover(predicted: sched.predictedDowntime, reason: reason.rawValue))
+        // Without a single round there is no bandwidth, so no prediction (not the fixed costs
+        // alone, which would claim a multi-gigabyte stop-copy takes milliseconds).
+        let predicted = reason == .noPrecopy ? nil : sched.predictedDowntime
+        report.expectedDowntime = predicted
+        onEvent(.switchover(predicted: predicted, reason: reason.rawValue))
 
         // complete_precopy: downtime starts when the first device leaves a running state.
         let downStart = Monotonic.now
@@ -553,6 +573,7 @@ struct SourceRun {
         let allStreams = savers.filter { $0.header.kind == 1 }
         for s in allStreams { do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &items) } catch { throw device(error) } }
         trace.mark("stop-copy planned (\(items.count) items)")
+        feedback.sent(round: UInt32(iteration + 1))
         let (stopBytes, stopWire) = try sendRound(items.filter { if case .range = $0 { true } else { false } }, streams: allStreams,
                                                   flags: [.stopCopy], iteration: iteration + 1, pacer: nil, counters: counters)
         report.stopcopyBytes = stopBytes

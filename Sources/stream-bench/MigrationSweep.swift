@@ -123,7 +123,7 @@ struct Ends {
     func command(_ args: [String], destination: Bool) -> (String, [String]) {
         guard let link else { return (Self.devstream, args) }
         let full = destination ? link.inDestination([Self.devstream] + args) : link.inSource([Self.devstream] + args)
-        return ("/usr/sbin/ip", Array(full.dropFirst()))
+        return (NetLink.ipPath, Array(full.dropFirst()))
     }
 
     func migrate(size: UInt64, dirtyRate: UInt64, hot: Double, limit: Duration, connections: Int, deadline: Duration) throws -> Run {
@@ -161,7 +161,11 @@ struct Ends {
         try source.run()
         let data = sout.fileHandleForReading.readDataToEndOfFile()
         source.waitUntilExit()
-        _ = rout.fileHandleForReading.readDataToEndOfFile()
+        // A source that failed before its session leaves the destination listening: give it
+        // a grace period, then end it.
+        let deadline = Date().addingTimeInterval(15)
+        while receiver.isRunning && Date() < deadline { usleep(20_000) }
+        if receiver.isRunning { receiver.terminate() }
         receiver.waitUntilExit()
         guard let text = String(data: data, encoding: .utf8),
               let jline = text.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
