@@ -48,6 +48,23 @@ import DSTestSupport
         #expect(Monotonic.now - start < .seconds(4))
     }
 
+    /// A session with more channels than a handful: once channel 0 is accepted the others all
+    /// connect at once, and the listener must take every one of them (it once closed all but
+    /// 16 of the connections waiting for their preamble).
+    /// With TLS each waiting connection runs a handshake, so many are in flight at once.
+    @Test(arguments: [false, true])
+    func aSessionOfManyChannelsIsAdmittedWhole(tls: Bool) throws {
+        let (src, out, data) = prepared(4_000_000, seed: 23)
+        defer { unlink(src); unlink(out) }
+        var o = options(connections: 64, chunk: 64 << 10, timeout: .seconds(10))
+        if tls { o.security = pskOptions().security }
+        let (sent, received) = try transfer(source: src, output: out, options: o)
+        #expect(sent.completed, "\(sent.error?.message ?? "")")
+        #expect(received.completed, "\(received.error?.message ?? "")")
+        let same = readFile(out) == data
+        #expect(same)
+    }
+
     /// A port probe (connect, then close without a byte) before the sender: dropped with a
     /// warning, and the receive goes on.
     @Test(arguments: [false, true])

@@ -172,6 +172,8 @@ enum CLI {
         let j = CLI.json(m.stdout)
         #expect(j?["switchover_reason"] as? String == "noPrecopy", "\(m.stdout)")
         #expect(j?["iterations"] as? Int == 0)
+        // No round, no bandwidth: no prediction (not the fixed costs passed off as one).
+        #expect(j?["expected_downtime_ms"] is NSNull, "\(String(describing: j?["expected_downtime_ms"]))")
         #expect((j?["total_time_ms"] as? Double ?? 1e9) < 15_000, "it waited for the deadline")
         let same = readFile(dst) == readFile(src)
         #expect(same && !exists(dst + ".partial"))

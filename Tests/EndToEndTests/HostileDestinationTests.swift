@@ -25,7 +25,8 @@ import DSTestSupport
         return (header, payload)
     }
 
-    @Test(arguments: [FrameType.resumed, .loaded, .ack])
+    /// `early` with aux 999: a load report for a round the source has not sent.
+    @Test(arguments: [FrameType.resumed, .loaded, .ack, .loadStats])
     func aHandoverMessageBeforeItsTimeIsRefused(early: FrameType) throws {
         let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
         defer { close(lfd) }
@@ -45,7 +46,7 @@ import DSTestSupport
             }
             // Now, while pre-copy has only begun: the early message (a well-formed payload).
             let payload: [UInt8] = early == .ack ? DigestList(digests: [nil]).encoded() : Timings(a: 1, b: 1).encoded()
-            sendRaw(fd, controlFrame(early, payload: payload))
+            sendRaw(fd, controlFrame(early, aux: early == .loadStats ? 999 : 0, payload: payload))
             // Keep reading until the source gives up.
             while Self.readFrame(fd) != nil {}
         }
@@ -59,7 +60,8 @@ import DSTestSupport
             .migrate(to: Endpoint(host: "127.0.0.1", port: port))
         #expect(!report.completed)
         #expect(report.error?.code == .protocolViolation, "\(String(describing: report.error))")
-        #expect(report.error?.message.contains("\(early) out of order") == true, "\(String(describing: report.error))")
+        let expected = early == .loadStats ? "round 999 loaded before it was sent" : "\(early) out of order"
+        #expect(report.error?.message.contains(expected) == true, "\(String(describing: report.error))")
         #expect(device.state == .running)
         #expect(report.error?.message.contains("RUNNING again on the source") == true)
     }
