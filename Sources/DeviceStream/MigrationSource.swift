@@ -251,11 +251,7 @@ final class Pacer: Sendable {
         let total = sent.add(UInt64(bytes), ordering: .relaxed).newValue
         let due = start + .nanoseconds(Int64(Double(total) / rate * 1e9))
         let now = Monotonic.now
-        if due > now {
-            let (s, atto) = (due - now).components
-            var ts = timespec(tv_sec: Int(s), tv_nsec: Int(atto / 1_000_000_000))
-            nanosleep(&ts, nil)
-        }
+        if due > now { sleep(for: due - now) }
     }
 }
 
@@ -404,13 +400,13 @@ struct SourceRun {
             let t = reply.control.isEmpty ? nil : try? Timings.decode(reply.control)
             var best: Duration?
             for _ in 0..<3 {
-                let sent = Monotonic.now
-                try ch.sendControl(.ping, position: UInt64(sent.nanosecondsSinceBoot))
+                let sent = Monotonic.nanoseconds
+                try ch.sendControl(.ping, position: sent)
                 let pong = try ch.receive()
-                guard pong.header.type == .pong, pong.header.position == UInt64(sent.nanosecondsSinceBoot) else {
+                guard pong.header.type == .pong, pong.header.position == sent else {
                     throw Channel.unexpected(pong, expecting: "pong", channel: 0)
                 }
-                let rtt = Monotonic.now - sent
+                let rtt = Duration.nanoseconds(Int64(clamping: Monotonic.nanoseconds &- sent))
                 best = min(best ?? rtt, rtt)
             }
             setupReply.withLock { $0 = (t, best) }
@@ -500,8 +496,8 @@ struct SourceRun {
             let duration = Monotonic.now - roundStart
             // With the path empty, a ping measures the round trip, not a queue (its pong lands
             // in a later round's estimate).
-            let pingAt = Monotonic.now
-            try g.run(only: 0) { (_, ch) throws(TransferError) in try ch.sendControl(.ping, position: UInt64(pingAt.nanosecondsSinceBoot)) }
+            let pingAt = Monotonic.nanoseconds
+            try g.run(only: 0) { (_, ch) throws(TransferError) in try ch.sendControl(.ping, position: pingAt) }
             report.precopyBytes += bytes
             report.iterations = iteration
             // The first round is the bulk copy of the initial state: its rate says little about
@@ -662,14 +658,6 @@ func sleep(for d: Duration) {
     let (s, atto) = d.components
     var ts = timespec(tv_sec: Int(s), tv_nsec: Int(atto / 1_000_000_000))
     nanosleep(&ts, nil)
-}
-
-extension Duration {
-    /// This duration (a `Monotonic.now` reading) in whole nanoseconds.
-    var nanosecondsSinceBoot: Int64 {
-        let (s, atto) = components
-        return s * 1_000_000_000 + atto / 1_000_000_000
-    }
 }
 
 /// Milliseconds from the peer (any double) as whole microseconds, clamped to a sane range.
