@@ -82,7 +82,13 @@ import DSTestSupport
         let o = try migrate(killDestinationAt: "running")
         #expect(o.destinationKilled)
         #expect(o.source.status == 1)
-        #expect(o.source.stderr.contains("after the handover (the devices are RUNNING on the destination)"), "\(o.source.stderr)")
+        // `resumed` is on its way when the destination dies; its socket may close with a reset
+        // that discards it before the source reads it. Either way the source committed, says
+        // so, and stays stopped.
+        let confirmed = o.source.stderr.contains("after the handover (the devices are RUNNING on the destination)")
+        let unconfirmed = o.source.stderr.contains("after the source committed the handover")
+        #expect(confirmed || unconfirmed, "\(o.source.stderr)")
+        #expect(o.source.stderr.contains("stays"), "\(o.source.stderr)")
         #expect(!o.source.stderr.contains("RUNNING again"))
     }
 
