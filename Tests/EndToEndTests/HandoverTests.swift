@@ -53,8 +53,13 @@ import DSTestSupport
     @Test func sourceKilledAfterCommitStillRunsOnTheDestination() throws {
         let o = try migrate(killSourceAt: "commit-sent")
         #expect(o.sourceKilled)
-        #expect(o.destination.status == 0, "\(o.destination.stderr)")
-        #expect(o.destination.stderr.contains("migration completed"))
+        // The devices run on the destination either way. Whether telling the (dead) source
+        // succeeds depends on when its sockets close: if it does not, the destination says the
+        // devices run but the source was not told, and does not claim "completed".
+        let completed = o.destination.status == 0 && o.destination.stderr.contains("migration completed")
+        let untold = o.destination.status == 1 && o.destination.stderr.contains("the source committed and the devices run here")
+            && o.destination.stderr.contains("is RUNNING")
+        #expect(completed || untold, "\(o.destination.stderr)")
     }
 
     @Test func destinationKilledAfterLoadedNeverRunsBoth() throws {
