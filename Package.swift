@@ -8,7 +8,7 @@ import PackageDescription
 //   DSRing                     io_uring + blocking fallback, buffer pool (imports CURing)
 //   DSTransport                channels (thread + ring + socket, TLS 1.3 via COpenSSL), point-to-point transfer
 //   DSScheduler                pre-copy scheduler: pure state machine
-//   DSDevices                  VFIO state machine, device protocol, sim/emu/file/vfio devices
+//   DSDevices                  VFIO state machine, device protocol, sim/emu/file/vfio devices (imports DSRing for FileSystem)
 //   DeviceStream               migration sessions + the embedding API (the one library product)
 //   devstream, stream-bench    executables
 //   DSNetLab                   namespaces + shaped veth links for tests and stream-bench
@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "DSWire", exclude: ["WIRE.md"]),
         .target(name: "DSCodec", dependencies: ["CLZ4", "CXXHash", "DSWire"]),
         .target(name: "DSRing", dependencies: ["CURing"]),
-        .target(name: "DSDevices", dependencies: ["CXXHash"]),
+        .target(name: "DSDevices", dependencies: ["CXXHash", "DSRing"]),
         .target(name: "DSScheduler"),
         .target(name: "DSTransport", dependencies: ["DSWire", "DSCodec", "DSRing", "COpenSSL"]),
         .target(name: "DeviceStream", dependencies: ["DSWire", "DSCodec", "DSRing", "DSTransport", "DSDevices", "DSScheduler"]),

@@ -15,6 +15,7 @@
 
 import CXXHash
 import Foundation
+import DSRing
 
 public final class FileDevice: AddressableDevice, @unchecked Sendable {
     // Invariant: `lock` guards every mutable stored property (state, tracking flags, the fd).
@@ -129,15 +130,8 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
 
     /// Refuses a size the file system holding `path` cannot take (statvfs of its directory).
     static func checkFreeSpace(path: String, size: UInt64) throws(DeviceError) {
-        var dir = path
-        if let slash = dir.lastIndex(of: "/") { dir = String(dir[..<slash]); if dir.isEmpty { dir = "/" } } else { dir = "." }
-        var vfs = statvfs()
-        guard statvfs(dir, &vfs) == 0 else { return }  // the open that follows reports a missing directory
-        let free = UInt64(vfs.f_bavail).multipliedReportingOverflow(by: UInt64(vfs.f_frsize))
-        let available = free.overflow ? UInt64.max : free.partialValue
-        guard size <= available else {
-            throw DeviceError(.io, "file device: the source's device has \(size) bytes but only \(available) are free in '\(dir)'; free space or give a path on a larger file system")
-        }
+        guard let available = FileSystem.availableBytes(nearPath: path), size > available else { return }
+        throw DeviceError(.io, "file device: the source's device has \(size) bytes but only \(available) are free in '\(FileSystem.directory(of: path))'; free space or give a path on a larger file system")
     }
 
     /// Makes a regular-file destination's data durable (RESUMING → STOP: before the
@@ -159,10 +153,7 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
             throw DeviceError(.io, "file device: cannot rename '\(partial)' to '\(path)': \(errnoText()); the migrated state is kept in '\(partial)'")
         }
         partialPath = nil
-        var dir = path
-        if let slash = dir.lastIndex(of: "/") { dir = String(dir[..<slash]); if dir.isEmpty { dir = "/" } } else { dir = "." }
-        let d = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if d >= 0 { fsync(d); Glibc.close(d) }
+        FileSystem.syncDirectory(of: path)
     }
 
     deinit { close() }

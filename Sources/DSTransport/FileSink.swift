@@ -79,15 +79,8 @@ public final class FileSink: @unchecked Sendable {
 
     /// Refuses a claimed size the file system holding `path` cannot take (statvfs of its directory).
     static func checkFreeSpace(path: String, size: UInt64) throws(TransferError) {
-        var dir = path
-        if let slash = dir.lastIndex(of: "/") { dir = String(dir[..<slash]); if dir.isEmpty { dir = "/" } } else { dir = "." }
-        var vfs = statvfs()
-        guard statvfs(dir, &vfs) == 0 else { return }  // the open that follows names a missing directory
-        let free = UInt64(vfs.f_bavail).multipliedReportingOverflow(by: UInt64(vfs.f_frsize))
-        let available = free.overflow ? UInt64.max : free.partialValue
-        guard size <= available else {
-            throw TransferError(.localIO, "the sender's transfer has \(size) bytes but only \(available) are free in '\(dir)'; nothing was written: free space or give an --output on a larger file system")
-        }
+        guard let available = FileSystem.availableBytes(nearPath: path), size > available else { return }
+        throw TransferError(.localIO, "the sender's transfer has \(size) bytes but only \(available) are free in '\(FileSystem.directory(of: path))'; nothing was written: free space or give an --output on a larger file system")
     }
 
     /// Preallocates the whole output once, after the first verified data frame (so a full disk
@@ -172,10 +165,7 @@ public final class FileSink: @unchecked Sendable {
             throw TransferError(.localIO, "cannot rename '\(partial)' to '\(path)': \(Errno.current)")
         }
         finished = true
-        var dir = path
-        if let slash = dir.lastIndex(of: "/") { dir = String(dir[..<slash]); if dir.isEmpty { dir = "/" } } else { dir = "." }
-        let d = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if d >= 0 { fsync(d); close(d) }
+        FileSystem.syncDirectory(of: path)
     }
 
     /// Removes the partial file after a failure: a truncated file never sits under FILE's name.

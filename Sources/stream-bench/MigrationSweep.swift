@@ -120,24 +120,31 @@ struct Ends {
         return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("devstream").path
     }
 
-    func command(_ args: [String], destination: Bool) -> (String, [String]) {
-        guard let link else { return (Self.devstream, args) }
-        let full = destination ? link.inDestination([Self.devstream] + args) : link.inSource([Self.devstream] + args)
-        return (NetLink.ipPath, Array(full.dropFirst()))
+    /// Starts `devstream ARGS` at one end (in its namespace when there is a link), stdout
+    /// piped, stderr discarded.
+    func start(_ args: [String], destination: Bool) throws -> (Process, Pipe) {
+        let p = Process()
+        if let link {
+            let full = destination ? link.inDestination([Self.devstream] + args) : link.inSource([Self.devstream] + args)
+            p.executableURL = URL(fileURLWithPath: NetLink.ipPath)
+            p.arguments = Array(full.dropFirst())
+        } else {
+            p.executableURL = URL(fileURLWithPath: Self.devstream)
+            p.arguments = args
+        }
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        return (p, out)
     }
 
     func migrate(size: UInt64, dirtyRate: UInt64, hot: Double, limit: Duration, connections: Int, deadline: Duration) throws -> Run {
         let host = link?.destinationAddress ?? "127.0.0.1"
         // A namespace link is private to this machine: plaintext there is deliberate.
         let insecure = link == nil ? [] : ["--insecure"]
-        let receiver = Process()
-        let (rexe, rargs) = command(["receive", "--listen", "\(host):0", "--device", "sim:size=\(size)", "--json", "--timeout", "30s"] + insecure, destination: true)
-        receiver.executableURL = URL(fileURLWithPath: rexe)
-        receiver.arguments = rargs
-        let rout = Pipe()
-        receiver.standardOutput = rout
-        receiver.standardError = FileHandle.nullDevice
-        try receiver.run()
+        let (receiver, rout) = try start(["receive", "--listen", "\(host):0", "--device", "sim:size=\(size)", "--json", "--timeout", "30s"] + insecure,
+                                         destination: true)
         defer { if receiver.isRunning { receiver.terminate() }; receiver.waitUntilExit() }
         var line = [UInt8]()
         while true {
@@ -148,17 +155,11 @@ struct Ends {
         let listen = String(decoding: line, as: UTF8.self)
         guard listen.hasPrefix("listening on ") else { throw ValidationError("the destination did not start: '\(listen)'") }
         let endpoint = String(listen.dropFirst("listening on ".count))
-        let source = Process()
         let spec = "sim:size=\(size),dirty-rate=\(dirtyRate),hot=\(hot),profile=mixed,seed=1"
-        let (sexe, sargs) = command(["migrate", "--device", spec, "--to", endpoint, "--connections", "\(connections)",
-                                     "--downtime-limit", "\(Int(limit.milliseconds))ms", "--on-nonconvergence", "switchover",
-                                     "--deadline", "\(Int(deadline.milliseconds))ms", "--timeout", "30s", "--json"] + insecure, destination: false)
-        source.executableURL = URL(fileURLWithPath: sexe)
-        source.arguments = sargs
-        let sout = Pipe()
-        source.standardOutput = sout
-        source.standardError = FileHandle.nullDevice
-        try source.run()
+        let (source, sout) = try start(["migrate", "--device", spec, "--to", endpoint, "--connections", "\(connections)",
+                                        "--downtime-limit", "\(Int(limit.milliseconds))ms", "--on-nonconvergence", "switchover",
+                                        "--deadline", "\(Int(deadline.milliseconds))ms", "--timeout", "30s", "--json"] + insecure,
+                                       destination: false)
         let data = sout.fileHandleForReading.readDataToEndOfFile()
         source.waitUntilExit()
         // A source that failed before its session leaves the destination listening: give it
