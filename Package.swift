@@ -3,12 +3,14 @@ import PackageDescription
 
 // Layers, dependencies pointing one way:
 //   CURing CLZ4 CXXHash COpenSSL  system libraries (one shim header each)
+//   DSSupport                  the floor: lock + condition, clock + sleep, threads, errno, warnings,
+//                              hex, little-endian, the size/duration grammar, file-system facts
 //   DSWire                     wire format v1: pure, no I/O, no threads
 //   DSCodec                    LZ4 block codec + XXH3 (imports CLZ4, CXXHash)
 //   DSRing                     io_uring + blocking fallback, buffer pool (imports CURing)
 //   DSTransport                channels (thread + ring + socket, TLS 1.3 via COpenSSL), point-to-point transfer
 //   DSScheduler                pre-copy scheduler: pure state machine
-//   DSDevices                  VFIO state machine, device protocol, sim/emu/file/vfio devices (imports DSRing for FileSystem)
+//   DSDevices                  VFIO state machine, device protocol, sim/emu/file/vfio devices
 //   DeviceStream               migration sessions + the embedding API (the one library product)
 //   devstream, stream-bench    executables
 //   DSNetLab                   namespaces + shaped veth links for tests and stream-bench
@@ -28,23 +30,25 @@ let package = Package(
         .systemLibrary(name: "CLZ4", path: "Sources/CLZ4"),
         .systemLibrary(name: "CXXHash", path: "Sources/CXXHash"),
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
-        .target(name: "DSWire", exclude: ["WIRE.md"]),
-        .target(name: "DSCodec", dependencies: ["CLZ4", "CXXHash", "DSWire"]),
-        .target(name: "DSRing", dependencies: ["CURing"]),
-        .target(name: "DSDevices", dependencies: ["CXXHash", "DSRing"]),
+        .target(name: "DSSupport"),
+        .target(name: "DSWire", dependencies: ["DSSupport"], exclude: ["WIRE.md"]),
+        .target(name: "DSCodec", dependencies: ["CLZ4", "CXXHash", "DSWire", "DSSupport"]),
+        .target(name: "DSRing", dependencies: ["CURing", "DSSupport"]),
+        .target(name: "DSDevices", dependencies: ["CXXHash", "DSSupport", "DSRing"]),
         .target(name: "DSScheduler"),
-        .target(name: "DSTransport", dependencies: ["DSWire", "DSCodec", "DSRing", "COpenSSL"]),
-        .target(name: "DeviceStream", dependencies: ["DSWire", "DSCodec", "DSRing", "DSTransport", "DSDevices", "DSScheduler"]),
+        .target(name: "DSTransport", dependencies: ["DSSupport", "DSWire", "DSCodec", "DSRing", "COpenSSL"]),
+        .target(name: "DeviceStream", dependencies: ["DSSupport", "DSWire", "DSCodec", "DSRing", "DSTransport", "DSDevices", "DSScheduler"]),
         .executableTarget(name: "devstream", dependencies: [
             "DeviceStream", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Network namespaces joined by a shaped veth pair, for tests and stream-bench; not a product.
-        .target(name: "DSNetLab"),
+        .target(name: "DSNetLab", dependencies: ["DSSupport"]),
         .executableTarget(name: "stream-bench", dependencies: [
             "DeviceStream", "DSNetLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Shared by the test targets (a fault-injecting proxy, data helpers); not a product.
         .target(name: "DSTestSupport", dependencies: ["DSTransport", "DSWire", "DSCodec", "DSRing"], path: "Tests/DSTestSupport"),
+        .testTarget(name: "DSSupportTests", dependencies: ["DSSupport"]),
         .testTarget(name: "DSWireTests", dependencies: ["DSWire"]),
         .testTarget(name: "DSCodecTests", dependencies: ["DSCodec"]),
         .testTarget(name: "DSRingTests", dependencies: ["DSRing"]),

@@ -1,6 +1,7 @@
 import CLZ4
 import CXXHash
 import DSWire
+import DSSupport
 
 /// XXH3-64 of `bytes`. The corresponding C function is `XXH3_64bits`.
 @inlinable public func xxh3(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
@@ -136,8 +137,5 @@ public struct TransferDigest: Sendable, Equatable {
         return withUnsafeBytes(of: &record) { xxh3($0) }
     }
 
-    public static func hex(_ v: UInt64) -> String {
-        let s = String(v, radix: 16)
-        return String(repeating: "0", count: 16 - s.count) + s
-    }
+    public static func hex(_ v: UInt64) -> String { Hex.digest(v) }
 }

@@ -5,6 +5,7 @@
 import CXXHash
 import Foundation
 import Synchronization
+import DSSupport
 
 /// The UAPI name of a state (`PRE_COPY`), for messages.
 func vfioName(_ s: VFIODeviceState) -> String {
@@ -64,8 +65,8 @@ func accessError(_ device: String, _ access: DeviceAccess, _ state: VFIODeviceSt
 @_silgen_name("memfd_create")
 func ds_memfd_create(_ name: UnsafePointer<CChar>, _ flags: UInt32) -> Int32
 
-/// The `errno` text, for `.io` messages.
-func errnoText(_ e: Int32 = errno) -> String { "\(String(cString: strerror(e))) (errno \(e))" }
+/// The `errno` text, for `.io` messages (one wording for the whole project: `Errno`).
+func errnoText(_ e: Int32 = errno) -> String { Errno(rawValue: e).description }
 
 /// XXH3-64 of a memory range.
 func xxh3(_ p: UnsafeRawPointer?, _ count: Int) -> UInt64 {

@@ -30,6 +30,7 @@
 
 import CXXHash
 import Foundation
+import DSSupport
 
 public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
     // Invariant: `lock` guards every mutable stored property (state, stream cursors, parser). The
@@ -208,8 +209,8 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
         pending.removeAll(keepingCapacity: true)
         pendingPos = 0
         pending.append(kind)
-        appendLE(&pending, offset)
-        appendLE(&pending, UInt32(length))
+        pending.appendLE(offset)
+        pending.appendLE(UInt32(length))
     }
 
     private func finishRecord() {
@@ -227,9 +228,9 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
     private func produceRecord() -> Bool {
         if !headerSent {
             beginRecord(kind: Self.kindHeader, offset: 0, length: Self.headerPayload)
-            appendLE(&pending, Self.magic)
-            appendLE(&pending, Self.version)
-            appendLE(&pending, size)
+            pending.appendLE(Self.magic)
+            pending.appendLE(Self.version)
+            pending.appendLE(size)
             finishRecord()
             headerSent = true
             pendingIsInitial = true
@@ -262,9 +263,9 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
             let streamDigest = txHash.digest
             let records = txRecords
             beginRecord(kind: Self.kindTrailer, offset: 0, length: Self.trailerPayload)
-            appendLE(&pending, xxh3(memory, Int(size)))
-            appendLE(&pending, streamDigest)
-            appendLE(&pending, records)
+            pending.appendLE(xxh3(memory, Int(size)))
+            pending.appendLE(streamDigest)
+            pending.appendLE(records)
             trailerSent = true
             pendingIsInitial = false
             return true
@@ -313,10 +314,10 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
         try checkOpen()
         if let loadedConfig { return loadedConfig }
         var out: [UInt8] = []
-        appendLE(&out, Self.configMagic)
-        appendLE(&out, size)
-        appendLE(&out, seed)
-        appendLE(&out, workload?.pagesWritten.load(ordering: .relaxed) ?? 0)
+        out.appendLE(Self.configMagic)
+        out.appendLE(size)
+        out.appendLE(seed)
+        out.appendLE(workload?.pagesWritten.load(ordering: .relaxed) ?? 0)
         return out
     }
 
@@ -326,11 +327,11 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
         guard current == .resuming else {
             throw DeviceError(.invalidState, "vfio-emu device: cannot load a config in state \(vfioName(current)); configs are loaded in RESUMING only")
         }
-        guard bytes.count == Self.configSize, readLE64(bytes, 0) == Self.configMagic else {
+        guard bytes.count == Self.configSize, bytes.loadLE(at: 0, as: UInt64.self) == Self.configMagic else {
             throw DeviceError(.malformedStream, "vfio-emu device: config of \(bytes.count) bytes has no DSEMUCFG magic; the source is not a vfio-emu device or the config is corrupt")
         }
-        guard readLE64(bytes, 8) == size else {
-            throw DeviceError(.malformedStream, "vfio-emu device: config is for a device of \(readLE64(bytes, 8)) bytes but this device has \(size); make the destination with the source's size")
+        guard bytes.loadLE(at: 8, as: UInt64.self) == size else {
+            throw DeviceError(.malformedStream, "vfio-emu device: config is for a device of \(bytes.loadLE(at: 8, as: UInt64.self)) bytes but this device has \(size); make the destination with the source's size")
         }
         loadedConfig = bytes
     }
@@ -390,8 +391,8 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
 
     private func checkRecordHeader() throws(DeviceError) {
         let kind = rec[0]
-        let offset = readLE64(rec, 1)
-        let length = Int(readLE32(rec, 9))
+        let offset = rec.loadLE(at: 1, as: UInt64.self)
+        let length = Int(rec.loadLE(at: 9, as: UInt32.self))
         if rxRecords == 0 && kind != Self.kindHeader {
             throw malformed("the stream does not begin with a header record (found kind 0x\(String(kind, radix: 16)) at stream offset \(recStart))")
         }
@@ -425,31 +426,31 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
         let h = Self.recordHeaderSize
         switch rec[0] {
         case Self.kindHeader:
-            guard readLE64(rec, h) == Self.magic else {
+            guard rec.loadLE(at: h, as: UInt64.self) == Self.magic else {
                 throw malformed("bad magic in the header record at stream offset \(recStart + UInt64(h)); this is not a vfio-emu stream")
             }
-            let version = readLE32(rec, h + 8)
+            let version = rec.loadLE(at: h + 8, as: UInt32.self)
             guard version == Self.version else {
                 throw malformed("unsupported stream version \(version) at stream offset \(recStart + UInt64(h) + 8); this device reads version \(Self.version)")
             }
-            let streamSize = readLE64(rec, h + 12)
+            let streamSize = rec.loadLE(at: h + 12, as: UInt64.self)
             guard streamSize == size else {
                 throw malformed("the stream is for a device of \(streamSize) bytes but this device has \(size) (header at stream offset \(recStart))")
             }
             headerReceived = true
         case Self.kindData:
-            let offset = readLE64(rec, 1)
+            let offset = rec.loadLE(at: 1, as: UInt64.self)
             rec.withUnsafeBytes { (memory! + Int(offset)).copyMemory(from: $0.baseAddress! + h, byteCount: recLength) }
         default:  // trailer (kinds were checked in checkRecordHeader)
-            let records = readLE64(rec, h + 16)
+            let records = rec.loadLE(at: h + 16, as: UInt64.self)
             guard records == rxRecords else {
                 throw malformed("the trailer at stream offset \(recStart) counts \(records) records but \(rxRecords) arrived")
             }
-            let streamDigest = readLE64(rec, h + 8)
+            let streamDigest = rec.loadLE(at: h + 8, as: UInt64.self)
             guard streamDigest == rxHash.digest else {
                 throw malformed("stream digest mismatch at the trailer (stream offset \(recStart)): the bytes before it were changed or reordered")
             }
-            expectedDigest = readLE64(rec, h)
+            expectedDigest = rec.loadLE(at: h, as: UInt64.self)
             trailerReceived = true
             return
         }
@@ -484,16 +485,4 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
         free(memory)
         memory = nil
     }
-}
-
-func appendLE<T: FixedWidthInteger>(_ out: inout [UInt8], _ v: T) {
-    withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) }
-}
-
-func readLE64(_ a: [UInt8], _ at: Int) -> UInt64 {
-    a.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
-}
-
-func readLE32(_ a: [UInt8], _ at: Int) -> UInt32 {
-    a.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt32.self)) }
 }

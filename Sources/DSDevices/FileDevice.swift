@@ -16,6 +16,7 @@
 import CXXHash
 import Foundation
 import DSRing
+import DSSupport
 
 public final class FileDevice: AddressableDevice, @unchecked Sendable {
     // Invariant: `lock` guards every mutable stored property (state, tracking flags, the fd).
@@ -254,8 +255,8 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
 
     public func saveConfig() throws(DeviceError) -> [UInt8] {
         var out: [UInt8] = []
-        appendLE(&out, Self.configMagic)
-        appendLE(&out, size)
+        out.appendLE(Self.configMagic)
+        out.appendLE(size)
         return out
     }
 
@@ -265,11 +266,11 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
         guard current == .resuming else {
             throw DeviceError(.invalidState, "file device: cannot load a config in state \(vfioName(current)); configs are loaded in RESUMING only")
         }
-        guard bytes.count == Self.configSize, readLE64(bytes, 0) == Self.configMagic else {
+        guard bytes.count == Self.configSize, bytes.loadLE(at: 0, as: UInt64.self) == Self.configMagic else {
             throw DeviceError(.malformedStream, "file device: config of \(bytes.count) bytes has no DSFILCFG magic; the source is not a file device or the config is corrupt")
         }
-        guard readLE64(bytes, 8) == size else {
-            throw DeviceError(.malformedStream, "file device: config is for \(readLE64(bytes, 8)) bytes but '\(path)' was opened for \(size); open the destination with the source's size")
+        guard bytes.loadLE(at: 8, as: UInt64.self) == size else {
+            throw DeviceError(.malformedStream, "file device: config is for \(bytes.loadLE(at: 8, as: UInt64.self)) bytes but '\(path)' was opened for \(size); open the destination with the source's size")
         }
     }
 

@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Synchronization
+import DSSupport
 
 /// The syscalls `VFIODevice` makes, behind one funnel so tests can put a fake kernel under it.
 ///
@@ -81,17 +82,8 @@ public final class SystemIoctlLayer: VFIOIoctlLayer {
     }
 }
 
-/// "ENOENT (No such file or directory)" for a positive errno value.
-func errnoDescription(_ e: Int32) -> String {
-    let names: [Int32: String] = [
-        EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", EBADF: "EBADF",
-        EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EACCES: "EACCES", EFAULT: "EFAULT", EBUSY: "EBUSY",
-        ENODEV: "ENODEV", EINVAL: "EINVAL", ENOTTY: "ENOTTY", ENOSPC: "ENOSPC", ENOMSG: "ENOMSG",
-        E2BIG: "E2BIG", EOVERFLOW: "EOVERFLOW",
-    ]
-    let text = strerror(e).map { String(cString: $0) } ?? "errno \(e)"
-    return "\(names[e] ?? "errno \(e)") (\(text))"
-}
+/// "No such file or directory (ENOENT)" for a positive errno value.
+func errnoDescription(_ e: Int32) -> String { Errno(rawValue: e).description }
 
 /// A real VFIO device, migrated through the VFIO v2 migration UAPI (Linux 5.18+, PRE_COPY 6.2+):
 /// `VFIO_DEVICE_FEATURE` for the migration flags, the device state and the stop-copy size, the

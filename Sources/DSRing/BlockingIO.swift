@@ -1,5 +1,6 @@
 internal import CURing
 import Glibc
+import DSSupport
 
 /// The blocking backend: each operation as a plain syscall on the calling thread. A socket
 /// operation with a timeout polls first, then moves what it can (EAGAIN is retried by
@@ -84,11 +85,4 @@ public enum IOBackend {
         io_uring_queue_exit(&r)
         return nil
     }
-}
-
-/// Writes one line to stderr (fd 2) without touching C's `stderr` global.
-public func printWarning(_ line: String) {
-    var s = line
-    if !s.hasSuffix("\n") { s += "\n" }
-    s.withUTF8 { b in _ = Glibc.write(2, b.baseAddress, b.count) }
 }

@@ -1,5 +1,6 @@
 internal import CURing
 import Glibc
+import DSSupport
 
 /// Which I/O engine a ring runs on.
 public enum IOBackendKind: String, Sendable {

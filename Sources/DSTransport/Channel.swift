@@ -2,6 +2,7 @@ import Glibc
 import DSRing
 import DSWire
 import DSCodec
+import DSSupport
 
 /// Counters one channel keeps; merged at the end.
 public struct ChannelStats: Sendable {

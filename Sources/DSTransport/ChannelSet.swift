@@ -2,6 +2,7 @@ import Glibc
 import Synchronization
 import DSRing
 import DSWire
+import DSSupport
 
 /// Opens the N channels of a session, one `WorkerGroup` thread each: shared by point-to-point
 /// transfers and migrations.

@@ -2,6 +2,7 @@ import Glibc
 import Synchronization
 import DSRing
 import DSWire
+import DSSupport
 
 /// Where a receiver writes: a regular file (through `FILE.partial`, renamed only once the whole
 /// transfer is verified), a device written in place, or stdout (`-`).

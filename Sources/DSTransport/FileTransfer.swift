@@ -3,6 +3,7 @@ import Synchronization
 import DSRing
 import DSWire
 import DSCodec
+import DSSupport
 
 /// Where a sender's bytes come from.
 public final class TransferSource: @unchecked Sendable {

@@ -1,6 +1,7 @@
 import Glibc
 import Synchronization
 import DSWire
+import DSSupport
 
 /// Who sends on one socket right now: the channel's own thread (a frame) or the keepalive
 /// pacer, never both, so a keepalive never lands inside a frame.

@@ -1,6 +1,7 @@
 import Glibc
 import DSRing
 import DSWire
+import DSSupport
 
 /// What the first valid preamble establishes.
 public struct SessionInfo: Sendable {

@@ -2,6 +2,7 @@ internal import COpenSSL
 import Glibc
 import Synchronization
 import DSRing
+import DSSupport
 
 /// One TLS 1.3 connection over a socket, with OpenSSL kept away from the socket.
 ///

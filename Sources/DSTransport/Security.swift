@@ -1,6 +1,7 @@
 internal import COpenSSL
 import Glibc
 import DSRing
+import DSSupport
 
 /// How a session authenticates and encrypts its channels: TLS 1.3 (OpenSSL 3), AES-GCM.
 ///

@@ -1,5 +1,6 @@
 import Glibc
 import DSRing
+import DSSupport
 
 /// A parsed `HOST:PORT` (IPv4 or `[IPv6]`, or a name resolved with getaddrinfo).
 public struct Endpoint: Sendable, CustomStringConvertible {

@@ -1,6 +1,7 @@
 import DSRing
 import DSWire
 import DSCodec
+import DSSupport
 
 /// An error a user of a transfer or migration sees: what failed, where, and what to do.
 public struct TransferError: Error, CustomStringConvertible, Sendable {

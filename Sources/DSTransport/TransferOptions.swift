@@ -1,6 +1,7 @@
 import DSRing
 import DSWire
 import Synchronization
+import DSSupport
 
 /// How a point-to-point transfer (or a migration's data path) runs.
 public struct TransferOptions: Sendable {

@@ -3,6 +3,7 @@ import Synchronization
 import DSRing
 import DSWire
 import DSCodec
+import DSSupport
 
 /// The receiving end of a point-to-point transfer (`devstream receive --output`).
 ///

@@ -1,6 +1,7 @@
 import Glibc
 import Synchronization
 import DSRing
+import DSSupport
 
 /// A watched socket and whether a frame is half sent on it (then no farewell may be sent: it
 /// would land inside that frame).

@@ -1,16 +1,4 @@
-/// Little-endian loads and stores on raw buffers, bounds-checked by the caller's length check.
-/// The wire format is little-endian throughout.
-extension UnsafeMutableRawBufferPointer {
-    @inlinable func storeLE<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-        storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
-    }
-}
-
-extension UnsafeRawBufferPointer {
-    @inlinable func loadLE<T: FixedWidthInteger>(at offset: Int, as: T.Type) -> T {
-        T(littleEndian: loadUnaligned(fromByteOffset: offset, as: T.self))
-    }
-}
+import DSSupport
 
 /// FNV-1a, 64-bit: the header check. Headers are small (≤ 64 bytes), so a byte loop is cheap
 /// and keeps this module free of C. Payloads use XXH3-64 (see DSCodec).
@@ -28,9 +16,9 @@ public struct PayloadWriter: Sendable {
     public private(set) var bytes: [UInt8] = []
     public init() {}
     public mutating func u8(_ v: UInt8) { bytes.append(v) }
-    public mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
-    public mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
-    public mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    public mutating func u16(_ v: UInt16) { bytes.appendLE(v) }
+    public mutating func u32(_ v: UInt32) { bytes.appendLE(v) }
+    public mutating func u64(_ v: UInt64) { bytes.appendLE(v) }
     public mutating func f64(_ v: Double) { u64(v.bitPattern) }
     /// A length-prefixed (u32) byte string.
     public mutating func blob(_ v: [UInt8]) { u32(UInt32(v.count)); bytes.append(contentsOf: v) }

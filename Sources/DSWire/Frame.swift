@@ -1,3 +1,4 @@
+import DSSupport
 /// Frame types. Values are stable: v1 peers reject a type they do not know.
 ///
 /// Data moves in `data` (addressable: offset) and `streamData` (ordered: sequence number) frames.

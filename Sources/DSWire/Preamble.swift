@@ -1,3 +1,4 @@
+import DSSupport
 /// The 64-byte preamble each connection opens with (sender → receiver).
 ///
 /// ```

@@ -3,6 +3,7 @@ import DSWire
 import DSDevices
 import DSTransport
 import DSRing
+import DSSupport
 
 /// One unit of migration data a channel thread reads and sends.
 public enum SaveItem: Sendable, Equatable {

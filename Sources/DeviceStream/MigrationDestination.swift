@@ -4,6 +4,7 @@ import DSWire
 import DSRing
 import DSTransport
 import DSDevices
+import DSSupport
 
 /// The destination end of a live migration (`devstream receive --device`).
 ///
@@ -322,7 +323,7 @@ public final class MigrationDestination: @unchecked Sendable {
             for (i, d) in s.sourceDigests.enumerated() where i < report.devices.count { report.devices[i].sourceDigest = d }
             for d in report.devices {
                 if let src = d.sourceDigest, let dst = d.destinationDigest, src != dst {
-                    throw TransferError(.corruption, "device \(d.id) (\(d.spec)): the state digest here \(TransferDigestHex.hex(dst)) differs from the source's \(TransferDigestHex.hex(src))")
+                    throw TransferError(.corruption, "device \(d.id) (\(d.spec)): the state digest here \(Hex.digest(dst)) differs from the source's \(Hex.digest(src))")
                 }
             }
         } else {

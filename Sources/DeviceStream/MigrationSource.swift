@@ -5,6 +5,7 @@ import DSRing
 import DSTransport
 import DSDevices
 import DSScheduler
+import DSSupport
 
 /// Progress events a source emits while it migrates.
 public enum MigrationEvent: Sendable {
@@ -637,7 +638,7 @@ struct SourceRun {
                 throw TransferError(.corruption, "device \(s.id) (\(s.device.spec)): the destination could not digest its state, so the copy is unverified")
             }
             if let src, let dst, src != dst {
-                throw TransferError(.corruption, "device \(s.id) (\(s.device.spec)): the destination's state digest \(TransferDigestHex.hex(dst)) differs from the source's \(TransferDigestHex.hex(src))")
+                throw TransferError(.corruption, "device \(s.id) (\(s.device.spec)): the destination's state digest \(Hex.digest(dst)) differs from the source's \(Hex.digest(src))")
             }
         }
         for s in savers { do throws(DeviceError) { try s.cleanup(success: true) } catch { throw device(error) } }
@@ -652,12 +653,6 @@ struct Trace {
         guard on else { return }
         printWarning("trace: +\((Monotonic.now - start).milliseconds) ms \(what())")
     }
-}
-
-func sleep(for d: Duration) {
-    let (s, atto) = d.components
-    var ts = timespec(tv_sec: Int(s), tv_nsec: Int(atto / 1_000_000_000))
-    nanosleep(&ts, nil)
 }
 
 /// Milliseconds from the peer (any double) as whole microseconds, clamped to a sane range.

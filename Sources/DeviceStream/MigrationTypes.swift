@@ -1,6 +1,7 @@
 import DSWire
 import DSTransport
 import DSScheduler
+import DSSupport
 
 /// How a migration runs.
 public struct MigrationConfiguration: Sendable {
@@ -116,8 +117,8 @@ public struct MigrationReport: Sendable {
             "connections": connections, "compression": compression ? "lz4" : "none",
             "devices": devices.map { d -> [String: Any] in
                 ["id": d.id, "spec": d.spec, "bytes": d.bytes,
-                 "source_xxh3": d.sourceDigest.map(TransferDigestHex.hex) ?? NSNullLike.null,
-                 "destination_xxh3": d.destinationDigest.map(TransferDigestHex.hex) ?? NSNullLike.null]
+                 "source_xxh3": d.sourceDigest.map(Hex.digest) ?? NSNullLike.null,
+                 "destination_xxh3": d.destinationDigest.map(Hex.digest) ?? NSNullLike.null]
             },
             "rounds": rounds.map { r -> [String: Any] in
                 ["iteration": r.iteration, "sent_bytes": r.sentBytes, "dirty_bytes": r.dirtyBytes,
@@ -142,12 +143,6 @@ public struct MigrationReport: Sendable {
 /// maps it to `NSNull`.
 public enum NSNullLike: Sendable { case null }
 
-enum TransferDigestHex {
-    static func hex(_ v: UInt64) -> String {
-        let s = String(v, radix: 16)
-        return String(repeating: "0", count: 16 - s.count) + s
-    }
-}
 
 /// The source's closing summary (source → destination, after the destination's digests), so
 /// both ends report the same downtime and totals.

@@ -2,6 +2,7 @@ import ArgumentParser
 import DeviceStream
 import Foundation
 import Glibc
+import DSSupport
 
 @main
 struct Devstream: ParsableCommand {

@@ -2,6 +2,7 @@ import ArgumentParser
 import DeviceStream
 import Foundation
 import Glibc
+import DSSupport
 
 /// Options of the source side of a migration.
 struct MigrationOptions: ParsableArguments {

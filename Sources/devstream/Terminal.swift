@@ -1,6 +1,7 @@
 import DeviceStream
 import Foundation
 import Glibc
+import DSSupport
 
 enum Terminal {
     static var stderrIsTTY: Bool { isatty(2) == 1 }

@@ -3,6 +3,7 @@ import DeviceStream
 import DSNetLab
 import Foundation
 import Glibc
+import DSSupport
 
 /// `stream-bench migration`: live migrations of a simulated device between two `devstream`
 /// processes (the destination's device made from a spec, as a user would), over loopback or a

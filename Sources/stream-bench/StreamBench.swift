@@ -5,6 +5,7 @@ import ArgumentParser
 import DeviceStream
 import Foundation
 import Glibc
+import DSSupport
 
 @main
 struct StreamBench: ParsableCommand {

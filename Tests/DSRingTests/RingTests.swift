@@ -1,6 +1,7 @@
 import Testing
 import Glibc
 @testable import DSRing
+import DSSupport
 
 func tempFile() -> (Int32, String) {
     var template = Array("/tmp/dsring-XXXXXX".utf8CString)

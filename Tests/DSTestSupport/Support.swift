@@ -4,6 +4,7 @@ import DSRing
 import DSWire
 import DSCodec
 import DSTransport
+import DSSupport
 
 public func tmpPath(_ name: String) -> String {
     "/tmp/dstransport-\(getpid())-\(UInt32.random(in: 0...UInt32.max))-\(name)"

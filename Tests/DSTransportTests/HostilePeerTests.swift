@@ -6,6 +6,7 @@ import DSWire
 import DSCodec
 @testable import DSTransport
 import DSTestSupport
+import DSSupport
 
 /// Peers that misbehave on purpose: silent or probing connections, huge claims, symlinked
 /// partial files, escape sequences in messages, a producer that pauses.

@@ -6,6 +6,7 @@ import DSWire
 import DSCodec
 @testable import DSTransport
 import DSTestSupport
+import DSSupport
 
 func pskOptions(connections: Int = 3, key: UInt8 = 7) -> TransferOptions {
     var o = options(connections: connections)

@@ -5,6 +5,7 @@ import DSWire
 import DSCodec
 @testable import DSTransport
 import DSTestSupport
+import DSSupport
 
 @Suite(.serialized) struct TransferRoundTripTests {
     @Test(arguments: [1, 2, 4], [true, false])

@@ -1,5 +1,6 @@
 import Testing
 @testable import DSWire
+import DSSupport
 
 @Suite struct PreambleTests {
     let sample = Preamble(features: [.lz4, .xxh3], sessionID: SessionID(high: 0x0102, low: 0xAABB), channelIndex: 1,

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import DSTestSupport
 import DeviceStream
+import DSSupport
 
 /// The real `devstream` binary, run as a user would, over loopback.
 enum CLI {

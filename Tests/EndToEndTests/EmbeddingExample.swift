@@ -1,4 +1,5 @@
 import DeviceStream
+import DSSupport
 
 // The README's embedding example, compiled with the tests so it cannot go stale. It is never
 // called: it would listen on a real interface and connect to another host.

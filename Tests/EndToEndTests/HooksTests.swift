@@ -1,6 +1,7 @@
 import Testing
 import Glibc
 @testable import DeviceStream
+import DSSupport
 
 /// Every device through its save and load hooks, in process, with no network: the source's
 /// rounds are planned and read exactly as channels do, and loaded as the destination does.

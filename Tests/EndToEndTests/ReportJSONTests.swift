@@ -1,6 +1,7 @@
 import Testing
 import Foundation
 @testable import DeviceStream
+import DSSupport
 
 /// `--json` output is total: a peer's NaN or infinity becomes null, never a crash.
 @Suite struct ReportJSONTests {

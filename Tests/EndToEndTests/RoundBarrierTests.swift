@@ -2,6 +2,7 @@ import Testing
 import Glibc
 import Synchronization
 @testable import DeviceStream
+import DSSupport
 
 /// The destination's round barrier: no channel reads round k+1 before every channel has loaded
 /// round k (else a page's older copy, late on one channel, could land over its newer copy).

@@ -1,5 +1,5 @@
 import Testing
-import DSScheduler
+import DSSupport
 
 @Suite("Parsing")
 struct ParsingTests {

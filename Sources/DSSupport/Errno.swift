@@ -22,6 +22,24 @@ public struct Errno: Error, Equatable, Hashable, Sendable, CustomStringConvertib
     public static let invalid = Errno(rawValue: EINVAL)                     // EINVAL
     public static let noMemory = Errno(rawValue: ENOMEM)                    // ENOMEM
 
-    /// The C library's message, e.g. "Connection refused".
-    public var description: String { String(cString: strerror(rawValue)) }
+    /// The symbolic name (`ECONNREFUSED`), when it is one of the common ones.
+    public var name: String? { Self.names[rawValue] }
+
+    /// The one errno text every message uses: the C library's words and the name,
+    /// "Connection refused (ECONNREFUSED)", or "… (errno 133)" for an uncommon one.
+    public var description: String {
+        let words = strerror(rawValue).map { String(cString: $0) } ?? "unknown error"
+        return "\(words) (\(name ?? "errno \(rawValue)"))"
+    }
+
+    private static let names: [Int32: String] = [
+        EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", EBADF: "EBADF", EAGAIN: "EAGAIN",
+        ENOMEM: "ENOMEM", EACCES: "EACCES", EFAULT: "EFAULT", EBUSY: "EBUSY", EEXIST: "EEXIST",
+        ENODEV: "ENODEV", ENOTDIR: "ENOTDIR", EISDIR: "EISDIR", EINVAL: "EINVAL", EMFILE: "EMFILE",
+        ENOTTY: "ENOTTY", EFBIG: "EFBIG", ENOSPC: "ENOSPC", EPIPE: "EPIPE", ENOSYS: "ENOSYS",
+        ENOMSG: "ENOMSG", E2BIG: "E2BIG", EOVERFLOW: "EOVERFLOW", ELOOP: "ELOOP", ECANCELED: "ECANCELED",
+        ECONNRESET: "ECONNRESET", ECONNREFUSED: "ECONNREFUSED", ETIMEDOUT: "ETIMEDOUT",
+        EADDRINUSE: "EADDRINUSE", EADDRNOTAVAIL: "EADDRNOTAVAIL", ENOTCONN: "ENOTCONN",
+        EHOSTUNREACH: "EHOSTUNREACH", ENETUNREACH: "ENETUNREACH", EOPNOTSUPP: "EOPNOTSUPP",
+    ]
 }

@@ -1,0 +1,11 @@
+/// Hexadecimal text for digests and codes (one helper for every layer).
+public enum Hex {
+    /// Sixteen lower-case hex digits, zero-padded: how every XXH3 digest is printed.
+    public static func digest(_ v: UInt64) -> String {
+        let s = String(v, radix: 16)
+        return String(repeating: "0", count: 16 - s.count) + s
+    }
+
+    /// `0x` and the shortest lower-case hex digits (`0x1b`), for codes and flags.
+    public static func code<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }
+}
