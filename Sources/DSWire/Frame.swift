@@ -36,16 +36,16 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case iterationMark = 0x12
     /// The source is switching over: devices are stopping (QEMU: complete pre-copy).
     case switchover = 0x13
-    /// A device's state is complete (QEMU: VFIO_MIG_FLAG_END_OF_STATE); payload `ChannelEnd`
-    /// (chunks and bytes of the device).
+    /// A device's state is complete (QEMU: VFIO_MIG_FLAG_END_OF_STATE); payload `DeviceTotals`.
     case endOfState = 0x14
-    /// The source has sent a device's initial data (QEMU: VFIO_MIG_FLAG_DEV_INIT_DATA_SENT).
+    /// The source has sent a device's initial data (QEMU: VFIO_MIG_FLAG_DEV_INIT_DATA_SENT);
+    /// payload `DeviceTotals`.
     case initDataSent = 0x15
     /// Destination → source: a device's initial data is loaded (switchover-ack).
     case switchoverAck = 0x16
-    /// Destination → source: load statistics (bytes loaded, load rate).
+    /// Destination → source: a round is loaded (`aux`); payload `LoadStats`.
     case loadStats = 0x17
-    /// Destination → source: every device is RUNNING; payload: load and resume times.
+    /// Destination → source: every device is RUNNING; payload `Resumed`.
     case resumed = 0x18
     /// Source → destination: round-trip probe; `position` carries the source's clock, which
     /// the `pong` echoes.
@@ -53,7 +53,7 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     /// Destination → source: the answer to a `ping`, `position` echoed.
     case pong = 0x1A
     /// Destination → source: every device's state is loaded and validated (RESUMING → STOP);
-    /// the devices wait for `commit`. Payload: load and validation times.
+    /// the devices wait for `commit`. Payload `Loaded`.
     case loaded = 0x1B
     /// Source → destination: the source has given up its devices for good (it will not
     /// restart them); the destination may run its own. Only after `loaded`.

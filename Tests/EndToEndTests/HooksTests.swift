@@ -18,13 +18,12 @@ import DSSupport
         func round() throws {
             var items: [SaveItem] = []
             try saver.plan(chunkSize: buf.count, into: &items)
+            try saver.beginRound()
             for item in items {
                 switch item {
                 case .range(_, let offset, let length):
-                    let fd = try (src as! any AddressableDevice).dataFD(for: .save)
                     try buf.withUnsafeMutableBytes { b in
-                        let n = try ring.readFully(fd: fd, into: UnsafeMutableRawBufferPointer(rebasing: b[0..<length]), offset: offset)
-                        #expect(n == length)
+                        try saver.read(offset: offset, length: length, into: b, ring: ring, slot: nil)
                         try loader.load(UnsafeRawBufferPointer(rebasing: b[0..<length]), at: offset, channel: 0, ring: ring, slot: 0)
                     }
                     moved += UInt64(length)

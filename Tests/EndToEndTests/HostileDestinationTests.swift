@@ -46,7 +46,7 @@ import DSSupport
                 sendRaw(fd, controlFrame(.pong, position: p.header.position))
             }
             // Now, while pre-copy has only begun: the early message (a well-formed payload).
-            let payload: [UInt8] = early == .ack ? DigestList(digests: [nil]).encoded() : Timings(a: 1, b: 1).encoded()
+            let payload: [UInt8] = early == .ack ? DeviceDigests([nil]).encoded() : Loaded(loadMilliseconds: 1, validateMilliseconds: 1).encoded()
             sendRaw(fd, controlFrame(early, aux: early == .loadStats ? 999 : 0, payload: payload))
             // Keep reading until the source gives up.
             while Self.readFrame(fd) != nil {}
@@ -79,7 +79,7 @@ import DSSupport
         let t0 = Monotonic.now
         var caught: TransferError?
         do throws(TransferError) {
-            for _ in 0..<100_000 { try replies.send(.loadStats, payload: Timings(a: 1, b: 2).encoded()) }
+            for _ in 0..<100_000 { try replies.send(.loadStats, payload: LoadStats(loadedBytes: 1, bytesPerSecond: 2).encoded()) }
         } catch { caught = error }
         #expect(caught?.message.contains("has not read its socket") == true, "\(String(describing: caught))")
         #expect(Monotonic.now - t0 < .seconds(20))
