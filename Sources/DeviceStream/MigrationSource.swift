@@ -41,7 +41,7 @@ public final class MigrationSource {
     public func migrate(to endpoint: Endpoint, onEvent: @escaping (MigrationEvent) -> Void = { _ in }) -> MigrationReport {
         let start = Monotonic.now
         var report = MigrationReport()
-        report.downtimeLimit = configuration.downtimeLimit
+        report.downtimeLimit = configuration.scheduler.downtimeLimit
         report.connections = configuration.transfer.connections
         report.compression = configuration.transfer.compression
         report.devices = devices.enumerated().map { DeviceReport(id: $0.offset, spec: $0.element.spec, bytes: 0) }
@@ -287,8 +287,6 @@ struct SourceRun {
     var committed = false
     /// Called at each handover step (tests stop a process there).
     var phaseHook: (@Sendable (HandoverPhase) -> Void)?
-    /// The shortest a pre-copy round lasts (tiny rounds are paced to it).
-    static let minimumRound = Duration.milliseconds(20)
 
     init(savers: [DeviceSaver], configuration: MigrationConfiguration, abort: AbortSignal, report: MigrationReport,
          progress: TransferProgress) {
@@ -440,21 +438,19 @@ struct SourceRun {
         let c0 = Monotonic.now
         for s in savers { do throws(DeviceError) { _ = try s.device.saveConfig() } catch { throw device(error) } }
         let configCost = Monotonic.now - c0
-        var sched = PrecopyScheduler(configuration: SchedulerConfiguration(
-            downtimeLimit: configuration.downtimeLimit, maxBandwidth: configuration.maxBandwidth, policy: configuration.policy,
-            deadline: configuration.deadline,
-            defaultFixedCosts: FixedCosts(stopTransition: max(stopCost, .microseconds(100)), configState: configCost,
-                                          destinationResume: max(resumeCost, .microseconds(100)), roundTrip: rtt0 * 2),
-            maxIterations: configuration.maxIterations, predictionMargin: configuration.predictionMargin,
-            minimumBandwidthSamples: configuration.minimumBandwidthSamples), start: Instant(nanoseconds: Monotonic.nanoseconds))
+        var schedulerConfiguration = configuration.scheduler
+        schedulerConfiguration.defaultFixedCosts = FixedCosts(
+            stopTransition: max(stopCost, .microseconds(100)), configState: configCost,
+            destinationResume: max(resumeCost, .microseconds(100)), roundTrip: rtt0 * 2)
+        var sched = PrecopyScheduler(configuration: schedulerConfiguration, start: Instant(nanoseconds: Monotonic.nanoseconds))
         let precopyDevices = savers.filter { $0.supportsPrecopy }
         for s in precopyDevices { sched.registerDevice(id: s.id) }
         let streams = precopyDevices.filter { $0.header.kind == 1 }
 
-        // Pre-copy rounds until the scheduler says otherwise.
+        // Pre-copy rounds, each run as the scheduler plans it (rate limit, probe, minimum
+        // duration), until it says otherwise.
         var iteration = 0
-        var decision: Action = .iterate(rateLimit: nil)
-        var lastProbe = 0
+        var decision = Action.iterate(sched.firstRound())
         while true {
             if precopyDevices.isEmpty {
                 // No device can pre-copy (a file, a device without PRE_COPY): every byte moves in
@@ -462,23 +458,15 @@ struct SourceRun {
                 decision = .switchover(reason: .noPrecopy)
                 break
             }
-            iteration += 1
+            guard let plan = decision.roundPlan else { break }
+            iteration = plan.iteration
             var items: [SaveItem] = []
             for s in precopyDevices where s.header.kind == 0 {
                 do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &items) } catch { throw device(error) }
             }
             for s in streams { do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &items) } catch { throw device(error) } }
             let ranges = items.filter { if case .range = $0 { true } else { false } }
-            // With `--max-bandwidth`, the throttled rounds say nothing about the link stop-copy
-            // will use unthrottled. So every fourth round after the bulk one goes unthrottled if
-            // it is small (at most a quarter second of the cap): a bounded burst that samples
-            // the real capacity.
-            var probe = false
-            if let cap = sched.precopyRateLimit, iteration > 1, iteration - lastProbe >= 4 {
-                let planned = ranges.reduce(UInt64(0)) { if case .range(_, _, let n) = $1 { $0 + UInt64(n) } else { $0 } }
-                if planned >= 1 << 20 && planned <= cap / 4 { probe = true; lastProbe = iteration }
-            }
-            let pacer = probe ? nil : sched.precopyRateLimit.map { Pacer(rate: $0) }
+            let pacer = plan.rateLimit.map { Pacer(rate: $0) }
             let roundStart = Monotonic.now
             feedback.sent(round: UInt32(iteration))
             let (bytes, wire) = try sendRound(ranges, streams: streams, flags: [], iteration: iteration, pacer: pacer, counters: counters)
@@ -500,18 +488,11 @@ struct SourceRun {
             try g.run(only: 0) { (_, ch) throws(TransferError) in try ch.sendControl(.ping, position: pingAt) }
             report.precopyBytes += bytes
             report.iterations = iteration
-            // The first round is the bulk copy of the initial state: its rate says little about
-            // stop-copy, which moves scattered dirty pages. Bandwidth is learned from the later
-            // rounds, which look like stop-copy (so the first decision comes after round 2).
-            if iteration > 1 {
-                sched.recordSent(bytes: bytes, wireBytes: wire, over: duration)
-                if probe { sched.recordUnthrottledSample(bytes: bytes, over: duration) }
-            }
-            // Load rates from the destination, each used once, and only for rounds that ran at
-            // full speed (a throttled round measures the throttle, not the destination).
-            for sample in feedback.takeLoadRates() where sample.round > 1 {
-                if sched.precopyRateLimit == nil || Int(sample.round) == lastProbe {
-                    sched.recordReceiverLoadRate(bytesPerSecond: sample.rate)
+            // The scheduler decides which rounds are bandwidth samples (not the bulk round 1)
+            // and which load rates to trust (unthrottled rounds only); each sample is used once.
+            sched.recordRound(iteration: iteration, bytes: bytes, wireBytes: wire, duration: duration)
+            for sample in feedback.takeLoadRates() {
+                if sched.recordReceiverLoadRate(round: Int(sample.round), bytesPerSecond: sample.rate) {
                     report.receiverLoadRate = sample.rate
                 }
             }
@@ -530,18 +511,18 @@ struct SourceRun {
                 dirty += p.precopy + p.stopCopyOnly
             }
             decision = sched.nextAction(now: Instant(nanoseconds: Monotonic.nanoseconds))
-            Trace(start: start).mark("round \(iteration)\(probe ? " (probe)" : ""): \(bytes) bytes (\(wire) on the wire) in \(duration.milliseconds) ms; sender \(sched.senderRate.map { Int($0 / 1048576) } ?? -1) MiB/s, receiver \(sched.receiverRate.map { Int($0 / 1048576) } ?? -1) MiB/s, rtt \(feedback.roundTrip.map { $0.milliseconds } ?? -1) ms, remaining \(sched.remainingBytes), predicted \(sched.predictedDowntime.map { $0.milliseconds } ?? -1) ms")
+            Trace(start: start).mark("round \(iteration)\(plan.probe ? " (probe)" : ""): \(bytes) bytes (\(wire) on the wire) in \(duration.milliseconds) ms; sender \(sched.senderRate.map { Int($0 / 1048576) } ?? -1) MiB/s, receiver \(sched.receiverRate.map { Int($0 / 1048576) } ?? -1) MiB/s, rtt \(feedback.roundTrip.map { $0.milliseconds } ?? -1) ms, remaining \(sched.remainingBytes), predicted \(sched.predictedDowntime.map { $0.milliseconds } ?? -1) ms")
             let round = IterationReport(iteration: iteration, sentBytes: bytes, wireBytes: wire, dirtyBytes: dirty,
                                         bandwidth: sched.bandwidthBytesPerSecond, predictedDowntime: sched.predictedDowntime,
-                                        duration: duration, unthrottledProbe: probe)
+                                        duration: duration, unthrottledProbe: plan.probe)
             report.rounds.append(round)
             onEvent(.iteration(round))
             if let e = abort.error { throw e }
             if decision.isTerminal { break }
-            // Pace tiny rounds: a round lasts at least `minimumRound`, so an idle device does not
-            // spin through rounds (and the workload gets the CPU to dirty something).
+            // Pace tiny rounds to the plan's minimum, so an idle device does not spin through
+            // rounds (and the workload gets the CPU to dirty something).
             let elapsed = Monotonic.now - roundStart
-            if elapsed < Self.minimumRound { sleep(for: Self.minimumRound - elapsed) }
+            if elapsed < plan.minimumDuration { sleep(for: plan.minimumDuration - elapsed) }
         }
         if case .abort(let reason) = decision {
             report.converged = false
@@ -620,7 +601,7 @@ struct SourceRun {
             report.devices[s.id].sourceDigest = d
             report.devices[s.id].destinationDigest = s.id < dest.digests.count ? dest.digests[s.id] : nil
         }
-        let summary = MigrationSummary(downtime: report.downtime!, expected: report.expectedDowntime, limit: configuration.downtimeLimit,
+        let summary = MigrationSummary(downtime: report.downtime!, expected: report.expectedDowntime, limit: configuration.scheduler.downtimeLimit,
                                        iterations: iteration, precopyBytes: report.precopyBytes, stopcopyBytes: report.stopcopyBytes,
                                        sourceDigests: sourceDigests)
         // The summary only informs the destination's report: its loss fails nothing.

@@ -6,22 +6,12 @@ import DSScheduler
 public struct MigrationConfiguration: Sendable {
     /// The data path: connections, compression, chunk size, stall timeout.
     public var transfer = TransferOptions()
-    /// The downtime budget switchover must fit (`--downtime-limit`).
-    public var downtimeLimit: Duration = .milliseconds(300)
-    /// Pre-copy bandwidth cap in bytes per second (`--max-bandwidth`); switchover runs unthrottled.
-    public var maxBandwidth: UInt64?
-    /// What to do when pre-copy does not converge (`--on-nonconvergence`).
-    public var policy: NonConvergencePolicy = .wait
-    /// Give up (or switch over, per policy) this long after the start (`--deadline`).
-    public var deadline: Duration? = .seconds(60)
-    public var maxIterations = 1000
-    /// The fraction of the downtime limit held back for the prediction's own error (measured
-    /// within ±7% of the limit on the test links; see README): switchover happens when the
-    /// predicted downtime fits `limit × (1 − margin)`.
-    public var predictionMargin = 0.1
-    /// Rounds whose rate must be measured before switchover (unless nothing remains): the
-    /// prediction then rests on two samples, not one.
-    public var minimumBandwidthSamples = 2
+    /// When to switch over or give up, and how pre-copy rounds run: `downtimeLimit`
+    /// (`--downtime-limit`), `maxBandwidth` (`--max-bandwidth`; switchover runs unthrottled),
+    /// `policy` (`--on-nonconvergence`), `deadline` (`--deadline`) and the rest, with the
+    /// defaults `SchedulerConfiguration` states. The source replaces `defaultFixedCosts` with
+    /// what it measures at setup.
+    public var scheduler = SchedulerConfiguration()
     public init() {}
 }
 
