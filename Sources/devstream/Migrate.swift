@@ -21,13 +21,15 @@ func makeMigrationConfiguration(_ data: TransferOptions, downtimeLimit: String, 
                                 onNonconvergence: String, deadline: String) throws -> MigrationConfiguration {
     var c = MigrationConfiguration()
     c.transfer = data
-    c.downtimeLimit = try parseDuration(downtimeLimit, option: "--downtime-limit")
-    c.maxBandwidth = try maxBandwidth.map { try parseSize($0.hasSuffix("/s") ? String($0.dropLast(2)) : $0, option: "--max-bandwidth") }
+    // Switchover phase timings on stderr (the library reads no environment; the CLI does).
+    c.trace = ProcessInfo.processInfo.environment["DEVSTREAM_TRACE"] != nil
+    c.scheduler.downtimeLimit = try parseDuration(downtimeLimit, option: "--downtime-limit")
+    c.scheduler.maxBandwidth = try maxBandwidth.map { try parseSize($0.hasSuffix("/s") ? String($0.dropLast(2)) : $0, option: "--max-bandwidth") }
     guard let p = NonConvergencePolicy(rawValue: onNonconvergence) else {
         throw ValidationError("--on-nonconvergence must be wait, switchover or abort, got '\(onNonconvergence)'")
     }
-    c.policy = p
-    c.deadline = try parseDuration(deadline, option: "--deadline")
+    c.scheduler.policy = p
+    c.scheduler.deadline = try parseDuration(deadline, option: "--deadline")
     return c
 }
 

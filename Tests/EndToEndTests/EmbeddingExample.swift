@@ -12,8 +12,8 @@ func readmeEmbeddingExample() throws {
 
     // Source host.
     var config = MigrationConfiguration()
-    config.downtimeLimit = .milliseconds(300)
-    config.policy = .abort                              // or .wait (until config.deadline), .switchover
+    config.scheduler.downtimeLimit = .milliseconds(300)
+    config.scheduler.policy = .abort                    // or .wait (until config.scheduler.deadline), .switchover
     config.transfer.connections = 4
     let device = try DeviceSpec("sim:size=1G,dirty-rate=64M").makeSource()
     let report = MigrationSource(devices: [device], configuration: config)

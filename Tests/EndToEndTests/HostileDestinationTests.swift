@@ -56,7 +56,7 @@ import DSSupport
         defer { device.close() }
         var config = MigrationConfiguration()
         config.transfer = options(connections: 1, timeout: .seconds(5))
-        config.deadline = .seconds(10)
+        config.scheduler.deadline = .seconds(10)
         let report = MigrationSource(devices: [device], configuration: config, warn: { _ in })
             .migrate(to: Endpoint(host: "127.0.0.1", port: port))
         #expect(!report.completed)

@@ -10,9 +10,9 @@ func migrationConfig(connections: Int = 2, limit: Duration = .milliseconds(300),
     var c = MigrationConfiguration()
     c.transfer.connections = connections
     c.transfer.timeout = timeout
-    c.downtimeLimit = limit
-    c.policy = policy
-    c.deadline = deadline
+    c.scheduler.downtimeLimit = limit
+    c.scheduler.policy = policy
+    c.scheduler.deadline = deadline
     return c
 }
 
@@ -84,7 +84,7 @@ func runMigration(_ sources: [any MigratableDevice], _ dests: [any MigratableDev
         let dst = try SimulatedDevice(destinationSize: 32 << 20)
         defer { src.close(); dst.close() }
         var config = migrationConfig(connections: 1)
-        config.maxBandwidth = 40 << 20  // keep pre-copy going long enough to be cut
+        config.scheduler.maxBandwidth = 40 << 20  // keep pre-copy going long enough to be cut
         let t0 = Monotonic.now
         let (s, d) = try runMigration([src], [dst], config, via: .kill(after: 20 << 20))
         #expect(!s.completed)
@@ -104,7 +104,7 @@ func runMigration(_ sources: [any MigratableDevice], _ dests: [any MigratableDev
         let dst = try SimulatedDevice(destinationSize: 32 << 20)
         defer { src.close(); dst.close() }
         var config = migrationConfig(connections: 1)
-        config.maxBandwidth = 40 << 20
+        config.scheduler.maxBandwidth = 40 << 20
         let (_, d) = try runMigration([src], [dst], config, via: .kill(after: 10 << 20))
         #expect(!d.completed)
         #expect(d.error?.message.contains("is not running") == true, "\(d.error?.message ?? "")")
@@ -146,7 +146,7 @@ func runMigration(_ sources: [any MigratableDevice], _ dests: [any MigratableDev
         let dst = try SimulatedDevice(destinationSize: 32 << 20)
         defer { src.close(); dst.close() }
         var config = migrationConfig(connections: 1, limit: .milliseconds(5), policy: .abort)
-        config.maxBandwidth = 30 << 20
+        config.scheduler.maxBandwidth = 30 << 20
         let (s, d) = try runMigration([src], [dst], config)
         #expect(!s.completed)
         #expect(s.error?.code == .aborted, "\(s.error?.message ?? "")")
@@ -201,7 +201,7 @@ func runMigration(_ sources: [any MigratableDevice], _ dests: [any MigratableDev
         defer { src.close(); dst.close() }
         var config = migrationConfig(limit: .milliseconds(60), policy: .switchover, deadline: .seconds(20))
         let cap: UInt64 = 32 << 20
-        config.maxBandwidth = cap
+        config.scheduler.maxBandwidth = cap
         let (s, d) = try runMigration([src], [dst], config)
         #expect(s.completed, "\(s.error?.message ?? "")")
         #expect(d.completed, "\(d.error?.message ?? "")")
