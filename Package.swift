@@ -12,6 +12,7 @@ import PackageDescription
 //   DSScheduler                pre-copy scheduler: pure state machine
 //   DSDevices                  VFIO state machine, device protocol, sim/emu/file/vfio devices
 //   DeviceStream               migration sessions + the embedding API (the one library product)
+//   DSCLISupport               option parsers, byte formatting, terminal + JSON output (CLIs only)
 //   devstream, stream-bench    executables
 //   DSNetLab                   namespaces + shaped veth links for tests and stream-bench
 let package = Package(
@@ -38,13 +39,17 @@ let package = Package(
         .target(name: "DSScheduler"),
         .target(name: "DSTransport", dependencies: ["DSSupport", "DSWire", "DSCodec", "DSRing", "COpenSSL"]),
         .target(name: "DeviceStream", dependencies: ["DSSupport", "DSWire", "DSCodec", "DSRing", "DSTransport", "DSDevices", "DSScheduler"]),
+        // Shared by devstream and stream-bench: option parsers, byte formatting, terminal and JSON output.
+        .target(name: "DSCLISupport", dependencies: [
+            "DSSupport", "DeviceStream", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .executableTarget(name: "devstream", dependencies: [
-            "DeviceStream", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "DeviceStream", "DSCLISupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Network namespaces joined by a shaped veth pair, for tests and stream-bench; not a product.
         .target(name: "DSNetLab", dependencies: ["DSSupport"]),
         .executableTarget(name: "stream-bench", dependencies: [
-            "DeviceStream", "DSNetLab", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "DeviceStream", "DSNetLab", "DSCLISupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Shared by the test targets (a fault-injecting proxy, data helpers); not a product.
         .target(name: "DSTestSupport", dependencies: ["DSTransport", "DSWire", "DSCodec", "DSRing"], path: "Tests/DSTestSupport"),
@@ -55,7 +60,7 @@ let package = Package(
         .testTarget(name: "DSTransportTests", dependencies: ["DSTransport", "DSCodec", "DSTestSupport"]),
         .testTarget(name: "DSDevicesTests", dependencies: ["DSDevices"]),
         .testTarget(name: "DSSchedulerTests", dependencies: ["DSScheduler"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["DeviceStream", "DSTestSupport", "DSNetLab"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["DeviceStream", "DSTestSupport", "DSNetLab", "DSCLISupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -3,6 +3,7 @@ import DeviceStream
 import Foundation
 import Glibc
 import DSSupport
+import DSCLISupport
 
 @main
 struct Devstream: ParsableCommand {
@@ -41,18 +42,10 @@ func makeTransferOptions(connections: Int, compression: String, acceleration: In
     default: throw ValidationError("--compression must be lz4 or none, got '\(compression)'")
     }
     o.acceleration = acceleration
-    o.chunkSize = Int(try parseSize(chunkSize, option: "--chunk-size"))
-    o.timeout = try parseDuration(timeout, option: "--timeout")
+    o.chunkSize = Int(try OptionParsing.size(chunkSize, option: "--chunk-size"))
+    o.timeout = try OptionParsing.duration(timeout, option: "--timeout")
     do { try o.validate() } catch { throw ValidationError(error.message) }
     return o
-}
-
-func parseSize(_ s: String, option: String) throws -> UInt64 {
-    do { return try SizeParsing.parse(s) } catch { throw ValidationError("\(option): \(error)") }
-}
-
-func parseDuration(_ s: String, option: String) throws -> Duration {
-    do { return try DurationParsing.parse(s) } catch { throw ValidationError("\(option): \(error)") }
 }
 
 struct Send: ParsableCommand {
@@ -96,7 +89,7 @@ struct Receive: ParsableCommand {
         let endpoint: Endpoint
         do { endpoint = try Endpoint.parse(listen) } catch { throw ValidationError(error.message) }
         var options = TransferOptions()
-        options.timeout = try parseDuration(timeout, option: "--timeout")
+        options.timeout = try OptionParsing.duration(timeout, option: "--timeout")
         try security.apply(to: &options, endpoint: endpoint)
         if !device.isEmpty {
             guard output == nil else { throw ValidationError("give either --output (a transfer) or --device (a migration), not both") }

@@ -3,6 +3,7 @@ import DeviceStream
 import Foundation
 import Glibc
 import DSSupport
+import DSCLISupport
 
 /// Options of the source side of a migration.
 struct MigrationOptions: ParsableArguments {
@@ -23,13 +24,13 @@ func makeMigrationConfiguration(_ data: TransferOptions, downtimeLimit: String, 
     c.transfer = data
     // Switchover phase timings on stderr (the library reads no environment; the CLI does).
     c.trace = ProcessInfo.processInfo.environment["DEVSTREAM_TRACE"] != nil
-    c.scheduler.downtimeLimit = try parseDuration(downtimeLimit, option: "--downtime-limit")
-    c.scheduler.maxBandwidth = try maxBandwidth.map { try parseSize($0.hasSuffix("/s") ? String($0.dropLast(2)) : $0, option: "--max-bandwidth") }
+    c.scheduler.downtimeLimit = try OptionParsing.duration(downtimeLimit, option: "--downtime-limit")
+    c.scheduler.maxBandwidth = try maxBandwidth.map { try OptionParsing.rate($0, option: "--max-bandwidth") }
     guard let p = NonConvergencePolicy(rawValue: onNonconvergence) else {
         throw ValidationError("--on-nonconvergence must be wait, switchover or abort, got '\(onNonconvergence)'")
     }
     c.scheduler.policy = p
-    c.scheduler.deadline = try parseDuration(deadline, option: "--deadline")
+    c.scheduler.deadline = try OptionParsing.duration(deadline, option: "--deadline")
     return c
 }
 

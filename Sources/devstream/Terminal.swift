@@ -2,6 +2,7 @@ import DeviceStream
 import Foundation
 import Glibc
 import DSSupport
+import DSCLISupport
 
 enum Terminal {
     static var stderrIsTTY: Bool { isatty(2) == 1 }
@@ -38,11 +39,11 @@ enum Terminal {
             }
         }
         /// Clears the live line so a normal line can be printed.
-        func clearLine() { if Terminal.stderrIsTTY { printWarningRaw("\r\u{1B}[K") } }
+        func clearLine() { if Terminal.stderrIsTTY { Output.stderrRaw("\r\u{1B}[K") } }
         func stop() {
             lock.withLock { stopped = true; lock.broadcast() }
             thread?.join()
-            if Terminal.stderrIsTTY { printWarningRaw("\r\u{1B}[K") }
+            if Terminal.stderrIsTTY { Output.stderrRaw("\r\u{1B}[K") }
         }
     }
 
@@ -54,42 +55,14 @@ enum Terminal {
             let b = p.bytes, t = p.total.load(ordering: .relaxed)
             let secs = max((Monotonic.now - start).seconds, 0.001)
             let pct = t == UInt64.max || t == 0 ? "" : String(format: " %5.1f%%", Double(b) * 100 / Double(t))
-            printWarningRaw("\r\u{1B}[K\(label): \(Format.bytes(b))\(pct)  \(Format.rate(Double(b) / secs))")
+            Output.stderrRaw("\r\u{1B}[K\(label): \(Format.bytes(b))\(pct)  \(Format.rate(Double(b) / secs))")
         }
     }
-}
-
-func printWarningRaw(_ s: String) {
-    var s = s
-    s.withUTF8 { b in _ = Glibc.write(2, b.baseAddress, b.count) }
-}
-
-enum Format {
-    static func bytes(_ n: UInt64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var v = Double(n), i = 0
-        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
-        return i == 0 ? "\(n) B" : String(format: "%.2f %@", v, units[i])
-    }
-    static func rate(_ bps: Double) -> String { bytes(UInt64(max(bps, 0))) + "/s" }
-    static func ms(_ d: Duration) -> Double { (d.milliseconds * 1000).rounded() / 1000 }
 }
 
 enum Report {
     /// Prints `object` as one line of JSON on stdout (on stderr when stdout carries the data).
-    /// Total: non-finite numbers become null (`JSONText`).
-    static func json(_ object: [String: Any], toStderr: Bool = false) {
-        var s = JSONText.encode(object) + "\n"
-        s.withUTF8 { b in
-            var rest = UnsafeRawBufferPointer(b)
-            while !rest.isEmpty {
-                let n = Glibc.write(toStderr ? 2 : 1, rest.baseAddress, rest.count)
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { return }
-                rest = UnsafeRawBufferPointer(rebasing: rest[n...])
-            }
-        }
-    }
+    static func json(_ object: [String: Any], toStderr: Bool = false) { Output.jsonLine(object, toStderr: toStderr) }
 
     /// An error line on stderr; control characters are escaped (a peer's words may be in it).
     static func errorLine(_ message: String) {
@@ -116,7 +89,7 @@ enum Report {
                 "throughput_bytes_per_sec": r.throughput.rounded(),
                 "connections": r.connections, "compression": compressionName,
                 "io_backend": r.backend.rawValue,
-                "peak_rss_bytes": peakRSS(),
+                "peak_rss_bytes": Output.peakRSS(),
             ]
             if let d = r.digest { o["xxh3"] = TransferDigest.hex(d) }
             if let e = r.error { o["error"] = e.message }
@@ -130,14 +103,4 @@ enum Report {
         errorLine(r.error?.message ?? "transfer failed")
         exit(1)
     }
-}
-
-/// This process's peak resident set size (VmHWM), in bytes.
-func peakRSS() -> Int {
-    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        let kb = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
-        return kb * 1024
-    }
-    return 0
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DeviceStream
+import DSCLISupport
 import DSNetLab
 import Foundation
 import Glibc

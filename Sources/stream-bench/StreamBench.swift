@@ -6,6 +6,7 @@ import DeviceStream
 import Foundation
 import Glibc
 import DSSupport
+import DSCLISupport
 
 @main
 struct StreamBench: ParsableCommand {
@@ -63,9 +64,9 @@ struct Throughput: ParsableCommand {
             base.append(try Bench.baseline(path: path))
             if compareLz4Nc { pipeline.append(try Bench.lz4nc(path: path, output: output)) }
         }
-        let mid = Bench.median(ours.map { $0.throughput })
+        let mid = Output.median(ours.map { $0.throughput })
         let run = ours.sorted { $0.throughput < $1.throughput }[ours.count / 2]
-        let baseMid = Bench.median(base)
+        let baseMid = Output.median(base)
         var result: [String: Any] = [
             "bytes": bytes, "wire_bytes": run.wireBytes, "elapsed_ms": (run.elapsed * 1000).rounded(),
             "throughput_bytes_per_sec": mid.rounded(), "baseline_bytes_per_sec": baseMid.rounded(),
@@ -75,7 +76,7 @@ struct Throughput: ParsableCommand {
             "config": ["size": bytes, "profile": profile, "connections": connections, "compression": compression,
                        "acceleration": acceleration, "chunk_size": options.chunkSize, "seed": seed, "output": output],
         ]
-        let tlsMid = compareTls ? Bench.median(encrypted.map { $0.throughput }) : 0
+        let tlsMid = compareTls ? Output.median(encrypted.map { $0.throughput }) : 0
         let tlsRun = compareTls ? encrypted.sorted { $0.throughput < $1.throughput }[encrypted.count / 2] : run
         result["tls"] = compareTls ? "compare" : tls
         if compareTls {
@@ -84,7 +85,7 @@ struct Throughput: ParsableCommand {
             result["tls_cpu_seconds"] = (tlsRun.cpu * 1000).rounded() / 1000
         }
         if compareLz4Nc {
-            let p = Bench.median(pipeline)
+            let p = Output.median(pipeline)
             result["lz4_nc_bytes_per_sec"] = p.rounded()
             result["ratio_vs_lz4_nc"] = (mid / p * 1000).rounded() / 1000
         }
@@ -102,7 +103,7 @@ struct Throughput: ParsableCommand {
             print(String(format: "  plain socket   %10.1f MiB/s  (baseline, no compression)", baseMid / 1048576))
             print(String(format: "  ratio          %10.2fx", mid / baseMid))
             if compareLz4Nc {
-                let p = Bench.median(pipeline)
+                let p = Output.median(pipeline)
                 print(String(format: "  lz4 -1 | nc    %10.1f MiB/s  (devstream is %.2fx)", p / 1048576, mid / p))
             }
         }
@@ -121,25 +122,8 @@ struct Generate: ParsableCommand {
     }
 }
 
-enum Format {
-    static func bytes(_ n: UInt64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var v = Double(n), i = 0
-        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
-        return i == 0 ? "\(n) B" : String(format: "%.2f %@", v, units[i])
-    }
-}
-
 enum Bench {
     struct Run { var throughput: Double; var elapsed: Double; var wireBytes: UInt64; var cpu: Double }
-
-    static func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
-
-    static func cpuSeconds() -> Double {
-        var ru = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &ru)
-        return Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6 + Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
-    }
 
     /// Writes `size` bytes of `profile` content (deterministic for `seed`) to `path` (`-`: stdout).
     static func generate(path: String, size: UInt64, profile: ContentProfile, seed: UInt64) throws {
@@ -176,12 +160,12 @@ enum Bench {
     static func transfer(path: String, output: String, options: TransferOptions) throws -> Run {
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options, warn: { _ in })
         let source = try TransferSource(path: path)
-        let cpu0 = cpuSeconds()
+        let cpu0 = Output.cpuSeconds()
         nonisolated(unsafe) var received: TransferReport?
         let t = OSThread { received = receiver.receive(output: output, acceptTimeout: .seconds(30)) }
         let sent = TransferSender.send(source, to: receiver.listener.endpoint, options: options, warn: { _ in })
         t.join()
-        let cpu = cpuSeconds() - cpu0
+        let cpu = Output.cpuSeconds() - cpu0
         guard sent.completed, let r = received, r.completed else {
             throw ValidationError("transfer failed: \(sent.error?.message ?? received?.error?.message ?? "unknown")")
         }

@@ -53,7 +53,7 @@ import DSNetLab
         defer { link.close() }
         let psk = "/tmp/ds-link-psk-\(getpid())"
         defer { unlink(psk) }
-        FileManager.default.createFile(atPath: psk, contents: Data(String(repeating: "5a", count: 32).utf8))
+        _ = FileManager.default.createFile(atPath: psk, contents: Data(String(repeating: "5a", count: 32).utf8))
         let (r, endpoint) = try CLI.receiver(["--device", "sim:size=32M", "--timeout", "10s", "--psk-file", psk],
                                              host: link.destinationAddress, wrapper: link.inDestination([]))
         let s = try CLI.run(["migrate", "--device", "sim:size=32M,dirty-rate=2M,seed=4", "--to", endpoint,

@@ -57,7 +57,7 @@ func runMigration(_ sources: [any MigratableDevice], _ dests: [any MigratableDev
     @Test func mixedDevices() throws {
         let path = "/tmp/dsmig-\(getpid())-file", out = "/tmp/dsmig-\(getpid())-file-out"
         defer { unlink(path); unlink(out) }
-        FileManager.default.createFile(atPath: path, contents: Data(testData(2_000_000, seed: 8)))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(testData(2_000_000, seed: 8)))
         let sources: [any MigratableDevice] = [
             try SimulatedDevice(size: 16 << 20, dirtyRate: 8 << 20, seed: 1),
             try EmulatedVFIODevice(size: 8 << 20, dirtyRate: 4 << 20, seed: 2),

@@ -1,6 +1,7 @@
 import Testing
 import Foundation
 @testable import DeviceStream
+import DSCLISupport
 import DSSupport
 
 /// `--json` output is total: a peer's NaN or infinity becomes null, never a crash.

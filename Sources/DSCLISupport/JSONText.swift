@@ -1,3 +1,5 @@
+import DeviceStream
+
 /// One line of JSON for the CLI's `--json` reports: total, so a report never fails to print.
 ///
 /// Numbers that JSON cannot hold (NaN, ±infinity — a hostile or broken peer can send them, as
@@ -5,8 +7,8 @@
 /// `\uXXXX`); keys are sorted. Values: `String`, `Bool`, the integer types, `Double`, `Float`,
 /// `NSNullLike`, nil, arrays and `[String: Any]`; anything else is written as its description,
 /// a string.
-public enum JSONText {
-    public static func encode(_ value: Any) -> String {
+package enum JSONText {
+    package static func encode(_ value: Any) -> String {
         var out = ""
         write(value, to: &out)
         return out
