@@ -166,8 +166,8 @@ struct Ends {
         source.waitUntilExit()
         // A source that failed before its session leaves the destination listening: give it
         // a grace period, then end it.
-        let deadline = Date().addingTimeInterval(15)
-        while receiver.isRunning && Date() < deadline { usleep(20_000) }
+        let deadline = Monotonic.now + .seconds(15)
+        while receiver.isRunning && Monotonic.now < deadline { sleep(for: .milliseconds(20)) }
         if receiver.isRunning { receiver.terminate() }
         receiver.waitUntilExit()
         guard let text = String(data: data, encoding: .utf8),
