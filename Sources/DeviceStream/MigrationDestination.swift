@@ -64,13 +64,13 @@ public final class MigrationDestination: @unchecked Sendable {
         var report = MigrationReport()
         let start = Monotonic.now
         let abort = AbortSignal(side: "destination")
-        var sockets: [Int32] = []
+        var sockets: [Connection] = []
         var loaders: [DeviceLoader] = []
         do throws(TransferError) {
             let (session, s) = try listener.waitForSession(timeout: acceptTimeout)
             sockets = s
             guard session.mode == .migration else {
-                for fd in s { abort.watch(fd) }
+                for c in s { abort.watch(c) }
                 throw TransferError(.protocolViolation, "the sender started a plain transfer, but this receiver expects a migration (--device)")
             }
             report.connections = session.channelCount
@@ -84,15 +84,15 @@ public final class MigrationDestination: @unchecked Sendable {
             report.error = TransferError(error.code, "\(error.message); on the destination \(states.joined(separator: ", "))")
         }
         listener.stop()
-        for fd in sockets { close(fd) }
+        for c in sockets { c.close() }
         report.totalTime = Monotonic.now - start
         return report
     }
 
-    private func load(_ session: SessionInfo, sockets: [Int32], abort: AbortSignal, report: inout MigrationReport,
+    private func load(_ session: SessionInfo, sockets: [Connection], abort: AbortSignal, report: inout MigrationReport,
                       loaders: inout [DeviceLoader]) throws(TransferError) {
         let backend = options.backend ?? IOBackend.preferred
-        let group = try ChannelSet.serve(session, sockets: sockets, options: options, abort: abort, backend: backend, warn: warn)
+        let group = try ChannelSet.serve(session, connections: sockets, options: options, abort: abort, backend: backend, warn: warn)
         defer { group.shutdown() }
         let n = session.channelCount
         let devices = self.devices
@@ -150,9 +150,7 @@ public final class MigrationDestination: @unchecked Sendable {
         abort.onAbort { barrier.wake() }
 
         // Control replies share channel 0's socket with worker 0's receives: one sender at a time.
-        let guard0 = Mutex<SocketGuard?>(nil)
-        try group.run(only: 0) { (_, ch) throws(TransferError) in let g = ch.socketGuard; guard0.withLock { $0 = g } }
-        let control = ControlReplies(fd: sockets[0], guard: guard0.withLock { $0 }, timeout: options.timeout)
+        let control = ControlReplies(connection: sockets[0], timeout: options.timeout)
         let pendingInit = Mutex<[Int: [UInt64]]>([:])
         let acked = Mutex<Set<Int>>([])
         let endOfState = Mutex<[Int: DeviceTotals]>([:])
@@ -332,39 +330,29 @@ public final class MigrationDestination: @unchecked Sendable {
     }
 }
 
-/// Destination → source frames on channel 0, sent with plain blocking syscalls under a lock
+/// Destination → source frames on channel 0, sent through the connection's funnel under a lock
 /// (they are small and rare; worker 0 keeps receiving on the same socket meanwhile).
 final class ControlReplies: Sendable {
-    let fd: Int32
+    let connection: Connection
     let lock = Mutex(())
-    /// Marks a reply in flight, so an abort's farewell frame is not spliced into it.
-    let socketGuard: SocketGuard?
     let timeout: Duration
-    init(fd: Int32, guard socketGuard: SocketGuard?, timeout: Duration) {
-        self.fd = fd; self.socketGuard = socketGuard; self.timeout = timeout
+    init(connection: Connection, timeout: Duration) {
+        self.connection = connection; self.timeout = timeout
     }
 
-    /// Sends one frame within `timeout`: a source that stops reading (its socket buffer full)
-    /// fails the send instead of blocking the destination forever.
+    /// Sends one frame within `timeout` (through TLS when the session has it): a source that
+    /// stops reading (its socket buffer full) fails the send instead of blocking the destination
+    /// forever. The connection marks the reply in flight, so an abort's farewell is not spliced
+    /// into it.
     func send(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0, payload: [UInt8] = []) throws(TransferError) {
         let bytes = controlFrame(type, stream: stream, aux: aux, position: position, payload: payload)
-        let deadline = Monotonic.now + timeout
-        let secure = SecureStream.forSocket(fd)
-        let failure: String? = lock.withLock { _ in
-            socketGuard?.setMidFrame(true)
-            defer { socketGuard?.setMidFrame(false) }
-            return bytes.withUnsafeBytes { b -> String? in
-                // A TLS session: encrypted, blocking send within the timeout (no ring here).
-                if let secure {
-                    do { try secure.sendAll(b, ring: nil, timeout: timeout); return nil } catch { return "\(error)" }
-                }
-                if let e = Sockets.sendAll(fd: fd, b, deadline: deadline) {
-                    return e == .timedOut ? "the source has not read its socket for \(timeout)" : "\(e)"
-                }
-                return nil
-            }
+        let failure: ConnectionFailure? = lock.withLock { _ in
+            do throws(ConnectionFailure) { try connection.send(bytes, timeout: timeout, mode: .blocking) } catch { return error }
+            return nil
         }
-        if let failure { throw TransferError(.peerClosed, "sending \(type) to the source failed: \(failure)") }
+        if let failure {
+            throw TransferError(.peerClosed, "sending \(type) to the source failed: \(failure.reason(peer: "the source", timeout: timeout))")
+        }
     }
 }
 

@@ -124,7 +124,7 @@ final class Feedback: @unchecked Sendable {
     private var failure: TransferError?
     private var thread: OSThread?
 
-    func start(fd: Int32, options: TransferOptions, backend: IOBackendKind, abort: AbortSignal) {
+    func start(connection: Connection, options: TransferOptions, backend: IOBackendKind, abort: AbortSignal) {
         thread = OSThread { [self] in
             let ring: Ring
             do { ring = try Ring(entries: 4, backend: backend) } catch {
@@ -133,7 +133,7 @@ final class Feedback: @unchecked Sendable {
                 abort.abort(e)
                 return
             }
-            let ch = Channel(index: 0, fd: fd, ring: ring, chunkSize: WireLimits.minChunkSize, compression: false,
+            let ch = Channel(index: 0, connection: connection, ring: ring, chunkSize: WireLimits.minChunkSize, compression: false,
                              acceleration: 1, timeout: max(options.timeout, .seconds(600)))
             do throws(TransferError) {
                 while true {
@@ -280,7 +280,7 @@ struct SourceRun {
     let abort: AbortSignal
     var report: MigrationReport
     var group: WorkerGroup<Channel>?
-    var sockets: [Int32] = []
+    var sockets: [Connection] = []
     let feedback = Feedback()
     let progress: TransferProgress
     /// Set when `commit` is about to go out: from then on a failure must not restart the
@@ -305,7 +305,7 @@ struct SourceRun {
         group = nil
         abort.shutdownAll()
         feedback.join()
-        for fd in sockets { close(fd) }
+        for c in sockets { c.close() }
         sockets = []
     }
 
@@ -420,7 +420,7 @@ struct SourceRun {
         onEvent(.setupDone(report.setupTime))
         // From here the feedback thread owns reads on channel 0.
         try g.run(only: 0) { (_, ch) throws(TransferError) in ch.peekPeerErrors = false }
-        feedback.start(fd: s[0], options: options, backend: backend, abort: abort)
+        feedback.start(connection: s[0], options: options, backend: backend, abort: abort)
         abort.onAbort { [feedback] in feedback.wake() }
 
         // Switchover's fixed costs, each for what it is:
