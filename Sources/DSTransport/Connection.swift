@@ -55,7 +55,8 @@ public final class Connection: Sendable {
     /// Adopts the connected socket `fd`: the connection closes it.
     public convenience init(fd: Int32) { self.init(fd: fd, faults: nil) }
 
-    /// Adopts `fd`, with `faults` injected into every send on it that has no ring of its own.
+    /// Adopts `fd`, with `faults` injected into every send on it (TLS flights included; a ring
+    /// used for a send applies its own injector as well).
     package init(fd: Int32, faults: FaultPlan?) {
         self.fd = fd
         self.faults = faults
@@ -164,6 +165,65 @@ public final class Connection: Sendable {
         if let secure { return secure.readAvailable(into: buffer) }
         return max(0, recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT)))
     }
+}
+
+// MARK: - The connection's parts
+
+/// Who sends on one socket right now: the channel's own thread (a frame) or the keepalive
+/// pacer, never both, so a keepalive never lands inside a frame.
+public final class SendTurn: Sendable {
+    private static let idle = 0, channel = 1, pacer = 2, retired = 3
+    private let state = Atomic<Int>(0)
+    /// CLOCK_MONOTONIC nanoseconds of the end of the last send on the socket.
+    private let lastSend = Atomic<UInt64>(Monotonic.nanoseconds)
+    public init() {}
+
+    /// The channel's thread takes the socket for one frame (waits out a keepalive in flight:
+    /// 40 bytes, non-blocking, so microseconds).
+    func beginChannelSend() {
+        while true {
+            let s = state.load(ordering: .acquiring)
+            if s == Self.retired || s == Self.channel { return }
+            if s == Self.idle, state.compareExchange(expected: Self.idle, desired: Self.channel, ordering: .acquiring).exchanged { return }
+            sched_yield()
+        }
+    }
+
+    func endChannelSend() {
+        lastSend.store(Monotonic.nanoseconds, ordering: .relaxed)
+        _ = state.compareExchange(expected: Self.channel, desired: Self.idle, ordering: .releasing)
+    }
+
+    /// No keepalive after this (the channel sent its last data frame and its end).
+    public func retire() {
+        while true {
+            let s = state.load(ordering: .acquiring)
+            if s == Self.retired { return }
+            if s != Self.pacer, state.compareExchange(expected: s, desired: Self.retired, ordering: .acquiringAndReleasing).exchanged { return }
+            sched_yield()
+        }
+    }
+
+    /// The pacer takes the socket if the channel is idle and has sent nothing for `idleNanos`.
+    func tryBeginKeepalive(idleNanos: UInt64) -> Bool {
+        guard Monotonic.nanoseconds &- lastSend.load(ordering: .relaxed) >= idleNanos else { return false }
+        return state.compareExchange(expected: Self.idle, desired: Self.pacer, ordering: .acquiring).exchanged
+    }
+
+    func endKeepalive() {
+        lastSend.store(Monotonic.nanoseconds, ordering: .relaxed)
+        state.store(Self.idle, ordering: .releasing)
+    }
+}
+
+/// Whether a frame is half sent on a connection (then no farewell may be sent: it would land
+/// inside that frame). Set and cleared by `Connection.send`; a send that fails half way leaves
+/// it set.
+public final class SocketGuard: Sendable {
+    private let sending = Atomic<Bool>(false)
+    init() {}
+    public var midFrame: Bool { sending.load(ordering: .acquiring) }
+    public func setMidFrame(_ v: Bool) { sending.store(v, ordering: .releasing) }
 }
 
 extension ConnectionFailure {

@@ -1,17 +1,5 @@
-import Glibc
-import Synchronization
 import DSRing
 import DSSupport
-
-/// Whether a frame is half sent on a connection (then no farewell may be sent: it would land
-/// inside that frame). Set and cleared by `Connection.send`; a send that fails half way leaves
-/// it set.
-public final class SocketGuard: Sendable {
-    private let sending = Atomic<Bool>(false)
-    init() {}
-    public var midFrame: Bool { sending.load(ordering: .acquiring) }
-    public func setMidFrame(_ v: Bool) { sending.store(v, ordering: .releasing) }
-}
 
 /// The first error of a session, and the connections to shut down when it happens so that every
 /// other thread blocked on one of them returns at once.
