@@ -18,8 +18,8 @@ package enum SendMode: Sendable {
     /// finished like `.blocking`, so it never leaves half a frame in a stream that goes on.
     case ifRoom
     /// Farewells: never waits, never waits for another sender, and is skipped while a frame is
-    /// half sent or another thread holds the TLS stream; what the socket does not take at once
-    /// is dropped (the socket is shut down next).
+    /// half sent, while another thread holds the TLS stream, or once the connection is closed;
+    /// what the socket does not take at once is dropped (the socket is shut down next).
     case bestEffort
 }
 
@@ -114,26 +114,42 @@ public final class Connection: Sendable {
     /// - Returns: false when `.ifRoom` or `.bestEffort` skipped the send (nothing went out).
     /// - Throws: `.socket(.timedOut)` when the peer left the socket full for `timeout`; the
     ///   socket's other errors; `.tls(reasons)`.
+    /// - Warning: close the connection only after its channel, pacer and repliers are done:
+    ///   only the farewell checks for a closed socket (the hot path takes no lock).
     @discardableResult
     package func send(_ bytes: UnsafeRawBufferPointer, timeout: Duration, ring: Ring? = nil,
                       mode: SendMode = .blocking) throws(ConnectionFailure) -> Bool {
         switch mode {
-        case .blocking: break
-        case .ifRoom: guard !socketGuard.midFrame, hasRoom(for: bytes.count + 64) else { return false }
-        case .bestEffort: guard !socketGuard.midFrame else { return false }
+        case .blocking:
+            return try transmit(bytes, timeout: timeout, ring: ring, marking: true)
+        case .ifRoom:
+            guard !socketGuard.midFrame, hasRoom(for: bytes.count + 64) else { return false }
+            return try transmit(bytes, timeout: timeout, ring: ring, marking: true)
+        case .bestEffort:
+            // An abort may come after the session closed the socket, whose number may be
+            // another socket's by then: checked under `closed`, held across a send that never
+            // waits.
+            return try closed.withLock { (done) throws(ConnectionFailure) -> Bool in
+                guard !done, !socketGuard.midFrame else { return false }
+                return try transmit(bytes, timeout: .zero, ring: nil, marking: false)
+            }
         }
-        let marks = mode != .bestEffort
-        let wait = mode == .bestEffort ? Duration.zero : timeout
-        let viaRing = mode == .bestEffort ? nil : ring
-        if marks { socketGuard.setMidFrame(true) }
+    }
+
+    /// Sends through the stream or straight to `SocketSend`; with `marking`, `socketGuard` is set
+    /// while the bytes go out, and stays set when the send failed after some of them went out.
+    /// Without (a farewell), another thread's send on the stream is never waited for.
+    private func transmit(_ bytes: UnsafeRawBufferPointer, timeout: Duration, ring: Ring?,
+                          marking: Bool) throws(ConnectionFailure) -> Bool {
+        if marking { socketGuard.setMidFrame(true) }
         let result: SecureStream.SendResult
         if let secure {
-            result = secure.send(bytes, timeout: wait, ring: viaRing, ifFree: mode == .bestEffort)
+            result = secure.send(bytes, timeout: timeout, ring: ring, ifFree: !marking)
         } else {
-            let o = SocketSend.sendAll(fd: fd, bytes, timeout: wait, ring: viaRing, faults: faults)
+            let o = SocketSend.sendAll(fd: fd, bytes, timeout: timeout, ring: ring, faults: faults)
             result = SecureStream.SendResult(wentOut: o.sent > 0, failure: o.error.map { .socket($0) })
         }
-        if marks && (result.failure == nil || !result.wentOut) { socketGuard.setMidFrame(false) }
+        if marking && (result.failure == nil || !result.wentOut) { socketGuard.setMidFrame(false) }
         if let failure = result.failure { throw failure }
         return !result.skipped
     }

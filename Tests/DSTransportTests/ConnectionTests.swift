@@ -266,8 +266,11 @@ let payload300 = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
 
     // MARK: Owning the socket
 
-    /// `close` closes the socket once: a second close, a shutdown and deinit leave alone the
-    /// socket that reuses its fd number.
+    /// `close` closes the socket once: a second close, a shutdown, the session's abort and
+    /// deinit leave alone the socket that reuses its fd number. (A failed migration used to
+    /// shut its sockets down again after closing them: `SourceRun.shutdown` runs twice and
+    /// `AbortSignal.shutdownAll` kept the bare fd numbers, which in an embedding process may
+    /// belong to another socket by then.)
     @Test func connectionClosesItsSocketExactlyOnce() throws {
         var checked = false
         for _ in 0..<50 where !checked {
@@ -275,6 +278,8 @@ let payload300 = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
             let (c, d) = socketPair()
             defer { close(b); close(c); close(d) }
             var conn: Connection? = Connection(fd: a)
+            let abort = AbortSignal(side: "source")
+            abort.watch(conn!)
             conn!.close()
             #expect(readsEndOfFile(b), "closed: the peer reads end of file")
             // Another socket takes the number `a` (another test's thread may take it first: retry).
@@ -283,6 +288,8 @@ let payload300 = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
             defer { close(reused) }
             conn!.close()
             conn!.shutdown()
+            abort.shutdownAll()
+            abort.abort(TransferError(.localIO, "late failure"))
             #expect(conn!.isClosed)
             conn = nil
             #expect(fcntl(reused, F_GETFD) >= 0, "the reused number is still open")
