@@ -57,7 +57,8 @@ public enum IOOp {
 public enum IOOpKind: Sendable, Hashable { case read, write, send, recv, accept, connect, fsync }
 
 /// What a fault injector does to one submission. Faults are injected at the one funnel every
-/// operation passes through (`Ring.submit`), for both backends.
+/// operation passes through (`Ring.submit`), for both backends, and, with the same type, at the
+/// one socket send that has no ring (`SocketSend.sendAll` with a `FaultPlan`).
 public enum InjectedFault: Sendable {
     /// Run the operation as asked.
     case none
@@ -82,7 +83,7 @@ public struct Completion: Sendable {
 /// Create it on the thread that uses it and never hand it to another: the kernel ties
 /// requests to their submitting thread (`SINGLE_ISSUER`; a request dies with its thread).
 /// The synchronous helpers (`perform`, `readFully`, `writeAll`, `sendAll`, `recvExactly`) retry
-/// EINTR and EAGAIN and resume short transfers in one place.
+/// EINTR and EAGAIN and resume short transfers in one place (sends: `SocketSend`).
 public final class Ring {
     /// `Ring.currentPosition` as an offset means "the file position" (pipes, stdin, sockets).
     public static let currentPosition = UInt64.max
@@ -325,15 +326,11 @@ public final class Ring {
         }
     }
 
-    /// Sends all of `buffer`, resuming short sends. One send is in flight at a time, so sends on
-    /// one socket cannot reorder.
+    /// Sends all of `buffer`, resuming short sends (`SocketSend.sendAll` through this ring). One
+    /// send is in flight at a time, so sends on one socket cannot reorder.
+    /// - Parameter timeout: how long the peer may leave the socket full (nil: no limit).
     public func sendAll(fd: Int32, _ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) throws(Errno) {
-        var done = 0
-        while done < buffer.count {
-            let n = try perform(.send(fd: fd, buffer: UnsafeRawBufferPointer(rebasing: buffer[done...])), timeout: timeout)
-            guard n > 0 else { throw .connectionReset }
-            done += n
-        }
+        if let e = SocketSend.sendAll(fd: fd, buffer, timeout: timeout, ring: self).error { throw e }
     }
 
     /// Receives exactly `buffer.count` bytes, resuming short receives; returns fewer only when

@@ -29,14 +29,15 @@ public struct ReceivedFrame {
     public var control: [UInt8]
 }
 
-/// One channel: one thread's ring, one TCP socket, a two-slot pool and an LZ4 state.
+/// One channel: one thread's ring, one connection, a two-slot pool and an LZ4 state.
 ///
 /// Create and use it on one thread. Memory is fixed at creation: slot 0 takes reads (sender) or
 /// received payloads (receiver), slot 1 takes compressed (sender) or decoded (receiver) bytes.
 /// Nothing is allocated per chunk.
 public final class Channel {
     public let index: Int
-    public let fd: Int32
+    /// The socket, its TLS stream, send turn and guard; the channel sends through it.
+    public let connection: Connection
     public let ring: Ring
     public let pool: BufferPool
     public let chunkSize: Int
@@ -49,28 +50,25 @@ public final class Channel {
     public let outSlot: Int
     /// The largest chunk the peer may send (the session's chunk size).
     public var maxChunk: Int
-    /// Marks frames in flight for the session's farewell (nil: not watched).
-    public var socketGuard: SocketGuard?
-    /// Taken around every send when a `KeepalivePacer` shares the socket (nil: none does).
-    public var sendTurn: SendTurn?
     /// After a failed send, look for an error frame the peer left (off when another thread
     /// reads this socket, as the migration source's feedback reader does on channel 0).
     public var peekPeerErrors = true
-    /// The socket's TLS stream (nil: plaintext, the ring's send/recv straight on the socket).
+    /// The connection's TLS stream (nil: plaintext, the ring's send/recv straight on the socket).
     package let secure: SecureStream?
 
     /// - Parameters:
-    ///   - fd: a connected socket; the channel does not close it.
+    ///   - connection: a connected socket, after its TLS handshake if it has one; the channel
+    ///     does not close it.
     ///   - ring: this thread's ring; the channel registers its pool with it.
-    public init(index: Int, fd: Int32, ring: Ring, chunkSize: Int, compression: Bool, acceleration: Int,
+    public init(index: Int, connection: Connection, ring: Ring, chunkSize: Int, compression: Bool, acceleration: Int,
                 timeout: Duration, warn: (String) -> Void = { _ in }) {
         self.index = index
-        self.fd = fd
+        self.connection = connection
         self.ring = ring
         self.chunkSize = chunkSize
         self.maxChunk = chunkSize
         self.timeout = timeout
-        secure = SecureStream.forSocket(fd)
+        secure = connection.secure
         pool = BufferPool(slots: 2, payloadCapacity: WireLimits.payloadCapacity(chunkSize: chunkSize), headroom: FrameHeader.size)
         inSlot = pool.checkout()!
         outSlot = pool.checkout()!
@@ -99,11 +97,9 @@ public final class Channel {
                                  wireLength: UInt32(enc.wireLength), aux: aux, position: position, checksum: enc.checksum)
         header.encode(into: pool.header(slot))
         let frame = UnsafeRawBufferPointer(rebasing: pool.bytes(slot)[0..<(FrameHeader.size + enc.wireLength)])
-        sendTurn?.beginChannelSend()
-        defer { sendTurn?.endChannelSend() }
-        socketGuard?.setMidFrame(true)
+        connection.sendTurn.beginChannelSend()
+        defer { connection.sendTurn.endChannelSend() }
         try sendBytes(frame, doing: "sending data")
-        socketGuard?.setMidFrame(false)
         stats.chunks += 1
         stats.rawBytes += UInt64(length)
         stats.wireBytes += UInt64(frame.count)
@@ -114,24 +110,20 @@ public final class Channel {
     public func sendControl(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0,
                             payload: [UInt8] = []) throws(TransferError) {
         let frame = controlFrame(type, stream: stream, aux: aux, position: position, payload: payload)
-        sendTurn?.beginChannelSend()
-        defer { sendTurn?.endChannelSend() }
-        socketGuard?.setMidFrame(true)
+        connection.sendTurn.beginChannelSend()
+        defer { connection.sendTurn.endChannelSend() }
         try sendBytes(frame, doing: "sending \(type)")
-        socketGuard?.setMidFrame(false)
         stats.wireBytes += UInt64(FrameHeader.size + payload.count)
     }
 
-    /// Sends all of `bytes` on the socket, through TLS when the session is encrypted.
+    /// Sends all of `bytes` (one whole frame, marked in flight) through the connection's funnel
+    /// and this thread's ring, through TLS when the session is encrypted.
     package func sendBytes(_ bytes: UnsafeRawBufferPointer, doing: String) throws(TransferError) {
-        if let secure {
-            do { try secure.sendAll(bytes, ring: ring, timeout: timeout) } catch {
-                if case .socket(let e) = error { throw peerFailure(e, doing: doing) }
-                throw error.transferError(doing, channel: index, stream: secure)
-            }
-            return
+        do { try connection.send(bytes, timeout: timeout, ring: ring) } catch {
+            if case .socket(let e) = error { throw peerFailure(e, doing: doing) }
+            if let secure { throw error.transferError(doing, channel: index, stream: secure) }
+            throw error.transferError(doing, channel: index)
         }
-        do { try ring.sendAll(fd: fd, bytes, timeout: timeout) } catch { throw peerFailure(error, doing: doing) }
     }
 
     /// `sendBytes` for an array.
@@ -150,7 +142,7 @@ public final class Channel {
                 throw error.transferError("receiving", channel: index, stream: secure)
             }
         }
-        do { return try ring.recvExactly(fd: fd, into: dst, timeout: timeout) } catch {
+        do { return try ring.recvExactly(fd: connection.fd, into: dst, timeout: timeout) } catch {
             throw TransferError.network(error, "receiving", channel: index)
         }
     }
@@ -159,19 +151,16 @@ public final class Channel {
     /// one is waiting, and report its message instead of the bare socket error.
     func peerFailure(_ e: Errno, doing: String) -> TransferError {
         // The peer's message already names its side ("the receiver failed: ...").
-        if e != .timedOut, peekPeerErrors, let message = Channel.pendingErrorMessage(fd: fd) {
+        if e != .timedOut, peekPeerErrors, let message = Channel.pendingErrorMessage(connection) {
             return TransferError(.remote, message)
         }
         return TransferError.network(e, doing, channel: index)
     }
 
     /// Reads (non-blocking, bounded) an error or reject frame the peer left on the socket.
-    static func pendingErrorMessage(fd: Int32) -> String? {
+    static func pendingErrorMessage(_ connection: Connection) -> String? {
         var buf = [UInt8](repeating: 0, count: FrameHeader.size + 4096)
-        let secure = SecureStream.forSocket(fd)
-        let n = buf.withUnsafeMutableBytes { b in
-            secure.map { $0.readAvailable(into: b) } ?? recv(fd, b.baseAddress, b.count, Int32(MSG_DONTWAIT))
-        }
+        let n = buf.withUnsafeMutableBytes { connection.readAvailable(into: $0) }
         guard n >= FrameHeader.size else { return nil }
         guard let h = try? buf.withUnsafeBytes({ try FrameHeader.decode($0) }),
               h.type == .error || h.type == .reject, FrameHeader.size + Int(h.wireLength) <= n,

@@ -8,8 +8,8 @@ import DSSupport
 /// transfers and migrations.
 public enum ChannelSet {
     /// Sender side: each thread makes its ring, connects, sends its preamble and waits for the
-    /// receiver's `accept`. The caller closes `sockets` (indexed by channel) after shutting the
-    /// group down.
+    /// receiver's `accept`. The caller closes `connections` (indexed by channel) after shutting
+    /// the group down. Each connection is watched by `abort`.
     ///
     /// Channel 0 goes first: channels 1... connect only once channel 0 is accepted (one round
     /// trip more at setup), so a receiver that refuses the session says why on channel 0, and
@@ -19,7 +19,7 @@ public enum ChannelSet {
     /// session. Plaintext to a non-loopback address is refused unless `options.allowInsecure`.
     public static func connect(to endpoint: Endpoint, options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
                                abort: AbortSignal, backend: IOBackendKind,
-                               warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (group: WorkerGroup<Channel>, sockets: [Int32]) {
+                               warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (group: WorkerGroup<Channel>, connections: [Connection]) {
         try options.checkPlaintext(endpoint)
         let security = try options.security.map { (o) throws(TransferError) in try SecurityContext(o, server: false) }
         let session = SessionID.random()
@@ -30,7 +30,7 @@ public enum ChannelSet {
         let token = TokenBox()
         abort.onAbort { token.wake() }
         // By channel index (not connection order): channel 0 carries the control frames.
-        let sockets = Mutex<[Int32]>([Int32](repeating: -1, count: n))
+        let connections = Mutex<[Connection?]>([Connection?](repeating: nil, count: n))
         do {
             let group = try WorkerGroup<Channel>(count: n, abort: abort) { (i) throws(TransferError) in
                 let ring: Ring
@@ -53,18 +53,14 @@ public enum ChannelSet {
                 }
                 bytes = preamble.encoded() + bytes
                 let fd = try Sockets.connect(endpoint, ring: ring, timeout: options.timeout)
-                sockets.withLock { $0[i] = fd }
-                let guardian = abort.watch(fd)
-                // Held until the channel holds it (Channel finds it by its socket).
-                let stream = try security.map { (c) throws(TransferError) in
-                    try SecureStream.handshake(fd: fd, context: c, ring: ring, timeout: options.timeout, peer: "\(endpoint) (channel \(i))")
+                let connection = Connection(fd: fd)
+                connections.withLock { $0[i] = connection }
+                abort.watch(connection)
+                if let security {
+                    try connection.startTLS(security, ring: ring, timeout: options.timeout, peer: "\(endpoint) (channel \(i))")
                 }
-                let ch = Channel(index: i, fd: fd, ring: ring, chunkSize: options.chunkSize, compression: options.compression,
+                let ch = Channel(index: i, connection: connection, ring: ring, chunkSize: options.chunkSize, compression: options.compression,
                                  acceleration: options.acceleration, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
-                guard ch.secure === stream else {
-                    throw TransferError(.peerClosed, "channel \(i) lost its connection to \(endpoint) right after the TLS handshake")
-                }
-                ch.socketGuard = guardian
                 try ch.sendBytes(bytes, doing: "sending the preamble")
                 let reply = try ch.receive()
                 guard reply.header.type == .accept else {
@@ -73,29 +69,28 @@ public enum ChannelSet {
                     }
                     throw Channel.unexpected(reply, expecting: "accept", channel: i)
                 }
-                if i == 0 { token.publish(stream?.token ?? []) }
+                if i == 0 { token.publish(connection.secure?.token ?? []) }
                 return ch
             }
-            return (group, sockets.withLock { $0 })
+            return (group, connections.withLock { $0.map { $0! } })
         } catch {
-            for fd in sockets.withLock({ $0 }) where fd >= 0 { close(fd) }
+            for c in connections.withLock({ $0 }) { c?.close() }
             throw error
         }
     }
 
-    /// Receiver side: one thread per accepted socket, each with its ring and channel.
-    public static func serve(_ session: SessionInfo, sockets: [Int32], options: TransferOptions, abort: AbortSignal,
+    /// Receiver side: one thread per accepted connection, each with its ring and channel. Each
+    /// connection is watched by `abort`; the caller closes them.
+    public static func serve(_ session: SessionInfo, connections: [Connection], options: TransferOptions, abort: AbortSignal,
                              backend: IOBackendKind, warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> WorkerGroup<Channel> {
-        let guards = sockets.map { abort.watch($0) }
+        for c in connections { abort.watch(c) }
         return try WorkerGroup<Channel>(count: session.channelCount, abort: abort) { (i) throws(TransferError) in
             let ring: Ring
             do { ring = try Ring(entries: 16, backend: backend) } catch {
                 throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
             }
-            let ch = Channel(index: i, fd: sockets[i], ring: ring, chunkSize: session.chunkSize, compression: false,
-                             acceleration: 1, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
-            ch.socketGuard = guards[i]
-            return ch
+            return Channel(index: i, connection: connections[i], ring: ring, chunkSize: session.chunkSize, compression: false,
+                           acceleration: 1, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
         }
     }
 }

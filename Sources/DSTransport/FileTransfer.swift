@@ -141,9 +141,9 @@ public enum TransferSender {
                             _ backend: IOBackendKind, _ progress: TransferProgress,
                             _ warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> TransferTotals {
         let abort = AbortSignal(side: "sender")
-        let (group, sockets) = try ChannelSet.connect(to: endpoint, options: options, mode: source.mode, totalSize: source.size,
+        let (group, connections) = try ChannelSet.connect(to: endpoint, options: options, mode: source.mode, totalSize: source.size,
                                                       abort: abort, backend: backend, warn: warn)
-        defer { for fd in sockets { close(fd) } }
+        defer { for c in connections { c.close() } }
         defer { group.shutdown() }
 
         // Keepalives while a channel waits on its input (a paused pipe): the receiver's stall
@@ -155,12 +155,12 @@ public enum TransferSender {
         // Data: every channel claims chunks until the source is exhausted, then ends its channel.
         let merged = Mutex(ChannelStats())
         try group.run { (_, ch) throws(TransferError) in
-            if let pacer { ch.sendTurn = pacer.add(fd: ch.fd, guard: ch.socketGuard) }
+            pacer?.add(ch.connection)
             while try source.sendNext(on: ch, progress: progress) {
                 if abort.isAborted { return }
             }
             try ch.sendControl(.channelEnd, payload: ChannelEnd(chunks: ch.stats.chunks, rawBytes: ch.stats.rawBytes).encoded())
-            ch.sendTurn?.retire()
+            ch.connection.sendTurn.retire()
             let s = ch.stats
             merged.withLock { $0.merge(s) }
         }

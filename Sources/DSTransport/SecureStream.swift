@@ -1,6 +1,5 @@
 internal import COpenSSL
 import Glibc
-import Synchronization
 import DSRing
 import DSSupport
 
@@ -14,6 +13,9 @@ import DSSupport
 /// kTLS would move the record layer into the kernel, but this kernel has no `tls` ULP.
 ///
 /// Nothing is allocated per frame: the buffers are made once per connection.
+///
+/// A `Connection` holds its stream (`Connection.startTLS`) and is what the rest of the code
+/// hands around; the stream sends through `SocketSend`, like a plaintext connection.
 ///
 /// Threads: one thread sends and one receives at a time (a migration's channel 0 is full
 /// duplex: a worker sends while the feedback reader receives). Every use of the SSL object
@@ -32,24 +34,24 @@ package final class SecureStream: @unchecked Sendable {
     package private(set) var token: [UInt8] = []
     /// What `handle` and the errors call the peer.
     let peer: String
+    /// Faults to inject into the socket sends (the connection's; tests).
+    private let faults: FaultPlan?
 
     static let sendCapacity = (1 << 20) + (64 << 10)
     static let receiveCapacity = 256 << 10
 
     /// Failures of the stream: the socket's, or TLS's (with OpenSSL's reasons).
-    package enum Failure: Error {
-        case socket(Errno)
-        case tls(String)
-    }
+    package typealias Failure = ConnectionFailure
 
     // nonisolated(unsafe): made once (a lazy global is initialized once, thread-safely) and
     // only read afterwards; OpenSSL treats a BIO_METHOD as immutable once set up.
     nonisolated(unsafe) private static let bioMethod: OpaquePointer? = ds_bio_method_new()
 
-    private init(fd: Int32, context: SecurityContext, peer: String) throws(TransferError) {
+    private init(fd: Int32, context: SecurityContext, peer: String, faults: FaultPlan?) throws(TransferError) {
         self.fd = fd
         self.context = context
         self.peer = peer
+        self.faults = faults
         guard let method = Self.bioMethod, let ssl = SSL_new(context.ctx) else {
             throw TransferError(.localIO, "cannot create a TLS connection: \(Self.openSSLErrors())")
         }
@@ -69,11 +71,6 @@ package final class SecureStream: @unchecked Sendable {
     }
 
     deinit {
-        Self.registry.withLock { r in
-            // A dying object's weak references already read nil; a newer stream on a reused fd
-            // number does not.
-            if let w = r[fd], w.stream == nil { r[fd] = nil }
-        }
         SSL_free(ssl)
         io.pointee.out.deallocate()
         io.pointee.in.deallocate()
@@ -84,15 +81,15 @@ package final class SecureStream: @unchecked Sendable {
 
     // MARK: Handshake
 
-    /// Runs the TLS 1.3 handshake on a connected socket (client or server per `context`),
-    /// derives the session token and registers the stream for `fd` (see `forSocket`).
-    /// - Parameter timeout: how long the peer may stay silent during the handshake.
+    /// Runs the TLS 1.3 handshake on a connected socket (client or server per `context`) and
+    /// derives the session token. The stream does not own `fd` (its `Connection` does).
+    /// - Parameters:
+    ///   - timeout: how long the peer may stay silent during the handshake.
+    ///   - faults: faults to inject into every socket send of the stream (tests).
     package static func handshake(fd: Int32, context: SecurityContext, ring: Ring, timeout: Duration,
-                                  peer: String) throws(TransferError) -> SecureStream {
-        let s = try SecureStream(fd: fd, context: context, peer: peer)
+                                  peer: String, faults: FaultPlan? = nil) throws(TransferError) -> SecureStream {
+        let s = try SecureStream(fd: fd, context: context, peer: peer, faults: faults)
         try s.runHandshake(ring: ring, timeout: timeout)
-        s.identity = connectionIdentity(fd)
-        register(s)
         return s
     }
 
@@ -160,30 +157,51 @@ package final class SecureStream: @unchecked Sendable {
 
     // MARK: Data
 
-    /// Encrypts and sends all of `bytes` (one batch of records per `sendCapacity`).
-    /// - Parameter ring: the calling thread's ring; nil sends with blocking `send(2)`.
-    package func sendAll(_ bytes: UnsafeRawBufferPointer, ring: Ring?, timeout: Duration) throws(Failure) {
-        pthread_mutex_lock(lock)
+    /// What one send through the stream did.
+    package struct SendResult {
+        /// Nothing was sent: another thread was sending on the stream (`ifFree`).
+        var skipped = false
+        /// Some of the bytes reached the socket (a failure after that tore the stream).
+        var wentOut = false
+        var failure: Failure?
+    }
+
+    /// Encrypts all of `bytes` and sends the records (one batch per `sendCapacity`) with
+    /// `SocketSend`, holding the stream's lock throughout, so records go out in the order they
+    /// were made and no other frame is interleaved.
+    /// - Parameters:
+    ///   - timeout: how long the peer may leave the socket full (nil: no limit; `.zero`: never
+    ///     wait, and what the socket does not take at once is dropped).
+    ///   - ring: the calling thread's ring; nil sends with `send(2)` on this thread.
+    ///   - ifFree: skip the send when another thread is sending on the stream.
+    package func send(_ bytes: UnsafeRawBufferPointer, timeout: Duration?, ring: Ring?, ifFree: Bool = false) -> SendResult {
+        if ifFree {
+            guard pthread_mutex_trylock(lock) == 0 else { return SendResult(skipped: true) }
+        } else {
+            pthread_mutex_lock(lock)
+        }
         defer { pthread_mutex_unlock(lock) }
+        var result = SendResult()
         var off = 0
         while off < bytes.count {
             ERR_clear_error()
             let n = SSL_write(ssl, bytes.baseAddress! + off, Int32(min(bytes.count - off, 1 << 30)))
             if n > 0 { off += Int(n); continue }
             let e = SSL_get_error(ssl, n)
-            guard e == SSL_ERROR_WANT_WRITE else { throw .tls(describe(e)) }
-            try flushLocked(ring: ring, timeout: timeout)
+            guard e == SSL_ERROR_WANT_WRITE else {
+                result.failure = .tls(describe(e))
+                return result
+            }
+            guard flushLocked(ring: ring, timeout: timeout, into: &result) else { return result }
         }
-        try flushLocked(ring: ring, timeout: timeout)
+        _ = flushLocked(ring: ring, timeout: timeout, into: &result)
+        return result
     }
 
-    /// `sendAll` for an array (set-up and control paths).
+    /// `send` for an array, throwing (set-up paths and tests).
     package func send(_ bytes: [UInt8], ring: Ring?, timeout: Duration) throws(Failure) {
-        var failure: Failure?
-        bytes.withUnsafeBytes { b in
-            do throws(Failure) { try sendAll(b, ring: ring, timeout: timeout) } catch { failure = error }
-        }
-        if let failure { throw failure }
+        let result = bytes.withUnsafeBytes { send($0, timeout: timeout, ring: ring) }
+        if let failure = result.failure { throw failure }
     }
 
     /// Receives up to `count` bytes (fewer only when the peer closed) into a new array.
@@ -235,36 +253,26 @@ package final class SecureStream: @unchecked Sendable {
         return got
     }
 
-    /// Best effort, never blocks: encrypts `bytes` and sends them with MSG_DONTWAIT, unless
-    /// another thread is sending on this stream (then its frame must not be interleaved).
-    package func trySend(_ bytes: [UInt8]) {
-        guard pthread_mutex_trylock(lock) == 0 else { return }
-        defer { pthread_mutex_unlock(lock) }
-        let ok = bytes.withUnsafeBytes { b in SSL_write(ssl, b.baseAddress, Int32(b.count)) == Int32(b.count) }
-        guard ok else { return }
-        var off = 0
-        while off < io.pointee.out_len {
-            let n = Glibc.send(fd, io.pointee.out + off, io.pointee.out_len - off, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
-            if n <= 0 { break }
-            off += n
-        }
-        io.pointee.out_len = 0
-    }
-
     /// Sends what SSL wrote into the out buffer (called with `lock` held, or during the
-    /// handshake, before any other thread knows the stream).
-    private func flushLocked(ring: Ring?, timeout: Duration) throws(Failure) {
+    /// handshake, before any other thread knows the stream). What does not go out is dropped:
+    /// the stream is torn then, and the caller fails.
+    /// - Returns: false when the send failed (`result.failure` says why).
+    private func flushLocked(ring: Ring?, timeout: Duration?, into result: inout SendResult) -> Bool {
         let count = io.pointee.out_len
-        guard count > 0 else { return }
+        guard count > 0 else { return true }
         io.pointee.out_len = 0
         let b = UnsafeRawBufferPointer(start: io.pointee.out, count: count)
-        if let ring {
-            do { try ring.sendAll(fd: fd, b, timeout: timeout) } catch { throw .socket(error) }
-            return
-        }
-        // No ring on this thread: non-blocking sends, polled, within `timeout` in all (a peer
-        // that stops reading fails the send instead of holding the stream's lock forever).
-        if let e = Sockets.sendAll(fd: fd, b, deadline: Monotonic.now + timeout) { throw .socket(e) }
+        let o = SocketSend.sendAll(fd: fd, b, timeout: timeout, ring: ring, faults: faults)
+        if o.sent > 0 { result.wentOut = true }
+        guard let e = o.error else { return true }
+        result.failure = .socket(e)
+        return false
+    }
+
+    /// `flushLocked(ring:timeout:into:)`, throwing (the handshake).
+    private func flushLocked(ring: Ring?, timeout: Duration) throws(Failure) {
+        var result = SendResult()
+        if !flushLocked(ring: ring, timeout: timeout, into: &result), let failure = result.failure { throw failure }
     }
 
     /// Receives more bytes into the in buffer (one `recv`, up to its free space).
@@ -331,57 +339,5 @@ package final class SecureStream: @unchecked Sendable {
             if let r = ERR_reason_error_string(e) { out.append(String(cString: r)) } else { out.append("error \(e)") }
         }
         return out.joined(separator: "; ")
-    }
-
-    // MARK: Sockets to streams
-
-    /// The socket's inode (sockfs) at the handshake: a later socket that reuses the fd number is
-    /// another socket, with another inode. (Unlike the address pair, it survives a reset.)
-    private var identity: (UInt, UInt) = (0, 0)
-
-    private static func connectionIdentity(_ fd: Int32) -> (UInt, UInt) {
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { return (UInt.max, UInt.max) }
-        return (UInt(st.st_dev), UInt(st.st_ino))
-    }
-
-    private struct Weak { weak var stream: SecureStream? }
-    private static let registry = Mutex<[Int32: Weak]>([:])
-
-    private static func register(_ s: SecureStream) {
-        registry.withLock { $0[s.fd] = Weak(stream: s) }
-    }
-
-    /// The stream whose handshake ran on `fd`, while it lives. Code that only has a socket (an
-    /// abort's farewell, a migration's feedback reader and control replies) uses it to speak
-    /// through TLS; nil means the socket is plaintext.
-    package static func forSocket(_ fd: Int32) -> SecureStream? {
-        guard let s = registry.withLock({ $0[fd]?.stream }) else { return nil }
-        return s.identity == connectionIdentity(fd) ? s : nil
-    }
-
-    /// Forgets the stream of `fd` (call before closing a socket whose stream may outlive it).
-    package static func forget(_ fd: Int32) {
-        registry.withLock { _ = $0.removeValue(forKey: fd) }
-    }
-}
-
-extension SecureStream.Failure {
-    /// As a transfer error on `channel`, `doing` what.
-    func transferError(_ doing: String, channel: Int) -> TransferError {
-        switch self {
-        case .socket(let e): TransferError.network(e, doing, channel: channel)
-        case .tls(let r): TransferError(.protocolViolation, "\(doing) on channel \(channel): TLS failed (\(r)); the stream was tampered with or the peer is broken")
-        }
-    }
-
-    /// Like `transferError(_:channel:)`; a TLS alert from the peer (it refused this end's
-    /// credentials after the handshake, as a TLS 1.3 server does with a client certificate)
-    /// gets the same advice as a failed handshake.
-    func transferError(_ doing: String, channel: Int, stream: SecureStream) -> TransferError {
-        if case .tls(let r) = self, r.contains("alert") {
-            return TransferError(.rejected, "\(doing) on channel \(channel): the peer ended the TLS session: \(stream.context.hint(r)) (\(r))")
-        }
-        return transferError(doing, channel: channel)
     }
 }

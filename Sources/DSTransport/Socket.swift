@@ -46,26 +46,8 @@ public struct Endpoint: Sendable, CustomStringConvertible {
 
 /// Socket set-up helpers (plain syscalls: set-up is not the data path).
 public enum Sockets {
-    /// Sends all of `bytes` with non-blocking `send`s, polling for room until `deadline`.
-    /// - Returns: nil when everything went out; else the error (`.timedOut` past the deadline).
-    public static func sendAll(fd: Int32, _ bytes: UnsafeRawBufferPointer, deadline: Duration) -> Errno? {
-        var off = 0
-        while off < bytes.count {
-            let n = Glibc.send(fd, bytes.baseAddress! + off, bytes.count - off, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
-            if n > 0 { off += n; continue }
-            let e = errno
-            if n == 0 { return .connectionReset }
-            if e == EINTR { continue }
-            guard e == EAGAIN || e == EWOULDBLOCK else { return Errno(rawValue: e) }
-            let left = deadline - Monotonic.now
-            guard left > .zero else { return .timedOut }
-            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            _ = poll(&p, 1, Int32(min(max(left.milliseconds.rounded(.up), 1), 60_000)))
-        }
-        return nil
-    }
-
-    /// Connects a new TCP socket through `ring` (IORING_OP_CONNECT).
+    /// Connects a new TCP socket through `ring` (IORING_OP_CONNECT); the caller wraps it in a
+    /// `Connection`, which closes it.
     public static func connect(_ endpoint: Endpoint, ring: Ring, timeout: Duration) throws(TransferError) -> Int32 {
         var (storage, length, family) = try endpoint.resolve()
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

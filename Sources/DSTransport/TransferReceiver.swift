@@ -37,7 +37,7 @@ public final class TransferReceiver {
         var start = Monotonic.now
         var sink: FileSink?
         do throws(TransferError) {
-            let (session, sockets) = try listener.waitForSession(timeout: acceptTimeout)
+            let (session, connections) = try listener.waitForSession(timeout: acceptTimeout)
             start = Monotonic.now
             report.connections = session.channelCount
             report.compression = session.features.contains(.lz4)
@@ -45,12 +45,12 @@ public final class TransferReceiver {
             do throws(TransferError) { sink = try FileSink(path: output, size: session.totalSize) } catch {
                 // Tell the sender why before hanging up.
                 let abort = AbortSignal(side: "receiver")
-                for fd in sockets { abort.watch(fd) }
+                for c in connections { abort.watch(c) }
                 abort.abort(error)
-                for fd in sockets { close(fd) }
+                for c in connections { c.close() }
                 throw error
             }
-            let totals = try run(session, sockets, sink!, backend)
+            let totals = try run(session, connections, sink!, backend)
             report.completed = true
             report.bytes = totals.rawBytes
             report.chunks = totals.chunks
@@ -66,9 +66,9 @@ public final class TransferReceiver {
         return report
     }
 
-    private func run(_ session: SessionInfo, _ sockets: [Int32], _ sink: FileSink,
+    private func run(_ session: SessionInfo, _ connections: [Connection], _ sink: FileSink,
                      _ backend: IOBackendKind) throws(TransferError) -> TransferTotals {
-        defer { for fd in sockets { close(fd) } }
+        defer { for c in connections { c.close() } }
         let abort = AbortSignal(side: "receiver")
         let chunk = UInt64(session.chunkSize)
         let total = session.totalSize
@@ -77,7 +77,7 @@ public final class TransferReceiver {
         let options = self.options, progress = self.progress, warn = self.warn
 
         abort.onAbort { sink.wake() }
-        let group = try ChannelSet.serve(session, sockets: sockets, options: options, abort: abort, backend: backend, warn: warn)
+        let group = try ChannelSet.serve(session, connections: connections, options: options, abort: abort, backend: backend, warn: warn)
         defer { group.shutdown(); sink.wake() }
         let merged = Mutex(ChannelStats())
         do {

@@ -1,27 +1,15 @@
-import Glibc
-import Synchronization
 import DSRing
 import DSSupport
 
-/// A watched socket and whether a frame is half sent on it (then no farewell may be sent: it
-/// would land inside that frame).
-public final class SocketGuard: Sendable {
-    public let fd: Int32
-    private let sending = Atomic<Bool>(false)
-    init(fd: Int32) { self.fd = fd }
-    public var midFrame: Bool { sending.load(ordering: .acquiring) }
-    public func setMidFrame(_ v: Bool) { sending.store(v, ordering: .releasing) }
-}
-
-/// The first error of a session, and the sockets to shut down when it happens so that every
+/// The first error of a session, and the connections to shut down when it happens so that every
 /// other thread blocked on one of them returns at once.
 public final class AbortSignal: @unchecked Sendable {
     // @unchecked: all state is guarded by `lock`.
     private let lock = ConditionLock()
     private var first: TransferError?
-    private var sockets: [SocketGuard] = []
+    private var connections: [Connection] = []
     private var wakers: [@Sendable () -> Void] = []
-    /// Bytes to send (best effort, non-blocking) on every watched socket before shutting it
+    /// Bytes to send (best effort, non-blocking) on every watched connection before shutting it
     /// down, so the peer learns why: an `error` frame.
     private let farewell: (@Sendable (TransferError) -> [UInt8])?
 
@@ -30,15 +18,11 @@ public final class AbortSignal: @unchecked Sendable {
     public var error: TransferError? { lock.withLock { first } }
     public var isAborted: Bool { error != nil }
 
-    /// Adds a socket to shut down on abort (and shuts it down now if already aborted).
-    /// - Returns: the socket's guard; a channel marks it while a frame is half sent, so the
-    ///   farewell never lands inside another frame.
-    @discardableResult
-    public func watch(_ fd: Int32) -> SocketGuard {
-        let g = SocketGuard(fd: fd)
-        let aborted = lock.withLock { () -> Bool in sockets.append(g); return first != nil }
-        if aborted { shutdown(fd, Int32(SHUT_RDWR)) }
-        return g
+    /// Adds a connection to tell and shut down on abort (and shuts it down now if already
+    /// aborted). The farewell is skipped while its `socketGuard` says a frame is half sent.
+    public func watch(_ connection: Connection) {
+        let aborted = lock.withLock { () -> Bool in connections.append(connection); return first != nil }
+        if aborted { connection.shutdown() }
     }
 
     /// Registers `wake`, called once on abort: it must wake threads waiting on conditions of
@@ -56,21 +40,19 @@ public final class AbortSignal: @unchecked Sendable {
     /// - Returns: true if this was the first error.
     @discardableResult
     public func abort(_ error: TransferError) -> Bool {
-        let (isFirst, guards) = lock.withLock { () -> (Bool, [SocketGuard]) in
+        let (isFirst, watched) = lock.withLock { () -> (Bool, [Connection]) in
             guard first == nil else { return (false, []) }
             first = error
             lock.broadcast()
-            return (true, sockets)
+            return (true, connections)
         }
         if isFirst, let farewell {
             let bytes = farewell(error)
-            for g in guards where !g.midFrame {
-                // A TLS socket gets the farewell encrypted (plaintext would break its stream).
-                if let secure = SecureStream.forSocket(g.fd) { secure.trySend(bytes); continue }
-                _ = bytes.withUnsafeBytes { send(g.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
-            }
+            // Through the connection's funnel: encrypted on a TLS connection (plaintext would
+            // break its stream), never waiting, never inside a half-sent frame.
+            for c in watched { _ = try? c.send(bytes, timeout: .zero, mode: .bestEffort) }
         }
-        for g in guards { shutdown(g.fd, Int32(SHUT_RDWR)) }
+        for c in watched { c.shutdown() }
         if isFirst { for w in lock.withLock({ wakers }) { w() } }
         return isFirst
     }
@@ -89,9 +71,9 @@ public final class AbortSignal: @unchecked Sendable {
         return isFirst
     }
 
-    /// Shuts every watched socket down.
+    /// Shuts every watched connection down.
     public func shutdownAll() {
-        for g in lock.withLock({ sockets }) { shutdown(g.fd, Int32(SHUT_RDWR)) }
+        for c in lock.withLock({ connections }) { c.shutdown() }
     }
 }
 

@@ -6,7 +6,7 @@ import DSSupport
 func tempFile() -> (Int32, String) {
     var template = Array("/tmp/dsring-XXXXXX".utf8CString)
     let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-    return (fd, String(cString: template))
+    return (fd, String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
 }
 
 func pattern(_ n: Int, seed: UInt8 = 3) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) } }

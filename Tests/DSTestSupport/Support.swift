@@ -31,7 +31,7 @@ public func testData(_ count: Int, seed: UInt64) -> [UInt8] {
 }
 
 public func writeFile(_ path: String, _ bytes: [UInt8]) {
-    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
 }
 
 public func readFile(_ path: String) -> [UInt8]? {

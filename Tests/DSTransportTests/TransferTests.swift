@@ -54,7 +54,7 @@ import DSSupport
         var inPipe: [Int32] = [0, 0], outPipe: [Int32] = [0, 0]
         #expect(pipe(&inPipe) == 0 && pipe(&outPipe) == 0)
         let writer = OSThread {
-            _ = data.withUnsafeBytes { b in
+            data.withUnsafeBytes { b in
                 var off = 0
                 while off < b.count { let n = write(inPipe[1], b.baseAddress! + off, b.count - off); if n <= 0 { break }; off += n }
             }

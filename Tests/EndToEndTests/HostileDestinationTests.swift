@@ -72,10 +72,11 @@ import DSSupport
         // instead of blocking the destination forever on a full socket buffer.
         var sv: [Int32] = [0, 0]
         #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv) == 0)
-        defer { close(sv[0]); close(sv[1]) }
+        let connection = Connection(fd: sv[0])
+        defer { connection.close(); close(sv[1]) }
         var small: Int32 = 4096
         setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, socklen_t(MemoryLayout<Int32>.size))
-        let replies = ControlReplies(fd: sv[0], guard: nil, timeout: .milliseconds(300))
+        let replies = ControlReplies(connection: connection, timeout: .milliseconds(300))
         let t0 = Monotonic.now
         var caught: TransferError?
         do throws(TransferError) {

@@ -25,7 +25,7 @@ final class DestinationRun: @unchecked Sendable {
     private var handoverState = Handover(side: .destination)
     private var loadTime = Duration.zero
 
-    init(session: SessionInfo, sockets: [Int32], options: TransferOptions, abort: AbortSignal,
+    init(session: SessionInfo, sockets: [Connection], options: TransferOptions, abort: AbortSignal,
          warn: @escaping @Sendable (String) -> Void, phaseHook: (@Sendable (HandoverPhase) -> Void)?,
          report: MigrationReport) throws(TransferError) {
         self.session = session
@@ -35,11 +35,9 @@ final class DestinationRun: @unchecked Sendable {
         self.phaseHook = phaseHook
         self.report = report
         let backend = options.backend ?? IOBackend.preferred
-        group = try ChannelSet.serve(session, sockets: sockets, options: options, abort: abort, backend: backend, warn: warn)
-        // Control replies share channel 0's socket with worker 0's receives: one sender at a time.
-        let guard0 = Mutex<SocketGuard?>(nil)
-        try group.run(only: 0) { (_, ch) throws(TransferError) in let g = ch.socketGuard; guard0.withLock { $0 = g } }
-        control = ControlReplies(fd: sockets[0], guard: guard0.withLock { $0 }, timeout: options.timeout)
+        group = try ChannelSet.serve(session, connections: sockets, options: options, abort: abort, backend: backend, warn: warn)
+        // Control replies share channel 0's connection with worker 0's receives.
+        control = ControlReplies(connection: sockets[0], timeout: options.timeout)
     }
 
     func shutdown() { group.shutdown() }

@@ -64,13 +64,13 @@ public final class MigrationDestination: @unchecked Sendable {
         var report = MigrationReport()
         let start = Monotonic.now
         let abort = AbortSignal(side: "destination")
-        var sockets: [Int32] = []
+        var sockets: [Connection] = []
         var run: DestinationRun?
         do throws(TransferError) {
             let (session, s) = try listener.waitForSession(timeout: acceptTimeout)
             sockets = s
             guard session.mode == .migration else {
-                for fd in s { abort.watch(fd) }
+                for c in s { abort.watch(c) }
                 throw TransferError(.protocolViolation, "the sender started a plain transfer, but this receiver expects a migration (--device)")
             }
             report.connections = session.channelCount
@@ -93,7 +93,7 @@ public final class MigrationDestination: @unchecked Sendable {
         }
         run?.shutdown()
         listener.stop()
-        for fd in sockets { close(fd) }
+        for c in sockets { c.close() }
         report.totalTime = Monotonic.now - start
         return report
     }

@@ -29,14 +29,14 @@ final class Feedback: @unchecked Sendable {
     private var failure: TransferError?
     private var thread: OSThread?
 
-    func start(fd: Int32, options: TransferOptions, backend: IOBackendKind, abort: AbortSignal) {
+    func start(connection: Connection, options: TransferOptions, backend: IOBackendKind, abort: AbortSignal) {
         thread = OSThread { [self] in
             let ring: Ring
             do { ring = try Ring(entries: 4, backend: backend) } catch {
                 fail(TransferError(.localIO, "cannot create an I/O ring for destination feedback: \(error)"), abort: abort)
                 return
             }
-            let ch = Channel(index: 0, fd: fd, ring: ring, chunkSize: WireLimits.minChunkSize, compression: false,
+            let ch = Channel(index: 0, connection: connection, ring: ring, chunkSize: WireLimits.minChunkSize, compression: false,
                              acceleration: 1, timeout: max(options.timeout, .seconds(600)))
             do throws(TransferError) {
                 while try handle(try receive(ch, abort: abort)) {}

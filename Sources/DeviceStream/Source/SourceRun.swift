@@ -22,7 +22,7 @@ struct SourceRun {
     let start: Duration
     let feedback = Feedback()
     var group: WorkerGroup<Channel>?
-    var sockets: [Int32] = []
+    var sockets: [Connection] = []
     var counters: SentCounters
     /// Set when `commit` is about to go out: from then on a failure must not restart the
     /// source devices (the destination may be running them).
@@ -49,7 +49,7 @@ struct SourceRun {
         group = nil
         abort.shutdownAll()
         feedback.join()
-        for fd in sockets { close(fd) }
+        for c in sockets { c.close() }
         sockets = []
     }
 
@@ -121,7 +121,7 @@ struct SourceRun {
         onEvent(.setupDone(report.setupTime))
         // From here the feedback thread owns reads on channel 0.
         try onChannel0 { ch throws(TransferError) in ch.peekPeerErrors = false }
-        feedback.start(fd: s[0], options: options, backend: backend, abort: abort)
+        feedback.start(connection: s[0], options: options, backend: backend, abort: abort)
         abort.onAbort { [feedback] in feedback.wake() }
         return result
     }
