@@ -48,7 +48,8 @@ package final class DeviceCore<Inner: Sendable>: Sendable {
     /// The current state (read under the lock).
     package var state: VFIODeviceState { mutex.withLock { $0.state } }
 
-    /// Runs `body` under the lock, whether the device is open or closed.
+    /// Runs `body` under the lock, whether the device is open or closed. The lock is not
+    /// recursive: `body` must not call `state` or another method of this core that locks.
     package func withLock<R: Sendable, E: Error>(_ body: (inout Locked) throws(E) -> R) throws(E) -> R {
         try mutex.withLock { (locked: inout Locked) throws(E) -> R in try body(&locked) }
     }
@@ -80,15 +81,10 @@ package final class DeviceCore<Inner: Sendable>: Sendable {
     }
 
     /// `.invalidState` when the device is closed.
-    package func checkOpen(_ locked: Locked) throws(DeviceError) {
+    private func checkOpen(_ locked: Locked) throws(DeviceError) {
         if locked.isClosed {
             throw DeviceError(.invalidState, "\(name): the device is closed; open a new one")
         }
-    }
-
-    /// `.invalidState` unless `state` allows `access` of the data plane.
-    package func checkAccess(_ access: DeviceAccess, in state: VFIODeviceState) throws(DeviceError) {
-        try check(state, in: Self.states(for: access), to: Self.action(for: access))
     }
 
     /// `.invalidState` unless `state` is one of `allowed`: "NAME: cannot ACTION in state X; allowed
@@ -138,7 +134,7 @@ package final class DeviceCore<Inner: Sendable>: Sendable {
     }
 
     /// The error for a transition the state machine has no path for, with what to do instead.
-    package func blockedTransition(from: VFIODeviceState, to: VFIODeviceState) -> DeviceError {
+    private func blockedTransition(from: VFIODeviceState, to: VFIODeviceState) -> DeviceError {
         let hint: String
         if from == .error {
             hint = "the device is in ERROR; reset it (VFIO_DEVICE_RESET) to return to RUNNING"

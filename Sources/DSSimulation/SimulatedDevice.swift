@@ -23,9 +23,7 @@
 /// (pages written) and three registers derived from seed and generation. `digest()` covers the
 /// image only, not the config (the config is compared separately).
 
-#if canImport(Glibc)
 import Glibc
-#endif
 import DSDevices
 import DSSupport
 
