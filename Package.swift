@@ -10,8 +10,11 @@ import PackageDescription
 //   DSRing                     io_uring + blocking fallback, buffer pool (imports CURing)
 //   DSTransport                channels (thread + ring + socket, TLS 1.3 via COpenSSL), point-to-point transfer
 //   DSScheduler                pre-copy scheduler: pure state machine
-//   DSDevices                  VFIO state machine, device protocol, sim/emu/file/vfio devices
+//   DSDevices                  device protocol, VFIO state machine + UAPI, the shared device core,
+//                              the file: and vfio: devices
 //   DeviceStream               migration sessions + the embedding API (the one library product)
+//   DSSimulation               fixtures, not in the library: sim: and vfio-emu: devices, content
+//                              generator, dirtying workload, VFIO v1 model, device spec strings
 //   DSCLISupport               option parsers, byte formatting, terminal + JSON output (CLIs only)
 //   devstream, stream-bench    executables
 //   DSNetLab                   namespaces + shaped veth links for tests and stream-bench
@@ -20,6 +23,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "DeviceStream", targets: ["DeviceStream"]),
+        // The fixtures, as a product only so the Benchmarks package can fill chunks with them;
+        // embedders never need it.
+        .library(name: "DSSimulation", targets: ["DSSimulation"]),
         .executable(name: "devstream", targets: ["devstream"]),
         .executable(name: "stream-bench", targets: ["stream-bench"]),
     ],
@@ -39,28 +45,32 @@ let package = Package(
         .target(name: "DSScheduler"),
         .target(name: "DSTransport", dependencies: ["DSSupport", "DSWire", "DSCodec", "DSRing", "COpenSSL"]),
         .target(name: "DeviceStream", dependencies: ["DSSupport", "DSWire", "DSCodec", "DSRing", "DSTransport", "DSDevices", "DSScheduler"]),
+        // Simulated devices and their parts (DeviceSpec makes them); used by the CLI, stream-bench
+        // and the tests, not part of the DeviceStream library.
+        .target(name: "DSSimulation", dependencies: ["DSDevices", "DSSupport"]),
         // Shared by devstream and stream-bench: option parsers, byte formatting, terminal and JSON output.
         .target(name: "DSCLISupport", dependencies: [
             "DSSupport", "DeviceStream", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "devstream", dependencies: [
-            "DeviceStream", "DSCLISupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "DeviceStream", "DSSimulation", "DSCLISupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Network namespaces joined by a shaped veth pair, for tests and stream-bench; not a product.
         .target(name: "DSNetLab", dependencies: ["DSSupport"]),
         .executableTarget(name: "stream-bench", dependencies: [
-            "DeviceStream", "DSNetLab", "DSCLISupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "DeviceStream", "DSSimulation", "DSNetLab", "DSCLISupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Shared by the test targets (a fault-injecting proxy, data helpers); not a product.
-        .target(name: "DSTestSupport", dependencies: ["DSTransport", "DSWire", "DSCodec", "DSRing"], path: "Tests/DSTestSupport"),
+        .target(name: "DSTestSupport", dependencies: ["DSTransport", "DSWire", "DSCodec", "DSRing", "DSDevices"], path: "Tests/DSTestSupport"),
         .testTarget(name: "DSSupportTests", dependencies: ["DSSupport"]),
         .testTarget(name: "DSWireTests", dependencies: ["DSWire"]),
         .testTarget(name: "DSCodecTests", dependencies: ["DSCodec"]),
         .testTarget(name: "DSRingTests", dependencies: ["DSRing"]),
         .testTarget(name: "DSTransportTests", dependencies: ["DSTransport", "DSCodec", "DSTestSupport"]),
-        .testTarget(name: "DSDevicesTests", dependencies: ["DSDevices"]),
+        .testTarget(name: "DSDevicesTests", dependencies: ["DSDevices", "DSTestSupport"]),
+        .testTarget(name: "DSSimulationTests", dependencies: ["DSSimulation", "DSDevices", "DSSupport", "DSTestSupport"]),
         .testTarget(name: "DSSchedulerTests", dependencies: ["DSScheduler"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["DeviceStream", "DSTestSupport", "DSNetLab", "DSCLISupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["DeviceStream", "DSSimulation", "DSTestSupport", "DSNetLab", "DSCLISupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

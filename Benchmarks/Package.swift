@@ -16,6 +16,7 @@ let package = Package(
             name: "DataPath",
             dependencies: [
                 .product(name: "DeviceStream", package: "DeviceStream"),
+                .product(name: "DSSimulation", package: "DeviceStream"),
                 .product(name: "Benchmark", package: "benchmark"),
             ],
             path: "DataPath",

@@ -2,6 +2,7 @@
 // `mallocCountTotal` thresholds fail the run if a change adds an allocation per chunk.
 import Benchmark
 import DeviceStream
+import DSSimulation
 
 /// A 1 MiB chunk of device-memory-like content.
 nonisolated(unsafe) let raw: UnsafeMutableRawBufferPointer = {

@@ -13,13 +13,10 @@
 /// config blob is 16 bytes (magic `DSFILCFG`, size), checked against the destination's size.
 /// `digest()` is XXH3-64 of the file's first `size` bytes, streamed through a 1 MiB buffer.
 
-import CXXHash
-import Foundation
-import DSRing
+import Glibc
 import DSSupport
 
-public final class FileDevice: AddressableDevice, @unchecked Sendable {
-    // Invariant: `lock` guards every mutable stored property (state, tracking flags, the fd).
+public final class FileDevice: AddressableDevice {
     public let spec: String
     public let path: String
     public let size: UInt64
@@ -27,28 +24,30 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
     /// True for a device made with `init(destinationPath:size:)`.
     public let isDestination: Bool
     public var dataKind: DeviceDataKind { .addressable(size: size) }
-    public let migrationFlags: VFIOMigrationFlags = [.stopCopy]
+    public var migrationFlags: VFIOMigrationFlags { core.flags }
 
-    static let configSize = 16
-    static let configMagic: UInt64 = 0x4746_434C_4946_5344  // "DSFILCFG"
+    static let config = ConfigBlob(magic: 0x4746_434C_4946_5344, count: 16, kind: "file device")  // "DSFILCFG"
     static let blkGetSize64: UInt = 0x8008_1272
 
-    private let lock = NSLock()
-    private var current: VFIODeviceState
-    private var initialPending = false
-    private var fd: Int32
-    private var closed = false
-    /// A regular-file destination's `PATH.partial` until it is renamed to `PATH` (then nil).
-    private var partialPath: String?
-    /// Set once the handover committed this destination's state: never delete it then.
-    private var keepPartial = false
+    /// What the lock guards besides the state.
+    struct Handle: Sendable {
+        var fd: Int32
+        /// The next take reports every chunk.
+        var initialPending = false
+        /// A regular-file destination's `PATH.partial` until it is renamed to `PATH` (then nil).
+        var partialPath: String?
+        /// Set once the handover committed this destination's state: never delete it then.
+        var keepPartial = false
+    }
+
+    private let core: DeviceCore<Handle>
 
     /// Opens `path` (a regular file or block device) as a source, in RUNNING.
     public init(sourcePath path: String, chunkSize: Int = 1 << 20) throws(DeviceError) {
         try Self.checkChunk(chunkSize, path)
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
-            throw DeviceError(.io, "file device: cannot open '\(path)' for reading: \(errnoText()); check the path and its permissions")
+            throw DeviceError(.io, "file device: cannot open '\(path)' for reading: \(Errno.current); check the path and its permissions")
         }
         do throws(DeviceError) {
             size = try Self.sizeOf(fd: fd, path: path)
@@ -56,12 +55,11 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
             Glibc.close(fd)
             throw error
         }
-        self.fd = fd
         self.path = path
         spec = "file:\(path)"
         trackingChunkSize = chunkSize
         isDestination = false
-        current = .running
+        core = DeviceCore(name: "file device '\(path)'", flags: [.stopCopy], state: .running, inner: Handle(fd: fd))
     }
 
     /// Opens `path` as a destination of `size` bytes, in RESUMING. A regular file is written as
@@ -76,10 +74,11 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
         var st = stat()
         let exists = stat(path, &st) == 0
         let isBlock = exists && (st.st_mode & S_IFMT) == S_IFBLK
+        var handle: Handle
         if isBlock {
             let fd = open(path, O_RDWR | O_CLOEXEC)
             guard fd >= 0 else {
-                throw DeviceError(.io, "file device: cannot open '\(path)' for writing: \(errnoText()); check the device's permissions")
+                throw DeviceError(.io, "file device: cannot open '\(path)' for writing: \(Errno.current); check the device's permissions")
             }
             let have: UInt64
             do throws(DeviceError) { have = try Self.sizeOf(fd: fd, path: path) } catch { Glibc.close(fd); throw error }
@@ -87,7 +86,7 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
                 Glibc.close(fd)
                 throw DeviceError(.io, "file device: block device '\(path)' holds \(have) bytes but the source has \(size); use a larger device")
             }
-            self.fd = fd
+            handle = Handle(fd: fd)
         } else {
             if exists && (st.st_mode & S_IFMT) == S_IFDIR {
                 throw DeviceError(.badSpec, "file device: '\(path)' is a directory; give a file path")
@@ -96,19 +95,19 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
             let partial = path + ".partial"
             let fd = try Self.createPartial(partial)
             guard let length = off_t(exactly: size), ftruncate(fd, length) == 0 else {
-                let e = errnoText()
+                let e = Errno.current
                 Glibc.close(fd); unlink(partial)
                 throw DeviceError(.io, "file device: cannot size '\(partial)' to \(size) bytes: \(e); check free space and the file-size limit")
             }
-            self.fd = fd
-            partialPath = partial
+            handle = Handle(fd: fd)
+            handle.partialPath = partial
         }
         self.path = path
         self.size = size
         spec = "file:\(path)"
         trackingChunkSize = chunkSize
         isDestination = true
-        current = .resuming
+        core = DeviceCore(name: "file device '\(path)'", flags: [.stopCopy], state: .resuming, inner: handle)
     }
 
     /// Creates `partial` for writing: O_CREAT | O_EXCL | O_NOFOLLOW, so it never writes through a
@@ -124,7 +123,7 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
         }
         let fd = open(partial, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
-            throw DeviceError(.io, "file device: cannot create '\(partial)': \(errnoText()); check that the directory exists and is writable and that no one else is writing there")
+            throw DeviceError(.io, "file device: cannot create '\(partial)': \(Errno.current); check that the directory exists and is writable and that no one else is writing there")
         }
         return fd
     }
@@ -137,23 +136,23 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
 
     /// Makes a regular-file destination's data durable (RESUMING → STOP: before the
     /// destination says `loaded`, so a failure here still leaves the source free to restart).
-    private func syncLocked() throws(DeviceError) {
-        guard let partial = partialPath else { return }
-        guard fsync(fd) == 0 || errno == EINVAL || errno == EROFS else {
-            throw DeviceError(.io, "file device: fsync of '\(partial)' failed: \(errnoText())")
+    private static func sync(_ handle: Handle) throws(DeviceError) {
+        guard let partial = handle.partialPath else { return }
+        guard fsync(handle.fd) == 0 || errno == EINVAL || errno == EROFS else {
+            throw DeviceError(.io, "file device: fsync of '\(partial)' failed: \(Errno.current)")
         }
     }
 
     /// Puts a regular-file destination's (already synced) data under `PATH` (STOP → RUNNING,
     /// after the source's commit). From here the migrated state is never deleted: if the
     /// rename fails, it stays in `PATH.partial` and the error says so.
-    private func commitLocked() throws(DeviceError) {
-        guard let partial = partialPath else { return }
-        keepPartial = true
+    private func commit(_ handle: inout Handle) throws(DeviceError) {
+        guard let partial = handle.partialPath else { return }
+        handle.keepPartial = true
         guard rename(partial, path) == 0 else {
-            throw DeviceError(.io, "file device: cannot rename '\(partial)' to '\(path)': \(errnoText()); the migrated state is kept in '\(partial)'")
+            throw DeviceError(.io, "file device: cannot rename '\(partial)' to '\(path)': \(Errno.current); the migrated state is kept in '\(partial)'")
         }
-        partialPath = nil
+        handle.partialPath = nil
         FileSystem.syncDirectory(of: path)
     }
 
@@ -168,7 +167,7 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
     private static func sizeOf(fd: Int32, path: String) throws(DeviceError) -> UInt64 {
         var st = stat()
         guard fstat(fd, &st) == 0 else {
-            throw DeviceError(.io, "file device: fstat of '\(path)' failed: \(errnoText())")
+            throw DeviceError(.io, "file device: fstat of '\(path)' failed: \(Errno.current)")
         }
         switch st.st_mode & S_IFMT {
         case S_IFREG:
@@ -177,7 +176,7 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
             var bytes: UInt64 = 0
             let rc = withUnsafeMutablePointer(to: &bytes) { ioctl(fd, blkGetSize64, $0) }
             guard rc == 0 else {
-                throw DeviceError(.io, "file device: ioctl(BLKGETSIZE64) on block device '\(path)' failed: \(errnoText())")
+                throw DeviceError(.io, "file device: ioctl(BLKGETSIZE64) on block device '\(path)' failed: \(Errno.current)")
             }
             return bytes
         default:
@@ -185,128 +184,97 @@ public final class FileDevice: AddressableDevice, @unchecked Sendable {
         }
     }
 
-    private func checkOpen() throws(DeviceError) {
-        if closed { throw DeviceError(.invalidState, "file device '\(path)': the device is closed; make a new one") }
-    }
-
-    public var state: VFIODeviceState {
-        lock.lock(); defer { lock.unlock() }
-        return current
-    }
+    public var state: VFIODeviceState { core.state }
 
     public func setState(_ target: VFIODeviceState) throws(DeviceError) {
-        lock.lock(); defer { lock.unlock() }
-        try checkOpen()
-        try walkArcs(from: current, to: target, flags: migrationFlags, device: "file device") { (from, next) throws(DeviceError) in
-            if VFIOStateMachine.isSaving(next) && !VFIOStateMachine.isSaving(from) { initialPending = true }
-            if !VFIOStateMachine.isSaving(next) { initialPending = false }
-            if isDestination && from == .resuming { try syncLocked() }
+        try core.transition(to: target) { (arc, locked) throws(DeviceError) in
+            if arc.startsSaving { locked.inner.initialPending = true }
+            if !VFIOStateMachine.isSaving(arc.to) { locked.inner.initialPending = false }
+            if isDestination && arc.from == .resuming { try Self.sync(locked.inner) }
             // RUNNING on a destination: the migration loaded the whole state; only now is it
             // PATH (and only once it is, is the device RUNNING).
-            if isDestination && VFIOStateMachine.isRunning(next) { try commitLocked() }
-            current = next
+            if isDestination && VFIOStateMachine.isRunning(arc.to) { try commit(&locked.inner) }
         }
     }
 
     public func dataFD(for access: DeviceAccess) throws(DeviceError) -> Int32 {
-        lock.lock(); defer { lock.unlock() }
-        try checkOpen()
-        switch access {
-        case .save: guard VFIOStateMachine.isSaving(current) else { throw accessError("file device", .save, current, preCopy: false) }
-        case .load: guard current == .resuming else { throw accessError("file device", .load, current) }
-        }
-        return fd
+        try core.withOpen(for: access) { locked in locked.inner.fd }
     }
 
+    private var chunkCount: UInt64 { (size + UInt64(trackingChunkSize) - 1) / UInt64(trackingChunkSize) }
+
     public func takeDirtyChunks(into chunks: inout [UInt64]) throws(DeviceError) {
-        lock.lock(); defer { lock.unlock() }
-        try checkOpen()
-        guard VFIOStateMachine.isSaving(current) else {
-            throw DeviceError(.invalidState, "file device: cannot take dirty chunks in state \(vfioName(current)); a file is read in STOP_COPY")
-        }
-        if initialPending {
-            initialPending = false
-            let count = (size + UInt64(trackingChunkSize) - 1) / UInt64(trackingChunkSize)
-            chunks.reserveCapacity(chunks.count + Int(count))
-            for i in 0 ..< count { chunks.append(i) }
+        try core.withOpen(in: VFIOStateMachine.savingStates, to: "take dirty chunks") { locked in
+            guard locked.inner.initialPending else { return }
+            locked.inner.initialPending = false
+            chunks.reserveCapacity(chunks.count + Int(chunkCount))
+            for i in 0 ..< chunkCount { chunks.append(i) }
         }
     }
 
     public func peekDirtyChunks(into chunks: inout [UInt64]) throws(DeviceError) {
-        lock.lock(); defer { lock.unlock() }
-        try checkOpen()
-        guard initialPending else { return }
-        let count = (size + UInt64(trackingChunkSize) - 1) / UInt64(trackingChunkSize)
-        for i in 0 ..< count { chunks.append(i) }
+        try core.withOpen { locked in
+            guard locked.inner.initialPending else { return }
+            for i in 0 ..< chunkCount { chunks.append(i) }
+        }
     }
 
     public func dirtyByteCount() -> UInt64 {
-        lock.lock(); defer { lock.unlock() }
-        return VFIOStateMachine.isSaving(current) && !initialPending ? 0 : size
+        core.withLock { locked in
+            VFIOStateMachine.isSaving(locked.state) && !locked.inner.initialPending ? 0 : size
+        }
     }
 
+    /// A file has no PRE_COPY state (its migration flags are [STOP_COPY]): this always throws.
     public func precopyInfo() throws(DeviceError) -> PrecopyInfo {
-        throw DeviceError(.invalidState, "file device: no pre-copy info; a file device has no PRE_COPY state (its migration flags are [STOP_COPY])")
+        try core.check(state, in: [.preCopy, .preCopyP2P], to: "report pre-copy info")
+        return PrecopyInfo(initialBytes: 0, dirtyBytes: 0)
     }
 
     public func stopCopySize() throws(DeviceError) -> UInt64 {
-        dirtyByteCount() + UInt64(Self.configSize)
+        dirtyByteCount() + UInt64(Self.config.count)
     }
 
     public func saveConfig() throws(DeviceError) -> [UInt8] {
-        var out: [UInt8] = []
-        out.appendLE(Self.configMagic)
-        out.appendLE(size)
-        return out
+        try core.saveConfig { _ in Self.config.head(size: size) }
     }
 
     public func loadConfig(_ bytes: [UInt8]) throws(DeviceError) {
-        lock.lock(); defer { lock.unlock() }
-        try checkOpen()
-        guard current == .resuming else {
-            throw DeviceError(.invalidState, "file device: cannot load a config in state \(vfioName(current)); configs are loaded in RESUMING only")
-        }
-        guard bytes.count == Self.configSize, bytes.loadLE(at: 0, as: UInt64.self) == Self.configMagic else {
-            throw DeviceError(.malformedStream, "file device: config of \(bytes.count) bytes has no DSFILCFG magic; the source is not a file device or the config is corrupt")
-        }
-        guard bytes.loadLE(at: 8, as: UInt64.self) == size else {
-            throw DeviceError(.malformedStream, "file device: config is for \(bytes.loadLE(at: 8, as: UInt64.self)) bytes but '\(path)' was opened for \(size); open the destination with the source's size")
-        }
+        try core.loadConfig(bytes, format: Self.config, size: size)
     }
 
     /// XXH3-64 of the first `size` bytes, read with `pread` through a 1 MiB buffer.
     public func digest() throws(DeviceError) -> UInt64 {
-        lock.lock(); defer { lock.unlock() }
-        try checkOpen()
-        let hasher = XXH3Stream()
-        let bufSize = 1 << 20
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: bufSize, alignment: 4096)
-        defer { buf.deallocate() }
-        var offset: UInt64 = 0
-        while offset < size {
-            let want = Int(min(UInt64(bufSize), size - offset))
-            let n = pread(fd, buf, want, off_t(offset))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw DeviceError(.io, "file device: pread of '\(path)' at offset \(offset) failed: \(errnoText())")
+        try core.withOpen { (locked) throws(DeviceError) -> UInt64 in
+            let hasher = XXH3Stream()
+            let bufSize = 1 << 20
+            let buf = UnsafeMutableRawPointer.allocate(byteCount: bufSize, alignment: 4096)
+            defer { buf.deallocate() }
+            var offset: UInt64 = 0
+            while offset < size {
+                let want = Int(min(UInt64(bufSize), size - offset))
+                let n = pread(locked.inner.fd, buf, want, off_t(offset))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw DeviceError(.io, "file device: pread of '\(path)' at offset \(offset) failed: \(Errno.current)")
+                }
+                if n == 0 {
+                    throw DeviceError(.io, "file device: '\(path)' ended at \(offset) bytes, expected \(size); the file changed size during migration")
+                }
+                hasher.update(buf, n)
+                offset += UInt64(n)
             }
-            if n == 0 {
-                throw DeviceError(.io, "file device: '\(path)' ended at \(offset) bytes, expected \(size); the file changed size during migration")
-            }
-            hasher.update(buf, n)
-            offset += UInt64(n)
+            return hasher.digest
         }
-        return hasher.digest
     }
 
     public func close() {
-        lock.lock(); defer { lock.unlock() }
-        if closed { return }
-        closed = true
-        Glibc.close(fd)
-        fd = -1
-        // Never renamed: the migration did not complete, so no partial state is left behind
-        // (unless the handover committed it: then it is the only copy).
-        if let partial = partialPath, !keepPartial { unlink(partial); partialPath = nil }
+        core.close { handle in
+            Glibc.close(handle.fd)
+            handle.fd = -1
+            // Never renamed: the migration did not complete, so no partial state is left behind
+            // (unless the handover committed it: then it is the only copy).
+            if let partial = handle.partialPath, !handle.keepPartial { unlink(partial); handle.partialPath = nil }
+        }
     }
 }

@@ -1,89 +1,5 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-import Synchronization
 import DSSupport
-
-/// The syscalls `VFIODevice` makes, behind one funnel so tests can put a fake kernel under it.
-///
-/// Every call reports failure as `-errno` (never -1 plus `errno`), so no caller reads `errno`.
-public protocol VFIOIoctlLayer: AnyObject, Sendable {
-    /// `ioctl(fd, request, arg)`: `-errno` on failure, the ioctl's result (>= 0) on success.
-    func ioctl(_ fd: Int32, _ request: UInt, _ arg: UnsafeMutableRawPointer) -> Int32
-    /// `read(fd, buf)`: the count read, or `-errno`.
-    func read(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer) -> Int
-    /// `write(fd, buf)`: the count written, or `-errno`.
-    func write(_ fd: Int32, _ buf: UnsafeRawBufferPointer) -> Int
-    /// `open(path, O_RDWR | O_CLOEXEC)`: the fd, or `-errno`.
-    func open(_ path: String) -> Int32
-    /// `close(fd)`.
-    func close(_ fd: Int32)
-}
-
-/// The real syscalls. `errno` is turned into `-errno` here, and only here; EINTR is retried here.
-public final class SystemIoctlLayer: VFIOIoctlLayer {
-    public init() {}
-
-    /// Runs `call` until it does not fail with EINTR; a negative result becomes `-errno`.
-    @inline(__always)
-    private func retrying<R: BinaryInteger>(_ call: () -> R) -> R {
-        while true {
-            let r = call()
-            if r >= 0 { return r }
-            let e = errno
-            if e == EINTR { continue }
-            return R(-e)
-        }
-    }
-
-    public func ioctl(_ fd: Int32, _ request: UInt, _ arg: UnsafeMutableRawPointer) -> Int32 {
-        #if canImport(Glibc)
-        retrying { Glibc.ioctl(fd, request, arg) }
-        #else
-        retrying { Darwin.ioctl(fd, request, arg) }
-        #endif
-    }
-
-    public func read(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer) -> Int {
-        guard let base = buf.baseAddress, buf.count > 0 else { return 0 }
-        #if canImport(Glibc)
-        return retrying { Glibc.read(fd, base, buf.count) }
-        #else
-        return retrying { Darwin.read(fd, base, buf.count) }
-        #endif
-    }
-
-    public func write(_ fd: Int32, _ buf: UnsafeRawBufferPointer) -> Int {
-        guard let base = buf.baseAddress, buf.count > 0 else { return 0 }
-        #if canImport(Glibc)
-        return retrying { Glibc.write(fd, base, buf.count) }
-        #else
-        return retrying { Darwin.write(fd, base, buf.count) }
-        #endif
-    }
-
-    public func open(_ path: String) -> Int32 {
-        #if canImport(Glibc)
-        retrying { Glibc.open(path, O_RDWR | O_CLOEXEC) }
-        #else
-        retrying { Darwin.open(path, O_RDWR | O_CLOEXEC) }
-        #endif
-    }
-
-    public func close(_ fd: Int32) {
-        // Not retried on EINTR: on Linux the fd is released even when close reports EINTR.
-        #if canImport(Glibc)
-        _ = Glibc.close(fd)
-        #else
-        _ = Darwin.close(fd)
-        #endif
-    }
-}
-
-/// "No such file or directory (ENOENT)" for a positive errno value.
-func errnoDescription(_ e: Int32) -> String { Errno(rawValue: e).description }
 
 /// A real VFIO device, migrated through the VFIO v2 migration UAPI (Linux 5.18+, PRE_COPY 6.2+):
 /// `VFIO_DEVICE_FEATURE` for the migration flags, the device state and the stop-copy size, the
@@ -102,22 +18,20 @@ func errnoDescription(_ e: Int32) -> String { Errno(rawValue: e).description }
 /// `StreamDevice`. No real VFIO device exists on the machine this was written on: all the logic is
 /// tested against a fake kernel (`FakeVFIOKernel` in the tests) under `VFIOIoctlLayer`.
 public final class VFIODevice: StreamDevice {
-    /// What the device holds; guarded by `lock`.
-    private struct Inner {
+    /// The fds the device holds, guarded by `core`'s lock.
+    struct FDs: Sendable {
         var deviceFD: Int32
         var groupFD: Int32
         var dataFD: Int32 = -1
-        var state: VFIODeviceState
-        var closed = false
     }
 
     public let spec: String
     /// The path the device was opened from (`/dev/vfio/devices/vfioN` or `GROUP@NAME`).
     public let path: String
-    public let migrationFlags: VFIOMigrationFlags
+    public var migrationFlags: VFIOMigrationFlags { core.flags }
     public var dataKind: DeviceDataKind { .orderedStream }
     private let layer: VFIOIoctlLayer
-    private let lock: Mutex<Inner>
+    private let core: DeviceCore<FDs>
 
     /// Opens the device and probes its migration support.
     /// - Throws: `.badSpec` for an empty path or device name, `.io` when the device cannot be
@@ -140,18 +54,18 @@ public final class VFIODevice: StreamDevice {
             }
             groupFD = layer.open(groupPath)
             guard groupFD >= 0 else {
-                throw DeviceError(.io, "vfio:\(path): cannot open VFIO group \(groupPath): \(errnoDescription(-groupFD)); check that the device is bound to vfio-pci (or a variant driver) and that you may open the group")
+                throw DeviceError(.io, "vfio:\(path): cannot open VFIO group \(groupPath): \(Errno(rawValue: -groupFD)); check that the device is bound to vfio-pci (or a variant driver) and that you may open the group")
             }
             var cName = Array(name.utf8CString)
             deviceFD = cName.withUnsafeMutableBytes { layer.ioctl(groupFD, VFIOUAPI.groupGetDeviceFD, $0.baseAddress!) }
             guard deviceFD >= 0 else {
                 layer.close(groupFD)
-                throw DeviceError(.io, "vfio:\(path): VFIO_GROUP_GET_DEVICE_FD for \(name) failed: \(errnoDescription(-deviceFD)); check the device name (ls /sys/kernel/iommu_groups/*/devices) and that the group has an IOMMU container set")
+                throw DeviceError(.io, "vfio:\(path): VFIO_GROUP_GET_DEVICE_FD for \(name) failed: \(Errno(rawValue: -deviceFD)); check the device name (ls /sys/kernel/iommu_groups/*/devices) and that the group has an IOMMU container set")
             }
         } else {
             deviceFD = layer.open(path)
             guard deviceFD >= 0 else {
-                throw DeviceError(.io, "vfio:\(path): cannot open the VFIO device: \(errnoDescription(-deviceFD)); give an existing /dev/vfio/devices/vfioN you may open read-write")
+                throw DeviceError(.io, "vfio:\(path): cannot open the VFIO device: \(Errno(rawValue: -deviceFD)); give an existing /dev/vfio/devices/vfioN you may open read-write")
             }
         }
 
@@ -168,25 +82,24 @@ public final class VFIODevice: StreamDevice {
             if r == -ENOTTY {
                 throw fail(DeviceError(.unsupported, "vfio:\(path): the device does not support VFIO migration (VFIO_DEVICE_FEATURE_MIGRATION: ENOTTY); bind it to a migration-capable variant driver such as mlx5_vfio_pci"))
             }
-            throw fail(DeviceError(.io, "vfio:\(path): VFIO_DEVICE_FEATURE_MIGRATION (GET) failed: \(errnoDescription(-r)); check that the device is bound to an IOMMU (iommufd or a container)"))
+            throw fail(DeviceError(.io, "vfio:\(path): VFIO_DEVICE_FEATURE_MIGRATION (GET) failed: \(Errno(rawValue: -r)); check that the device is bound to an IOMMU (iommufd or a container)"))
         }
         let flags = VFIODeviceFeatureMigration.decode(payload)!.flags
         guard flags.contains(.stopCopy) else {
             throw fail(DeviceError(.unsupported, "vfio:\(path): the device's migration flags \(flags) lack VFIO_MIGRATION_STOP_COPY, which every migratable device must have"))
         }
-        self.migrationFlags = flags
 
         // VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, GET.
         var mig = VFIODeviceFeatureMigState(deviceState: 0).encoded()
         let g = Self.feature(layer, deviceFD, VFIOUAPI.featureGet | VFIOUAPI.featureMigDeviceState, &mig)
         guard g >= 0 else {
-            throw fail(DeviceError(.io, "vfio:\(path): VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE (GET) failed: \(errnoDescription(-g))"))
+            throw fail(DeviceError(.io, "vfio:\(path): VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE (GET) failed: \(Errno(rawValue: -g))"))
         }
         let raw = VFIODeviceFeatureMigState.decode(mig)!.deviceState
         guard let state = VFIODeviceState(rawValue: raw) else {
             throw fail(DeviceError(.unsupported, "vfio:\(path): the kernel reports device state \(raw), which this program does not know; update it"))
         }
-        self.lock = Mutex(Inner(deviceFD: deviceFD, groupFD: groupFD, state: state))
+        core = DeviceCore(name: "vfio:\(path)", flags: flags, state: state, inner: FDs(deviceFD: deviceFD, groupFD: groupFD))
     }
 
     deinit {
@@ -206,50 +119,39 @@ public final class VFIODevice: StreamDevice {
     /// `VFIO_DEVICE_FEATURE` with `VFIO_DEVICE_FEATURE_PROBE` for a feature index and GET/SET
     /// bits: true when the device supports it.
     public func probe(feature index: UInt32, ops: UInt32 = VFIOUAPI.featureGet) -> Bool {
-        lock.withLock { inner in
-            guard !inner.closed else { return false }
+        core.withLock { locked in
+            guard !locked.isClosed else { return false }
             var empty: [UInt8] = []
-            return Self.feature(layer, inner.deviceFD, VFIOUAPI.featureProbe | ops | index, &empty) >= 0
+            return Self.feature(layer, locked.inner.deviceFD, VFIOUAPI.featureProbe | ops | index, &empty) >= 0
         }
     }
 
-    public var state: VFIODeviceState {
-        lock.withLock { $0.state }
-    }
+    public var state: VFIODeviceState { core.state }
 
     /// Asks the kernel for the current state (`VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE`, GET) and
     /// caches it; `state` is the cached value.
     public func refreshState() throws(DeviceError) -> VFIODeviceState {
-        try lock.withLock { (inner: inout Inner) throws(DeviceError) -> VFIODeviceState in
-            try requireOpen(inner)
-            return try queryState(&inner)
-        }
+        try core.withOpen { (locked) throws(DeviceError) -> VFIODeviceState in try queryState(&locked) }
     }
 
-    private func requireOpen(_ inner: Inner) throws(DeviceError) {
-        if inner.closed {
-            throw DeviceError(.invalidState, "vfio:\(path): the device is closed; open it again")
-        }
-    }
-
-    private func queryState(_ inner: inout Inner) throws(DeviceError) -> VFIODeviceState {
+    private func queryState(_ locked: inout DeviceCore<FDs>.Locked) throws(DeviceError) -> VFIODeviceState {
         var mig = VFIODeviceFeatureMigState(deviceState: 0).encoded()
-        let g = Self.feature(layer, inner.deviceFD, VFIOUAPI.featureGet | VFIOUAPI.featureMigDeviceState, &mig)
+        let g = Self.feature(layer, locked.inner.deviceFD, VFIOUAPI.featureGet | VFIOUAPI.featureMigDeviceState, &mig)
         guard g >= 0 else {
-            throw DeviceError(.io, "vfio:\(path): VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE (GET) failed: \(errnoDescription(-g))")
+            throw DeviceError(.io, "vfio:\(path): VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE (GET) failed: \(Errno(rawValue: -g))")
         }
         let raw = VFIODeviceFeatureMigState.decode(mig)!.deviceState
         guard let s = VFIODeviceState(rawValue: raw) else {
             throw DeviceError(.unsupported, "vfio:\(path): the kernel reports device state \(raw), which this program does not know")
         }
-        inner.state = s
+        locked.state = s
         return s
     }
 
-    private func closeDataFD(_ inner: inout Inner) {
-        if inner.dataFD >= 0 {
-            layer.close(inner.dataFD)
-            inner.dataFD = -1
+    private func closeDataFD(_ fds: inout FDs) {
+        if fds.dataFD >= 0 {
+            layer.close(fds.dataFD)
+            fds.dataFD = -1
         }
     }
 
@@ -257,66 +159,50 @@ public final class VFIODevice: StreamDevice {
     /// QEMU does), keeping the `data_fd` the kernel returns on the arcs into PRE_COPY,
     /// PRE_COPY_P2P, STOP_COPY and RESUMING, and closing it when the device leaves those states.
     public func setState(_ target: VFIODeviceState) throws(DeviceError) {
-        try lock.withLock { (inner: inout Inner) throws(DeviceError) in
-            try requireOpen(inner)
-            let from = inner.state
-            guard let arcs = VFIOStateMachine.path(from: from, to: target, flags: migrationFlags) else {
-                throw DeviceError(.blockedTransition, "vfio:\(path): the VFIO migration state machine has no path from \(from) to \(target) with migration flags \(migrationFlags) (the kernel's vfio_mig_get_next_state refuses it); \(Self.hint(from: from, to: target, flags: migrationFlags))")
+        try core.transition(to: target) { (arc, locked) throws(DeviceError) in
+            var mig = VFIODeviceFeatureMigState(deviceState: arc.to.rawValue, dataFD: -1).encoded()
+            let r = Self.feature(layer, locked.inner.deviceFD, VFIOUAPI.featureSet | VFIOUAPI.featureMigDeviceState, &mig)
+            if r < 0 {
+                // The kernel may have left the device in ERROR, or where it was: ask.
+                let now = (try? queryState(&locked)) ?? .error
+                if now == .error { closeDataFD(&locked.inner) }
+                let code: DeviceError.Code = (arc.from == .resuming && (r == -EINVAL || r == -EIO || r == -EPROTO))
+                    ? .malformedStream : .io
+                let what = code == .malformedStream
+                    ? "the device rejected the migration data it was given (RESUMING -> \(arc.to))"
+                    : "the transition \(arc.from) -> \(arc.to) failed"
+                throw DeviceError(code, "vfio:\(path): \(what) on the way to \(target): VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE (SET) returned \(Errno(rawValue: -r)); the device is now \(now)\(now == .error ? " and must be reset (VFIO_DEVICE_RESET) before reuse" : "")")
             }
-            for arc in arcs {
-                let before = inner.state
-                var mig = VFIODeviceFeatureMigState(deviceState: arc.rawValue, dataFD: -1).encoded()
-                let r = Self.feature(layer, inner.deviceFD, VFIOUAPI.featureSet | VFIOUAPI.featureMigDeviceState, &mig)
-                if r < 0 {
-                    // The kernel may have left the device in ERROR, or where it was: ask.
-                    let now = (try? queryState(&inner)) ?? .error
-                    if now == .error { closeDataFD(&inner) }
-                    let code: DeviceError.Code = (before == .resuming && (r == -EINVAL || r == -EIO || r == -EPROTO))
-                        ? .malformedStream : .io
-                    let what = code == .malformedStream
-                        ? "the device rejected the migration data it was given (RESUMING -> \(arc))"
-                        : "the transition \(before) -> \(arc) failed"
-                    throw DeviceError(code, "vfio:\(path): \(what) on the way to \(target): VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE (SET) returned \(errnoDescription(-r)); the device is now \(now)\(now == .error ? " and must be reset (VFIO_DEVICE_RESET) before reuse" : "")")
-                }
-                let out = VFIODeviceFeatureMigState.decode(mig)!
-                inner.state = arc
-                if out.dataFD >= 0 {
-                    // A new data_fd replaces any old one (the old stream is over).
-                    closeDataFD(&inner)
-                    inner.dataFD = out.dataFD
-                } else if !VFIOStateMachine.isSaving(arc) && arc != .resuming {
-                    closeDataFD(&inner)
-                }
+            let out = VFIODeviceFeatureMigState.decode(mig)!
+            if out.dataFD >= 0 {
+                // A new data_fd replaces any old one (the old stream is over).
+                closeDataFD(&locked.inner)
+                locked.inner.dataFD = out.dataFD
+            } else if !VFIOStateMachine.isSaving(arc.to) && arc.to != .resuming {
+                closeDataFD(&locked.inner)
             }
         }
     }
 
-    private static func hint(from: VFIODeviceState, to: VFIODeviceState, flags: VFIOMigrationFlags) -> String {
-        if from == .error {
-            return "the device is in ERROR; reset it (VFIO_DEVICE_RESET) to return to RUNNING"
+    /// The `data_fd` of the current migration stream.
+    /// - Throws: `.invalidState` when the kernel gave none for this state.
+    private func dataFD(_ locked: DeviceCore<FDs>.Locked) throws(DeviceError) -> Int32 {
+        guard locked.inner.dataFD >= 0 else {
+            throw DeviceError(.invalidState, "vfio:\(path): the kernel returned no data_fd on the way to \(locked.state); move the device through STOP and try again")
         }
-        if to == .error {
-            return "ERROR cannot be requested; it is where a failed transition leaves the device"
-        }
-        if !VFIOStateMachine.isSupported(to, flags: flags) {
-            return "the device does not support \(to); use a state its flags allow"
-        }
-        return "go through STOP first (e.g. \(from) -> STOP -> \(to)) if that is what you mean"
+        return locked.inner.dataFD
     }
 
     public func precopyInfo() throws(DeviceError) -> PrecopyInfo {
-        try lock.withLock { (inner: inout Inner) throws(DeviceError) -> PrecopyInfo in
-            try requireOpen(inner)
-            guard inner.state == .preCopy || inner.state == .preCopyP2P, inner.dataFD >= 0 else {
-                throw DeviceError(.invalidState, "vfio:\(path): VFIO_MIG_GET_PRECOPY_INFO is valid in PRE_COPY and PRE_COPY_P2P only; the device is \(inner.state); setState(.preCopy) first")
-            }
+        try core.withOpen(in: [.preCopy, .preCopyP2P], to: "ask VFIO_MIG_GET_PRECOPY_INFO") { (locked) throws(DeviceError) -> PrecopyInfo in
+            let fd = try dataFD(locked)
             var info = VFIOPrecopyInfo().encoded()
-            let r = info.withUnsafeMutableBytes { layer.ioctl(inner.dataFD, VFIOUAPI.migGetPrecopyInfo, $0.baseAddress!) }
+            let r = info.withUnsafeMutableBytes { layer.ioctl(fd, VFIOUAPI.migGetPrecopyInfo, $0.baseAddress!) }
             if r == -ENOMSG {
                 return PrecopyInfo(initialBytes: 0, dirtyBytes: 0)  // no data for now
             }
             guard r >= 0 else {
-                throw DeviceError(.io, "vfio:\(path): VFIO_MIG_GET_PRECOPY_INFO on the data_fd failed in \(inner.state): \(errnoDescription(-r))")
+                throw DeviceError(.io, "vfio:\(path): VFIO_MIG_GET_PRECOPY_INFO on the data_fd failed in \(locked.state): \(Errno(rawValue: -r))")
             }
             let out = VFIOPrecopyInfo.decode(info)!
             return PrecopyInfo(initialBytes: out.initialBytes, dirtyBytes: out.dirtyBytes)
@@ -324,15 +210,14 @@ public final class VFIODevice: StreamDevice {
     }
 
     public func stopCopySize() throws(DeviceError) -> UInt64 {
-        try lock.withLock { (inner: inout Inner) throws(DeviceError) -> UInt64 in
-            try requireOpen(inner)
+        try core.withOpen { (locked) throws(DeviceError) -> UInt64 in
             var payload = [UInt8](repeating: 0, count: VFIODeviceFeatureMigDataSize.size)
-            let r = Self.feature(layer, inner.deviceFD, VFIOUAPI.featureGet | VFIOUAPI.featureMigDataSize, &payload)
+            let r = Self.feature(layer, locked.inner.deviceFD, VFIOUAPI.featureGet | VFIOUAPI.featureMigDataSize, &payload)
             if r == -ENOTTY {
                 throw DeviceError(.unsupported, "vfio:\(path): the device does not report its stop-copy size (VFIO_DEVICE_FEATURE_MIG_DATA_SIZE: ENOTTY; the kernel needs Linux 6.2+ and driver support); estimate it otherwise")
             }
             guard r >= 0 else {
-                throw DeviceError(.io, "vfio:\(path): VFIO_DEVICE_FEATURE_MIG_DATA_SIZE (GET) failed in \(inner.state): \(errnoDescription(-r))")
+                throw DeviceError(.io, "vfio:\(path): VFIO_DEVICE_FEATURE_MIG_DATA_SIZE (GET) failed in \(locked.state): \(Errno(rawValue: -r))")
             }
             return VFIODeviceFeatureMigDataSize.decode(payload)!.stopCopyLength
         }
@@ -342,17 +227,12 @@ public final class VFIODevice: StreamDevice {
     /// state goes through `data_fd`. (QEMU's "config" for a VFIO PCI device is its PCI config
     /// space, emulated by the VMM; that is out of scope here.) So this is always empty.
     public func saveConfig() throws(DeviceError) -> [UInt8] {
-        try lock.withLock { (inner: inout Inner) throws(DeviceError) in try requireOpen(inner) }
-        return []
+        try core.saveConfig { _ in [] }
     }
 
     /// Accepts the empty config `saveConfig` produces, in RESUMING only.
     public func loadConfig(_ bytes: [UInt8]) throws(DeviceError) {
-        try lock.withLock { (inner: inout Inner) throws(DeviceError) in
-            try requireOpen(inner)
-            guard inner.state == .resuming else {
-                throw DeviceError(.invalidState, "vfio:\(path): loadConfig needs RESUMING; the device is \(inner.state); setState(.resuming) first")
-            }
+        try core.withOpen(in: [.resuming], to: "load a config") { (_) throws(DeviceError) in
             guard bytes.isEmpty else {
                 throw DeviceError(.malformedStream, "vfio:\(path): got \(bytes.count) bytes of config, but a VFIO device has none (its state is all in the data stream); the source was not a vfio: device")
             }
@@ -365,37 +245,31 @@ public final class VFIODevice: StreamDevice {
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(DeviceError) -> Int {
-        try lock.withLock { (inner: inout Inner) throws(DeviceError) -> Int in
-            try requireOpen(inner)
-            guard VFIOStateMachine.isSaving(inner.state), inner.dataFD >= 0 else {
-                throw DeviceError(.invalidState, "vfio:\(path): migration data can be read in PRE_COPY, PRE_COPY_P2P or STOP_COPY only; the device is \(inner.state)")
-            }
+        try core.withOpen(for: .save) { (locked) throws(DeviceError) -> Int in
+            let fd = try dataFD(locked)
             if buffer.count == 0 { return 0 }
-            let n = layer.read(inner.dataFD, buffer)
+            let n = layer.read(fd, buffer)
             if n == -Int(ENOMSG) {
                 return 0  // PRE_COPY: no data for now (a temporary end of stream)
             }
             guard n >= 0 else {
-                throw DeviceError(.io, "vfio:\(path): read(data_fd) failed in \(inner.state): \(errnoDescription(Int32(-n)))")
+                throw DeviceError(.io, "vfio:\(path): read(data_fd) failed in \(locked.state): \(Errno(rawValue: Int32(-n)))")
             }
             return n
         }
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws(DeviceError) {
-        try lock.withLock { (inner: inout Inner) throws(DeviceError) in
-            try requireOpen(inner)
-            guard inner.state == .resuming, inner.dataFD >= 0 else {
-                throw DeviceError(.invalidState, "vfio:\(path): migration data can be written in RESUMING only; the device is \(inner.state); setState(.resuming) first")
-            }
+        try core.withOpen(for: .load) { (locked) throws(DeviceError) in
+            let fd = try dataFD(locked)
             var done = 0
             while done < bytes.count {
                 let rest = UnsafeRawBufferPointer(rebasing: bytes[done...])
-                let n = layer.write(inner.dataFD, rest)
+                let n = layer.write(fd, rest)
                 if n < 0 {
                     let e = Int32(-n)
                     let code: DeviceError.Code = (e == EINVAL || e == EPROTO) ? .malformedStream : .io
-                    throw DeviceError(code, "vfio:\(path): write(data_fd) failed after \(done) of \(bytes.count) bytes: \(errnoDescription(e))\(code == .malformedStream ? "; the device rejected the stream: it is not this device's migration data" : "")")
+                    throw DeviceError(code, "vfio:\(path): write(data_fd) failed after \(done) of \(bytes.count) bytes: \(Errno(rawValue: e))\(code == .malformedStream ? "; the device rejected the stream: it is not this device's migration data" : "")")
                 }
                 if n == 0 {
                     throw DeviceError(.io, "vfio:\(path): write(data_fd) accepted no bytes after \(done) of \(bytes.count)")
@@ -406,14 +280,12 @@ public final class VFIODevice: StreamDevice {
     }
 
     public func close() {
-        lock.withLock { inner in
-            guard !inner.closed else { return }
-            inner.closed = true
-            closeDataFD(&inner)
-            if inner.deviceFD >= 0 { layer.close(inner.deviceFD) }
-            if inner.groupFD >= 0 { layer.close(inner.groupFD) }
-            inner.deviceFD = -1
-            inner.groupFD = -1
+        core.close { fds in
+            closeDataFD(&fds)
+            if fds.deviceFD >= 0 { layer.close(fds.deviceFD) }
+            if fds.groupFD >= 0 { layer.close(fds.groupFD) }
+            fds.deviceFD = -1
+            fds.groupFD = -1
         }
     }
 }

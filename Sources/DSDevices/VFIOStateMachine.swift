@@ -1,3 +1,5 @@
+import DSSupport
+
 /// VFIO v2 migration states: `enum vfio_device_mig_state` in `include/uapi/linux/vfio.h`
 /// (PRE_COPY and PRE_COPY_P2P since Linux 6.2).
 public enum VFIODeviceState: UInt32, Sendable, CaseIterable, CustomStringConvertible {
@@ -43,7 +45,7 @@ public struct VFIOMigrationFlags: OptionSet, Sendable, Hashable, CustomStringCon
         if contains(.p2p) { names.append("P2P") }
         if contains(.preCopy) { names.append("PRE_COPY") }
         let unknown = rawValue & ~0x7
-        if unknown != 0 { names.append("0x" + String(unknown, radix: 16)) }
+        if unknown != 0 { names.append(Hex.code(unknown)) }
         return names.isEmpty ? "[]" : names.joined(separator: "|")
     }
 }
@@ -160,6 +162,9 @@ public enum VFIOStateMachine {
         default: false
         }
     }
+
+    /// The states migration data can be read in.
+    package static let savingStates: [VFIODeviceState] = [.preCopy, .preCopyP2P, .stopCopy]
 
     /// Migration data can be read: PRE_COPY, PRE_COPY_P2P, STOP_COPY.
     public static func isSaving(_ s: VFIODeviceState) -> Bool {

@@ -5,28 +5,11 @@
 // `VFIO_MIGRATION_PRE_COPY`, `VFIO_DEVICE_STATE_PRE_COPY(_P2P)`, `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`,
 // `struct vfio_device_feature_mig_data_size`, `struct vfio_precopy_info` and
 // `VFIO_MIG_GET_PRECOPY_INFO`, so everything is defined here from the kernel UAPI rather than
-// imported from the system header. The tests check the values the 6.1 header does have.
+// imported from the system header. The tests check the values the 6.1 header does have. The
+// structs are encoded little-endian (VFIO hosts are little-endian: x86-64, arm64; the structs
+// use host order).
 
-/// Little-endian load/store helpers for the UAPI structs (VFIO hosts are little-endian:
-/// x86-64, arm64; the structs use host order).
-enum VFIOBytes {
-    static func put(_ v: UInt32, into b: inout [UInt8], at o: Int) {
-        for i in 0..<4 { b[o + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) }
-    }
-    static func put(_ v: UInt64, into b: inout [UInt8], at o: Int) {
-        for i in 0..<8 { b[o + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
-    }
-    static func u32(_ b: [UInt8], at o: Int) -> UInt32 {
-        var v: UInt32 = 0
-        for i in 0..<4 { v |= UInt32(b[o + i]) << (8 * UInt32(i)) }
-        return v
-    }
-    static func u64(_ b: [UInt8], at o: Int) -> UInt64 {
-        var v: UInt64 = 0
-        for i in 0..<8 { v |= UInt64(b[o + i]) << (8 * UInt64(i)) }
-        return v
-    }
-}
+import DSSupport
 
 /// Constants of `include/uapi/linux/vfio.h` and `include/uapi/asm-generic/ioctl.h`.
 public enum VFIOUAPI {
@@ -115,9 +98,10 @@ public struct VFIODeviceFeature: Sendable, Equatable {
 
     /// The bytes of the whole argument, header then data.
     public func encoded() -> [UInt8] {
-        var b = [UInt8](repeating: 0, count: VFIOUAPI.featureHeaderSize)
-        VFIOBytes.put(argsz, into: &b, at: 0)
-        VFIOBytes.put(flags, into: &b, at: 4)
+        var b: [UInt8] = []
+        b.reserveCapacity(VFIOUAPI.featureHeaderSize + data.count)
+        b.appendLE(argsz)
+        b.appendLE(flags)
         return b + data
     }
 
@@ -125,9 +109,9 @@ public struct VFIODeviceFeature: Sendable, Equatable {
     /// up to `argsz` (and the buffer's end).
     public static func decode(_ b: [UInt8]) -> VFIODeviceFeature? {
         guard b.count >= VFIOUAPI.featureHeaderSize else { return nil }
-        let argsz = VFIOBytes.u32(b, at: 0)
+        let argsz = b.loadLE(at: 0, as: UInt32.self)
         let end = min(b.count, max(VFIOUAPI.featureHeaderSize, Int(argsz)))
-        var f = VFIODeviceFeature(flags: VFIOBytes.u32(b, at: 4),
+        var f = VFIODeviceFeature(flags: b.loadLE(at: 4, as: UInt32.self),
                                   data: Array(b[VFIOUAPI.featureHeaderSize..<end]))
         f.argsz = argsz
         return f
@@ -140,13 +124,13 @@ public struct VFIODeviceFeatureMigration: Sendable, Equatable {
     public var flags: VFIOMigrationFlags
     public init(flags: VFIOMigrationFlags) { self.flags = flags }
     public func encoded() -> [UInt8] {
-        var b = [UInt8](repeating: 0, count: Self.size)
-        VFIOBytes.put(flags.rawValue, into: &b, at: 0)
+        var b: [UInt8] = []
+        b.appendLE(flags.rawValue)
         return b
     }
     public static func decode(_ b: [UInt8]) -> Self? {
         guard b.count >= size else { return nil }
-        return Self(flags: VFIOMigrationFlags(rawValue: VFIOBytes.u64(b, at: 0)))
+        return Self(flags: VFIOMigrationFlags(rawValue: b.loadLE(at: 0, as: UInt64.self)))
     }
 }
 
@@ -161,15 +145,15 @@ public struct VFIODeviceFeatureMigState: Sendable, Equatable {
         self.dataFD = dataFD
     }
     public func encoded() -> [UInt8] {
-        var b = [UInt8](repeating: 0, count: Self.size)
-        VFIOBytes.put(deviceState, into: &b, at: 0)
-        VFIOBytes.put(UInt32(bitPattern: dataFD), into: &b, at: 4)
+        var b: [UInt8] = []
+        b.appendLE(deviceState)
+        b.appendLE(dataFD)
         return b
     }
     public static func decode(_ b: [UInt8]) -> Self? {
         guard b.count >= size else { return nil }
-        return Self(deviceState: VFIOBytes.u32(b, at: 0),
-                    dataFD: Int32(bitPattern: VFIOBytes.u32(b, at: 4)))
+        return Self(deviceState: b.loadLE(at: 0, as: UInt32.self),
+                    dataFD: b.loadLE(at: 4, as: Int32.self))
     }
 }
 
@@ -179,13 +163,13 @@ public struct VFIODeviceFeatureMigDataSize: Sendable, Equatable {
     public var stopCopyLength: UInt64
     public init(stopCopyLength: UInt64) { self.stopCopyLength = stopCopyLength }
     public func encoded() -> [UInt8] {
-        var b = [UInt8](repeating: 0, count: Self.size)
-        VFIOBytes.put(stopCopyLength, into: &b, at: 0)
+        var b: [UInt8] = []
+        b.appendLE(stopCopyLength)
         return b
     }
     public static func decode(_ b: [UInt8]) -> Self? {
         guard b.count >= size else { return nil }
-        return Self(stopCopyLength: VFIOBytes.u64(b, at: 0))
+        return Self(stopCopyLength: b.loadLE(at: 0, as: UInt64.self))
     }
 }
 
@@ -205,17 +189,18 @@ public struct VFIOPrecopyInfo: Sendable, Equatable {
         self.dirtyBytes = dirtyBytes
     }
     public func encoded() -> [UInt8] {
-        var b = [UInt8](repeating: 0, count: Self.size)
-        VFIOBytes.put(argsz, into: &b, at: 0)
-        VFIOBytes.put(flags, into: &b, at: 4)
-        VFIOBytes.put(initialBytes, into: &b, at: 8)
-        VFIOBytes.put(dirtyBytes, into: &b, at: 16)
+        var b: [UInt8] = []
+        b.reserveCapacity(Self.size)
+        b.appendLE(argsz)
+        b.appendLE(flags)
+        b.appendLE(initialBytes)
+        b.appendLE(dirtyBytes)
         return b
     }
     public static func decode(_ b: [UInt8]) -> Self? {
         guard b.count >= size else { return nil }
-        return Self(argsz: VFIOBytes.u32(b, at: 0), flags: VFIOBytes.u32(b, at: 4),
-                    initialBytes: VFIOBytes.u64(b, at: 8), dirtyBytes: VFIOBytes.u64(b, at: 16))
+        return Self(argsz: b.loadLE(at: 0, as: UInt32.self), flags: b.loadLE(at: 4, as: UInt32.self),
+                    initialBytes: b.loadLE(at: 8, as: UInt64.self), dirtyBytes: b.loadLE(at: 16, as: UInt64.self))
     }
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DeviceStream
+import DSSimulation
 import Foundation
 import Glibc
 import DSSupport
@@ -157,11 +158,22 @@ enum MigrationCLI {
     }
 
     static func receive(endpoint: Endpoint, devices specs: [String], options: TransferOptions, json: Bool) throws {
-        for s in specs {
-            do { try DeviceSpec(s).checkDestination() } catch { throw ValidationError("--device \(s): \(error)") }
+        // Every spec is checked before listening; the devices are made once the source's
+        // headers give their sizes.
+        let parsed = try specs.map { s in
+            do {
+                let spec = try DeviceSpec(s)
+                try spec.checkDestination()
+                return spec
+            } catch { throw ValidationError("--device \(s): \(error)") }
+        }
+        let makeDevice: MigrationDestination.DeviceFactory = { (index, size) throws(DeviceError) in
+            try parsed[index].makeDestination(size: size)
         }
         let destination: MigrationDestination
-        do { destination = try MigrationDestination(listen: endpoint, specs: specs, options: options) } catch {
+        do {
+            destination = try MigrationDestination(listen: endpoint, deviceCount: parsed.count, makeDevice: makeDevice, options: options)
+        } catch {
             Report.fail(error, json: json, extra: [:])
         }
         destination.phaseHook = try testKillHook()

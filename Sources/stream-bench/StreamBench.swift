@@ -3,6 +3,7 @@
 // the same run, and optionally the `lz4 -1 | nc` → `nc | lz4 -d` pipeline on the same file.
 import ArgumentParser
 import DeviceStream
+import DSSimulation
 import Foundation
 import Glibc
 import DSSupport

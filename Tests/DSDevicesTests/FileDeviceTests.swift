@@ -1,22 +1,29 @@
 import Foundation
 import Testing
 @testable import DSDevices
+import DSTestSupport
 
 @Suite struct FileDeviceTests {
     static func tempPath(_ name: String) -> String {
         NSTemporaryDirectory() + "ds-file-\(getpid())-\(name)"
     }
 
-    @Test func roundTripThroughSpecs() throws {
+    /// Seeded bytes for a file's content.
+    static func content(_ count: Int, seed: UInt64) -> [UInt8] {
+        var rng = TestRNG(seed)
+        return (0 ..< count).map { i in i % 4096 < 1024 ? 0 : UInt8(truncatingIfNeeded: rng.next()) }
+    }
+
+    @Test func roundTrip() throws {
         let srcPath = Self.tempPath("src"), dstPath = Self.tempPath("dst")
         defer { unlink(srcPath); unlink(dstPath) }
-        let content = ContentGenerator.bytes(count: (3 << 20) + 1234, profile: .mixed, seed: 11, offset: 0)
+        let content = Self.content((3 << 20) + 1234, seed: 11)
         #expect(FileManager.default.createFile(atPath: srcPath, contents: Data(content)))
-        let src = try #require(try DeviceSpec("file:\(srcPath)").makeSource() as? FileDevice)
+        let src = try FileDevice(sourcePath: srcPath)
         #expect(src.size == UInt64(content.count))
         #expect(src.migrationFlags == [.stopCopy])
         #expect(src.state == .running)
-        let dst = try #require(try DeviceSpec("file:\(dstPath)").makeDestination(size: src.size) as? FileDevice)
+        let dst = try FileDevice(destinationPath: dstPath, size: src.size)
         defer { src.close(); dst.close() }
         #expect(dst.state == .resuming)
         try src.setState(.stopCopy)
@@ -41,7 +48,7 @@ import Testing
     @Test func destinationIsPartialUntilRunning() throws {
         let path = Self.tempPath("dst-partial")
         defer { unlink(path); unlink(path + ".partial") }
-        let failed = try #require(try DeviceSpec("file:\(path)").makeDestination(size: 1 << 20) as? FileDevice)
+        let failed = try FileDevice(destinationPath: path, size: 1 << 20)
         #expect(access(path + ".partial", F_OK) == 0 && access(path, F_OK) != 0)
         failed.close()
         #expect(access(path + ".partial", F_OK) != 0 && access(path, F_OK) != 0)
@@ -79,8 +86,8 @@ import Testing
         #expect(FileManager.default.createFile(atPath: path, contents: Data(count: 8192)))
         let src = try FileDevice(sourcePath: path)
         defer { src.close() }
-        expectError(.blockedTransition, "RUNNING -> PRE_COPY") { try src.setState(.preCopy) }
-        expectError(.invalidState, "reading is allowed in STOP_COPY") { _ = try src.dataFD(for: .save) }
+        expectError(.blockedTransition, "from RUNNING to PRE_COPY") { try src.setState(.preCopy) }
+        expectError(.invalidState, "allowed in STOP_COPY only") { _ = try src.dataFD(for: .save) }
         expectError(.invalidState) { _ = try src.precopyInfo() }
         expectError(.io, "No such file") { _ = try FileDevice(sourcePath: path + "-missing") }
         let dst = try FileDevice(destinationPath: path + "-dst", size: 4096)

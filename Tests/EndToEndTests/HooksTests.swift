@@ -1,6 +1,7 @@
 import Testing
 import Glibc
 @testable import DeviceStream
+import DSSimulation
 import DSSupport
 
 /// Every device through its save and load hooks, in process, with no network: the source's

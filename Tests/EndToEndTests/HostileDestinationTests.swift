@@ -3,6 +3,7 @@ import Glibc
 import Synchronization
 import DSTestSupport
 @testable import DeviceStream
+import DSSimulation
 import DSSupport
 
 /// A destination played by hand, which sends a handover message before its time. The source

@@ -3,6 +3,7 @@ import Glibc
 import Foundation
 import DSTestSupport
 @testable import DeviceStream
+import DSSimulation
 import DSSupport
 
 func migrationConfig(connections: Int = 2, limit: Duration = .milliseconds(300), policy: NonConvergencePolicy = .wait,

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import DSTestSupport
 @testable import DeviceStream
+import DSSimulation
 import DSSupport
 
 /// A CA, certificates it issued, and one from another CA, made with the `openssl` CLI.

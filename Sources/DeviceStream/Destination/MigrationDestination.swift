@@ -18,9 +18,14 @@ import DSSupport
 public final class MigrationDestination: @unchecked Sendable {
     // @unchecked: `devices` is written only by `run`'s setup phase (worker 0, while the caller
     // waits) and read after it.
-    /// The destination devices (made at load setup when the destination was given specs).
+    /// Makes destination device `index` (in RESUMING) at load setup; `sourceSize` is the source
+    /// device's state size for an addressable device (nil for a stream device). It comes from
+    /// the peer: check it before allocating anything for it.
+    public typealias DeviceFactory = @Sendable (_ index: Int, _ sourceSize: UInt64?) throws(DeviceError) -> any MigratableDevice
+
+    /// The destination devices (made at load setup when the destination was given a factory).
     public private(set) var devices: [any MigratableDevice]
-    private let specs: [String]?
+    private let factory: (count: Int, make: DeviceFactory)?
     public let listener: SessionListener
     public let options: TransferOptions
     /// Called as the handover passes each step (logging; tests stop the process there). Set it
@@ -33,31 +38,29 @@ public final class MigrationDestination: @unchecked Sendable {
                 warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         try options.validate()
         self.devices = devices
-        self.specs = nil
+        self.factory = nil
         self.options = options
         self.warn = warn
         listener = try SessionListener(endpoint: endpoint, options: options, warn: warn)
         listener.start()
     }
 
-    /// Like `init(listen:devices:options:)`, but the devices are made from `specs` at load
-    /// setup, once the source's headers give their sizes (a `file:PATH` destination needs one).
-    public init(listen endpoint: Endpoint, specs: [String], options: TransferOptions,
+    /// Like `init(listen:devices:options:)`, but the `deviceCount` devices are made by
+    /// `makeDevice` at load setup, once the source's headers give their sizes (a file
+    /// destination needs one).
+    public init(listen endpoint: Endpoint, deviceCount: Int, makeDevice: @escaping DeviceFactory, options: TransferOptions,
                 warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         try options.validate()
-        for s in specs {
-            do { _ = try DeviceSpec(s) } catch { throw TransferError(.usage, "--device \(s): \(error)") }
-        }
         self.devices = []
-        self.specs = specs
+        self.factory = (deviceCount, makeDevice)
         self.options = options
         self.warn = warn
         listener = try SessionListener(endpoint: endpoint, options: options, warn: warn)
         listener.start()
     }
 
-    /// Closes the devices this destination made from specs.
-    public func closeDevices() { if specs != nil { for d in devices { d.close() } } }
+    /// Closes the devices this destination made with its factory.
+    public func closeDevices() { if factory != nil { for d in devices { d.close() } } }
 
     /// Receives one migration.
     public func run(acceptTimeout: Duration? = nil) -> MigrationReport {
@@ -98,10 +101,10 @@ public final class MigrationDestination: @unchecked Sendable {
         return report
     }
 
-    /// load_setup: the source's device headers matched to the local devices (made from specs
-    /// now, when the destination was given specs), each with its loader.
+    /// load_setup: the source's device headers matched to the local devices (made by the factory
+    /// now, when the destination was given one), each with its loader.
     private func makeLoaders(_ headers: [DeviceHeader], channels n: Int) throws(TransferError) -> [DeviceLoader] {
-        let have = specs?.count ?? devices.count
+        let have = factory?.count ?? devices.count
         guard headers.count == have else {
             throw TransferError(.usage, "the source migrates \(headers.count) device(s) but this destination has \(have) (--device)")
         }
@@ -109,8 +112,8 @@ public final class MigrationDestination: @unchecked Sendable {
         for (id, header) in headers.enumerated() {
             do throws(DeviceError) {
                 let device: any MigratableDevice
-                if let specs {
-                    device = try DeviceSpec(specs[id]).makeDestination(size: header.kind == .addressable ? header.size : nil)
+                if let factory {
+                    device = try factory.make(id, header.kind == .addressable ? header.size : nil)
                     devices.append(device)
                 } else {
                     device = devices[id]

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import DSDevices
+@testable import DSSimulation
+import DSDevices
+import DSTestSupport
 
 @Suite struct SimulatedDeviceTests {
     @Test func roundTripWhileWorkloadRuns() throws {
@@ -124,7 +126,7 @@ import Testing
         let src = try SimulatedDevice(size: 1 << 20)
         let dst = try SimulatedDevice(destinationSize: 1 << 20)
         defer { src.close(); dst.close() }
-        expectError(.invalidState, "cannot read migration data in state RUNNING; reading is allowed in PRE_COPY, PRE_COPY_P2P and STOP_COPY") {
+        expectError(.invalidState, "cannot read migration data in state RUNNING; allowed in PRE_COPY and STOP_COPY") {
             _ = try src.dataFD(for: .save)
         }
         expectError(.invalidState, "PRE_COPY") { _ = try src.precopyInfo() }
@@ -134,7 +136,7 @@ import Testing
         expectError(.invalidState, "RESUMING only") { _ = try src.dataFD(for: .load) }
         expectError(.invalidState) { try src.loadConfig([UInt8](repeating: 0, count: 64)) }
         expectError(.invalidState, "state RESUMING") { _ = try dst.dataFD(for: .save) }
-        expectError(.blockedTransition, "RESUMING -> ERROR") { try dst.setState(.error) }
+        expectError(.blockedTransition, "from RESUMING to ERROR") { try dst.setState(.error) }
         #expect(dst.state == .resuming)
         expectError(.malformedStream) { try dst.loadConfig([1, 2, 3]) }
         let other = try SimulatedDevice(size: 2 << 20)

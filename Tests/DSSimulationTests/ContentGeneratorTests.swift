@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import DSDevices
+@testable import DSSimulation
+import DSDevices
+import DSTestSupport
 
 @Suite struct ContentGeneratorTests {
     @Test func deterministicForSameProfileAndSeed() {

@@ -1,12 +1,13 @@
-import Foundation
+// Helpers for the device tests (DSDevicesTests, DSSimulationTests).
+import Glibc
 import Testing
-@testable import DSDevices
+import DSDevices
 
 /// Runs `body` and checks it throws a `DeviceError` with `code` (and a message containing `contains`).
 @discardableResult
-func expectError(_ code: DeviceError.Code, _ contains: String? = nil,
-                 sourceLocation: SourceLocation = #_sourceLocation,
-                 _ body: () throws -> Void) -> DeviceError? {
+public func expectError(_ code: DeviceError.Code, _ contains: String? = nil,
+                        sourceLocation: SourceLocation = #_sourceLocation,
+                        _ body: () throws -> Void) -> DeviceError? {
     do {
         try body()
         Issue.record("expected a .\(code) DeviceError, got none", sourceLocation: sourceLocation)
@@ -24,10 +25,10 @@ func expectError(_ code: DeviceError.Code, _ contains: String? = nil,
     }
 }
 
-func sleepMs(_ ms: Int) { usleep(useconds_t(ms * 1000)) }
+public func sleepMs(_ ms: Int) { usleep(useconds_t(ms * 1000)) }
 
 /// Copies the given chunks from an addressable source to an addressable destination with pread/pwrite.
-func copyChunks(_ chunks: [UInt64], from src: any AddressableDevice, to dst: any AddressableDevice) throws -> Int {
+public func copyChunks(_ chunks: [UInt64], from src: any AddressableDevice, to dst: any AddressableDevice) throws -> Int {
     let sfd = try src.dataFD(for: .save)
     let dfd = try dst.dataFD(for: .load)
     let chunk = src.trackingChunkSize
@@ -47,7 +48,7 @@ func copyChunks(_ chunks: [UInt64], from src: any AddressableDevice, to dst: any
 }
 
 /// Reads a stream device until `read` returns 0, with a buffer of `bufferSize` bytes.
-func drain(_ dev: any StreamDevice, bufferSize: Int) throws -> [UInt8] {
+public func drain(_ dev: any StreamDevice, bufferSize: Int) throws -> [UInt8] {
     var out: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: bufferSize)
     while true {
@@ -59,9 +60,9 @@ func drain(_ dev: any StreamDevice, bufferSize: Int) throws -> [UInt8] {
 }
 
 /// A small seeded RNG for test splits.
-struct TestRNG {
-    var s: UInt64
-    init(_ seed: UInt64) { s = seed | 1 }
-    mutating func next() -> UInt64 { s ^= s >> 12; s ^= s << 25; s ^= s >> 27; return s &* 0x2545_F491_4F6C_DD1D }
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+public struct TestRNG {
+    public var s: UInt64
+    public init(_ seed: UInt64) { s = seed | 1 }
+    public mutating func next() -> UInt64 { s ^= s >> 12; s ^= s << 25; s ^= s >> 27; return s &* 0x2545_F491_4F6C_DD1D }
+    public mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
 }

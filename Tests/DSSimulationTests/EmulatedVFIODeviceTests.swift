@@ -1,6 +1,8 @@
 import Foundation
 import Testing
-@testable import DSDevices
+@testable import DSSimulation
+import DSDevices
+import DSTestSupport
 
 @Suite struct EmulatedVFIODeviceTests {
     /// The whole stream of a `size`-byte source with no workload (RUNNING -> STOP_COPY directly).
@@ -151,7 +153,7 @@ import Testing
             _ = try buf.withUnsafeMutableBytes { (b) -> Int in try dst.read(into: b) }
         }
         try src.setState(.preCopy)
-        expectError(.invalidState, "writing is allowed in RESUMING only") {
+        expectError(.invalidState, "cannot write migration data in state PRE_COPY; allowed in RESUMING only") {
             try buf.withUnsafeBytes { (b) in try src.write(b) }
         }
         expectError(.blockedTransition) { try dst.setState(.error) }
@@ -159,7 +161,7 @@ import Testing
         // STOP_COPY size estimate counts what is left.
         #expect(try src.stopCopySize() == 33 + (64 << 10) + 13 + 37)
         try src.setState(.stopCopy)
-        expectError(.blockedTransition, "STOP_COPY -> PRE_COPY") { try src.setState(.preCopy) }
+        expectError(.blockedTransition, "from STOP_COPY to PRE_COPY") { try src.setState(.preCopy) }
         #expect(src.state == .stopCopy)
     }
 }

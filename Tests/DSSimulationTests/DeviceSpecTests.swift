@@ -1,22 +1,42 @@
+import Foundation
 import Testing
-@testable import DSDevices
+@testable import DSSimulation
+import DSDevices
+import DSTestSupport
+import DSSupport
 
 @Suite struct DeviceSpecTests {
-    @Test func parsesSizesAndFractions() {
-        #expect(DeviceSpec.parseSize("1024") == 1024)
-        #expect(DeviceSpec.parseSize("4K") == 4096)
-        #expect(DeviceSpec.parseSize("64M") == 64 << 20)
-        #expect(DeviceSpec.parseSize("1G") == 1 << 30)
-        #expect(DeviceSpec.parseSize("1.5G") == 3 << 29)
-        #expect(DeviceSpec.parseSize("2GiB") == 2 << 30)
-        #expect(DeviceSpec.parseSize("1T") == 1 << 40)
-        for bad in ["", "G", "1.5", "-1", "abc", "1X", "1.2.3K", "0.3K"] {
-            #expect(DeviceSpec.parseSize(bad) == nil, "'\(bad)'")
-        }
+    @Test func parsesFractions() {
         #expect(DeviceSpec.parseFraction("10%") == 0.1)
         #expect(DeviceSpec.parseFraction("0.25") == 0.25)
         #expect(DeviceSpec.parseFraction("150%") == nil)
         #expect(DeviceSpec.parseFraction("x") == nil)
+    }
+
+    /// Sizes in specs follow the one size grammar (`SizeParsing`): what `--max-bandwidth` and
+    /// `--chunk-size` accept, a spec accepts, with the same value.
+    @Test func sizesFollowTheOneGrammar() throws {
+        func emu(_ size: String, rate: String = "0") throws -> DeviceSpec.EmulatedOptions? {
+            if case .vfioEmu(let o) = try DeviceSpec("vfio-emu:size=\(size),dirty-rate=\(rate)").kind { return o }
+            return nil
+        }
+        for (text, bytes) in [("4096", 4096), ("4K", 4096), ("64M", 64 << 20), ("1G", 1 << 30), ("1.5G", 3 << 29),
+                              ("2GiB", 2 << 30), ("1T", 1 << 40), ("8MB", 8 << 20), ("64 M", 64 << 20)] as [(String, UInt64)] {
+            #expect(try emu(text)?.size == bytes, "'\(text)'")
+            #expect(try SizeParsing.parse(text) == bytes, "'\(text)'")
+        }
+        // Rates take the same grammar, optionally with /s; 1.25M is a whole number of bytes.
+        #expect(try emu("4K", rate: "1.25M/s")?.dirtyRate == 1_310_720)
+        #expect(try emu("4K", rate: "1P")?.dirtyRate == 1 << 50)
+        // The old grammar went through a Double: it took 1.000000000000000001G for 1 GiB, which
+        // SizeParsing (exact decimal arithmetic) refuses as a fractional number of bytes.
+        for bad in ["", "G", "1.5", "-1", "abc", "1X", "1.2.3K", "0.3K", "1.1G", "1.000000000000000001G"] {
+            let err = expectError(.badSpec, "bad value '\(bad)' for size") { _ = try DeviceSpec("vfio-emu:size=\(bad)") }
+            #expect(err?.message.contains(SizeParsing.acceptedForms) == true, "'\(bad)': \(err?.message ?? "")")
+        }
+        let err = expectError(.badSpec, "bad value '1.1G' for dirty-rate") { _ = try DeviceSpec("sim:dirty-rate=1.1G") }
+        #expect(err?.message.contains("not a whole number of bytes") == true, "\(err?.message ?? "")")
+        #expect(err?.message.contains("/s") == true)
     }
 
     @Test func parsesKinds() throws {
@@ -55,6 +75,20 @@ import Testing
         defer { emu.close() }
         #expect(emu.state == .resuming && emu.dataKind == .orderedStream)
         expectError(.badSpec, "needs the source's size") { _ = try DeviceSpec("file:/tmp/x").makeDestination(size: nil) }
+    }
+
+    @Test func fileSpecsOpenFileDevices() throws {
+        let srcPath = "/tmp/ds-spec-\(getpid())-src", dstPath = "/tmp/ds-spec-\(getpid())-dst"
+        defer { unlink(srcPath); unlink(dstPath); unlink(dstPath + ".partial") }
+        let content = ContentGenerator.bytes(count: 70_000, profile: .mixed, seed: 11, offset: 0)
+        #expect(FileManager.default.createFile(atPath: srcPath, contents: Data(content)))
+        let src = try #require(try DeviceSpec("file:\(srcPath)").makeSource() as? FileDevice)
+        defer { src.close() }
+        #expect(src.size == 70_000 && src.state == .running && src.spec == "file:\(srcPath)")
+        let dst = try #require(try DeviceSpec("file:\(dstPath)").makeDestination(size: src.size) as? FileDevice)
+        defer { dst.close() }
+        #expect(dst.size == 70_000 && dst.state == .resuming && dst.isDestination)
+        #expect(access(dstPath + ".partial", F_OK) == 0)
     }
 
     @Test(arguments: [

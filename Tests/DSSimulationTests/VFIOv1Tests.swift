@@ -1,5 +1,5 @@
 import Testing
-@testable import DSDevices
+@testable import DSSimulation
 
 @Suite("VFIO migration v1")
 struct VFIOv1Tests {

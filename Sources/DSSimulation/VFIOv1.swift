@@ -6,6 +6,8 @@
 // field of a migration region; data is moved through a data section of the same region, by
 // reading `pending_bytes`, `data_offset` and `data_size` in that order.
 
+import DSSupport
+
 /// `device_state` of `struct vfio_device_migration_info` (v1).
 public struct VFIOv1DeviceState: OptionSet, Sendable, Hashable, CustomStringConvertible {
     public let rawValue: UInt32
@@ -53,7 +55,7 @@ public struct VFIOv1DeviceState: OptionSet, Sendable, Hashable, CustomStringConv
         case 3: "PRE_COPY"
         case 4: "RESUMING"
         case 6: "ERROR"
-        default: "INVALID(0x" + String(rawValue, radix: 16) + ")"
+        default: "INVALID(\(Hex.code(rawValue)))"
         }
     }
 }
@@ -93,10 +95,12 @@ public struct VFIOv1MigrationRegion: Sendable, Equatable {
     /// The 32 header bytes, little-endian (the host order of the x86-64 and arm64 hosts VFIO runs on).
     public func encoded() -> [UInt8] {
         var b = [UInt8](repeating: 0, count: Self.headerSize)
-        VFIOBytes.put(deviceState.rawValue, into: &b, at: Self.deviceStateOffset)
-        VFIOBytes.put(pendingBytes, into: &b, at: Self.pendingBytesOffset)
-        VFIOBytes.put(dataOffset, into: &b, at: Self.dataOffsetOffset)
-        VFIOBytes.put(dataSize, into: &b, at: Self.dataSizeOffset)
+        b.withUnsafeMutableBytes { raw in
+            raw.storeLE(deviceState.rawValue, at: Self.deviceStateOffset)
+            raw.storeLE(pendingBytes, at: Self.pendingBytesOffset)
+            raw.storeLE(dataOffset, at: Self.dataOffsetOffset)
+            raw.storeLE(dataSize, at: Self.dataSizeOffset)
+        }
         return b
     }
 
@@ -104,10 +108,10 @@ public struct VFIOv1MigrationRegion: Sendable, Equatable {
     public static func decode(_ b: [UInt8]) -> VFIOv1MigrationRegion? {
         guard b.count >= headerSize else { return nil }
         return VFIOv1MigrationRegion(
-            deviceState: VFIOv1DeviceState(rawValue: VFIOBytes.u32(b, at: deviceStateOffset)),
-            pendingBytes: VFIOBytes.u64(b, at: pendingBytesOffset),
-            dataOffset: VFIOBytes.u64(b, at: dataOffsetOffset),
-            dataSize: VFIOBytes.u64(b, at: dataSizeOffset))
+            deviceState: VFIOv1DeviceState(rawValue: b.loadLE(at: deviceStateOffset, as: UInt32.self)),
+            pendingBytes: b.loadLE(at: pendingBytesOffset, as: UInt64.self),
+            dataOffset: b.loadLE(at: dataOffsetOffset, as: UInt64.self),
+            dataSize: b.loadLE(at: dataSizeOffset, as: UInt64.self))
     }
 }
 

@@ -6,8 +6,12 @@
 /// - `vfio-emu:size=SIZE[,dirty-rate=SIZE][,seed=N]` (size required; dirty-rate=0, seed=1);
 /// - `file:PATH`; `vfio:PATH` (a real VFIO v2 device, opened by `VFIODevice`).
 ///
-/// Sizes are binary: `4K`, `64M`, `1G`, `1.5G`, `1T`, or plain bytes (`1024`); a `B`/`iB` suffix and,
-/// for rates, `/s` are accepted. Percentages are `10%` or a fraction `0.1`.
+/// Sizes follow the one size grammar of the project (`SizeParsing`, as `--max-bandwidth` and
+/// `--chunk-size` do): binary units, `4K`, `64M`, `1G`, `1.5G`, `10MiB`, or plain bytes (`1024`),
+/// a whole number of bytes; a rate may end in `/s`. Percentages are `10%` or a fraction `0.1`.
+
+import DSDevices
+import DSSupport
 
 public struct DeviceSpec: Sendable, Equatable, CustomStringConvertible {
     /// Options of a `sim:` device.
@@ -130,10 +134,11 @@ public struct DeviceSpec: Sendable, Equatable, CustomStringConvertible {
     private static func size(_ value: String, _ key: String, _ text: String, rate: Bool = false) throws(DeviceError) -> UInt64 {
         var v = Substring(value)
         if rate && v.hasSuffix("/s") { v = v.dropLast(2) }
-        guard let n = parseSize(String(v)) else {
-            throw bad("bad value '\(value)' for \(key) in '\(text)' (expected a size like 4K, 64M, 1.5G or 1024)")
+        do {
+            return try SizeParsing.parse(String(v))
+        } catch {
+            throw bad("bad value '\(value)' for \(key) in '\(text)': \(error.reason); accepted forms: \(SizeParsing.acceptedForms)\(rate ? ", optionally followed by /s" : "")")
         }
-        return n
     }
 
     private static func seed(_ value: String, _ text: String) throws(DeviceError) -> UInt64 {
@@ -146,29 +151,6 @@ public struct DeviceSpec: Sendable, Equatable, CustomStringConvertible {
         guard size > 0, size % 4096 == 0 else {
             throw bad("size \(size) in '\(text)' must be a positive multiple of 4K")
         }
-    }
-
-    /// Parses a binary size: `1024`, `4K`, `64M`, `1.5G`, `1T` (optional `B`/`iB`); nil if invalid.
-    public static func parseSize(_ s: String) -> UInt64? {
-        var t = Substring(s)
-        if t.lowercased().hasSuffix("ib") { t = t.dropLast(2) } else if t.lowercased().hasSuffix("b") { t = t.dropLast(1) }
-        var mult: Double = 1
-        if let last = t.last?.lowercased() {
-            switch last {
-            case "k": mult = 1024
-            case "m": mult = 1024 * 1024
-            case "g": mult = 1024 * 1024 * 1024
-            case "t": mult = 1024 * 1024 * 1024 * 1024
-            default: break
-            }
-            if mult != 1 { t = t.dropLast() }
-        }
-        guard !t.isEmpty, t.allSatisfy({ $0.isNumber || $0 == "." }) else { return nil }
-        if mult == 1, let n = UInt64(t) { return n }
-        guard let d = Double(t), d >= 0 else { return nil }
-        let bytes = (d * mult).rounded()
-        guard bytes < 1.8e19, bytes == d * mult else { return nil }  // no fractional bytes
-        return UInt64(bytes)
     }
 
     /// Parses `10%` or `0.1` into a fraction in 0...1; nil if invalid.
