@@ -75,7 +75,7 @@ public enum ChunkDecodeError: Error, Equatable, Sendable, CustomStringConvertibl
         switch self {
         case .corruptBlock(let e, let g): "corrupt LZ4 block (expected \(e) bytes, decoder returned \(g))"
         case .checksumMismatch(let e, let a):
-            "chunk checksum mismatch (expected \(String(e, radix: 16)), got \(String(a, radix: 16)))"
+            "chunk checksum mismatch (expected \(Hex.digest(e)), got \(Hex.digest(a)))"
         case .outputTooSmall(let n, let c): "chunk of \(n) bytes does not fit a \(c)-byte buffer"
         }
     }

@@ -28,6 +28,14 @@ public final class ConditionLock: @unchecked Sendable {
         return try body()
     }
 
+    /// Runs `body` under the lock if the lock is free now; nil (without running it) when another
+    /// thread holds it. For best-effort work that must never wait (an abort's farewell).
+    public func withLockIfAvailable<T>(_ body: () throws -> T) rethrows -> T? {
+        guard pthread_mutex_trylock(mutex) == 0 else { return nil }
+        defer { pthread_mutex_unlock(mutex) }
+        return try body()
+    }
+
     /// Waits (the lock held) until `predicate` is true or `timeout` passes; returns the
     /// predicate's last value. Call inside `withLock`.
     public func wait(until predicate: () -> Bool, timeout: Duration?) -> Bool {

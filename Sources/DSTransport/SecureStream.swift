@@ -28,7 +28,8 @@ package final class SecureStream: @unchecked Sendable {
     package let fd: Int32
     private let ssl: OpaquePointer
     private let io: UnsafeMutablePointer<ds_bio_buffers>
-    private let lock: UnsafeMutablePointer<pthread_mutex_t>
+    /// Serializes the SSL object: a sender holds it for a whole frame.
+    private let lock = ConditionLock()
     package let context: SecurityContext
     /// The session token (`SSL_export_keying_material`), derived once after the handshake.
     package private(set) var token: [UInt8] = []
@@ -60,8 +61,6 @@ package final class SecureStream: @unchecked Sendable {
         io.initialize(to: ds_bio_buffers(
             out: .allocate(capacity: Self.sendCapacity), out_len: 0, out_cap: Self.sendCapacity,
             in: .allocate(capacity: Self.receiveCapacity), in_len: 0, in_off: 0))
-        lock = .allocate(capacity: 1)
-        pthread_mutex_init(lock, nil)
         guard let bio = ds_bio_new(method, io) else {
             // Every stored property is set: deinit runs and frees `ssl` and the buffers.
             throw TransferError(.localIO, "cannot create a TLS BIO: \(Self.openSSLErrors())")
@@ -75,8 +74,6 @@ package final class SecureStream: @unchecked Sendable {
         io.pointee.out.deallocate()
         io.pointee.in.deallocate()
         io.deallocate()
-        pthread_mutex_destroy(lock)
-        lock.deallocate()
     }
 
     // MARK: Handshake
@@ -176,11 +173,12 @@ package final class SecureStream: @unchecked Sendable {
     ///   - ifFree: skip the send when another thread is sending on the stream.
     package func send(_ bytes: UnsafeRawBufferPointer, timeout: Duration?, ring: Ring?, ifFree: Bool = false) -> SendResult {
         if ifFree {
-            guard pthread_mutex_trylock(lock) == 0 else { return SendResult(skipped: true) }
-        } else {
-            pthread_mutex_lock(lock)
+            return lock.withLockIfAvailable { sendLocked(bytes, timeout: timeout, ring: ring) } ?? SendResult(skipped: true)
         }
-        defer { pthread_mutex_unlock(lock) }
+        return lock.withLock { sendLocked(bytes, timeout: timeout, ring: ring) }
+    }
+
+    private func sendLocked(_ bytes: UnsafeRawBufferPointer, timeout: Duration?, ring: Ring?) -> SendResult {
         var result = SendResult()
         var off = 0
         while off < bytes.count {
@@ -219,12 +217,12 @@ package final class SecureStream: @unchecked Sendable {
     package func recvExactly(into buffer: UnsafeMutableRawBufferPointer, ring: Ring, timeout: Duration) throws(Failure) -> Int {
         var got = 0
         while got < buffer.count {
-            pthread_mutex_lock(lock)
-            ERR_clear_error()
-            let n = SSL_read(ssl, buffer.baseAddress! + got, Int32(min(buffer.count - got, 1 << 30)))
-            let e = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, n)
-            let reasons = n > 0 || e == SSL_ERROR_WANT_READ || e == SSL_ERROR_ZERO_RETURN ? "" : describe(e)
-            pthread_mutex_unlock(lock)
+            let (n, e, reasons) = lock.withLock { () -> (Int32, Int32, String) in
+                ERR_clear_error()
+                let n = SSL_read(ssl, buffer.baseAddress! + got, Int32(min(buffer.count - got, 1 << 30)))
+                let e = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, n)
+                return (n, e, n > 0 || e == SSL_ERROR_WANT_READ || e == SSL_ERROR_ZERO_RETURN ? "" : describe(e))
+            }
             if n > 0 { got += Int(n); continue }
             switch e {
             case SSL_ERROR_WANT_READ:
@@ -243,10 +241,10 @@ package final class SecureStream: @unchecked Sendable {
     package func readAvailable(into buffer: UnsafeMutableRawBufferPointer) -> Int {
         var got = 0
         while got < buffer.count {
-            pthread_mutex_lock(lock)
-            let n = SSL_read(ssl, buffer.baseAddress! + got, Int32(buffer.count - got))
-            let e = n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, n)
-            pthread_mutex_unlock(lock)
+            let (n, e) = lock.withLock { () -> (Int32, Int32) in
+                let n = SSL_read(ssl, buffer.baseAddress! + got, Int32(buffer.count - got))
+                return (n, n > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, n))
+            }
             if n > 0 { got += Int(n); continue }
             guard e == SSL_ERROR_WANT_READ, let m = try? fill(ring: nil, timeout: .zero, nonblocking: true), m > 0 else { break }
         }
@@ -278,18 +276,17 @@ package final class SecureStream: @unchecked Sendable {
     /// Receives more bytes into the in buffer (one `recv`, up to its free space).
     /// - Returns: the bytes received; 0 at end of stream.
     private func fill(ring: Ring?, timeout: Duration, nonblocking: Bool = false) throws(Failure) -> Int {
-        pthread_mutex_lock(lock)
-        let p = io.pointee
-        if p.in_off == p.in_len {
-            io.pointee.in_off = 0; io.pointee.in_len = 0
-        } else if p.in_len == Self.receiveCapacity || p.in_off > Self.receiveCapacity / 2 {
-            let keep = p.in_len - p.in_off
-            memmove(p.in, p.in + p.in_off, keep)
-            io.pointee.in_off = 0; io.pointee.in_len = keep
+        let (start, space) = lock.withLock { () -> (UnsafeMutablePointer<UInt8>, Int) in
+            let p = io.pointee
+            if p.in_off == p.in_len {
+                io.pointee.in_off = 0; io.pointee.in_len = 0
+            } else if p.in_len == Self.receiveCapacity || p.in_off > Self.receiveCapacity / 2 {
+                let keep = p.in_len - p.in_off
+                memmove(p.in, p.in + p.in_off, keep)
+                io.pointee.in_off = 0; io.pointee.in_len = keep
+            }
+            return (io.pointee.in + io.pointee.in_len, Self.receiveCapacity - io.pointee.in_len)
         }
-        let start = io.pointee.in + io.pointee.in_len
-        let space = Self.receiveCapacity - io.pointee.in_len
-        pthread_mutex_unlock(lock)
         // SSL asks for more only once it has consumed every byte (the BIO reports "would block"
         // only when empty), so there is always room; never trap on it.
         guard space > 0 else { throw .tls("the receive buffer is full inside one record") }
@@ -303,9 +300,7 @@ package final class SecureStream: @unchecked Sendable {
             if r < 0 { throw .socket(.current) }
             n = r
         }
-        pthread_mutex_lock(lock)
-        io.pointee.in_len += n
-        pthread_mutex_unlock(lock)
+        lock.withLock { io.pointee.in_len += n }
         return n
     }
 

@@ -88,7 +88,7 @@ public struct Preamble: Equatable, Sendable {
         }
         let features = FeatureBits(rawValue: buffer.loadLE(at: 12, as: UInt32.self))
         guard FeatureBits.known.isSuperset(of: features) else {
-            throw .malformed("unknown feature bits 0x\(String(features.rawValue, radix: 16))")
+            throw .malformed("unknown feature bits \(Hex.code(features.rawValue))")
         }
         let index = buffer.loadLE(at: 32, as: UInt16.self)
         let count = buffer.loadLE(at: 34, as: UInt16.self)
@@ -168,7 +168,6 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
         buffer.storeLE(low, at: offset + 8)
     }
     public var description: String {
-        let h = String(high, radix: 16), l = String(low, radix: 16)
-        return String(repeating: "0", count: 16 - h.count) + h + String(repeating: "0", count: 16 - l.count) + l
+        Hex.digest(high) + Hex.digest(low)
     }
 }

@@ -1,3 +1,4 @@
+import DSSupport
 /// Everything that can be wrong with bytes received from the network. Decoders never trap on
 /// input: they throw one of these.
 public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -22,8 +23,8 @@ public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
         case .badPreambleLength(let n): "bad preamble length \(n)"
         case .preambleChecksumMismatch: "preamble checksum mismatch (corrupted connection start)"
         case .headerChecksumMismatch: "frame header checksum mismatch (corrupted stream)"
-        case .unknownFrameType(let t): "unknown frame type 0x\(String(t, radix: 16))"
-        case .unknownFlags(let f): "unknown frame flags 0x\(String(f, radix: 16))"
+        case .unknownFrameType(let t): "unknown frame type \(Hex.code(t))"
+        case .unknownFlags(let f): "unknown frame flags \(Hex.code(f))"
         case .lengthOutOfBounds(let field, let value, let limit): "\(field) \(value) exceeds the bound \(limit)"
         case .inconsistentLengths(let raw, let wire, let c):
             "inconsistent frame lengths: raw \(raw), wire \(wire), \(c ? "compressed" : "uncompressed")"

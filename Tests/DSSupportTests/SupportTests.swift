@@ -42,6 +42,13 @@ struct SupportTests {
         #expect(!ok)
     }
 
+    @Test func tryLockSkipsWhenHeld() {
+        let lock = ConditionLock()
+        #expect(lock.withLockIfAvailable { 7 } == 7)
+        let inner = lock.withLock { lock.withLockIfAvailable { 1 } }
+        #expect(inner == nil)
+    }
+
     @Test func threadRunsAndJoins() {
         let lock = ConditionLock()
         nonisolated(unsafe) var ran = false
