@@ -79,6 +79,9 @@ public struct PrecopyScheduler: Sendable {
     public private(set) var iteration: Int = 0
     /// The most recent round planned as a probe; 0 before the first.
     public private(set) var lastProbe: Int = 0
+    /// With `.external` switchover control: why the scheduler would switch over now (nil: it
+    /// would not). Updated by every `nextAction`.
+    public private(set) var ready: SwitchoverReason?
     public private(set) var history: [RoundRecord] = []
     public private(set) var totalSentBytes: UInt64 = 0
     public private(set) var totalWireBytes: UInt64 = 0
@@ -223,7 +226,13 @@ public struct PrecopyScheduler: Sendable {
         let why = nonConvergence()
         nonConvergenceReason = why
         let next = plan(round: iteration + 1)
-        let action = decide(now: now, predicted: predicted, nonConvergence: why, next: next)
+        var action = decide(now: now, predicted: predicted, nonConvergence: why, next: next)
+        ready = nil
+        if configuration.switchover == .external, case .switchover(let reason) = action {
+            // The caller decides: the round goes on, marked ready.
+            ready = reason
+            action = .iterate(next)
+        }
         if action.roundPlan?.probe == true { lastProbe = next.iteration }
         history.append(RoundRecord(
             iteration: iteration, endedAt: now, sentBytes: roundSentBytes,

@@ -44,6 +44,11 @@ public struct SchedulerConfiguration: Equatable, Sendable {
     public var probeMaximumDuration: Duration
     /// The shortest a pre-copy round lasts: tiny rounds are paced to it.
     public var minimumRoundDuration: Duration
+    /// Who switches over. `.automatic`: the scheduler's switchover decisions are final.
+    /// `.external`: the VMM does (after pausing its vCPUs). A switchover decision then only
+    /// marks the scheduler `ready` and rounds go on until the caller switches over; aborts
+    /// (a deadline under `wait` or `abort`) stay final.
+    public var switchover: SwitchoverControl = .automatic
 
     public init(
         downtimeLimit: Duration = .milliseconds(300),

@@ -120,6 +120,17 @@ public enum SwitchoverReason: String, Equatable, Hashable, Sendable {
     case deadlineReached
     /// No device can pre-copy: everything moves in stop-copy, and iterating cannot shrink it.
     case noPrecopy
+    /// The caller (a VMM deciding switchover itself) asked for it.
+    case requested
+}
+
+/// Who decides when to switch over.
+public enum SwitchoverControl: String, Equatable, Hashable, Sendable, CaseIterable {
+    /// The scheduler: it switches over as soon as the prediction fits (or its policy says so).
+    case automatic
+    /// The caller: the scheduler reports when it would switch over (`ready`) and keeps planning
+    /// rounds; the caller switches over when it is ready itself.
+    case external
 }
 
 /// How to run one pre-copy round: the session sends the round as planned.

@@ -21,6 +21,35 @@ public enum ChannelSet {
                                abort: AbortSignal, backend: IOBackendKind,
                                warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (group: WorkerGroup<Channel>, connections: [Connection]) {
         try options.checkPlaintext(endpoint)
+        return try open(peer: "\(endpoint)", options: options, mode: mode, totalSize: totalSize, abort: abort, backend: backend,
+                        warn: warn) { (_, ring) throws(TransferError) in
+            Connection(fd: try Sockets.connect(endpoint, ring: ring, timeout: options.timeout))
+        }
+    }
+
+    /// Sender side over sockets the caller already connected, one per channel (channel 0
+    /// first). The session takes them: they are closed with the connections, or here on failure.
+    /// Plaintext needs every peer to be local (loopback or a Unix socket) unless
+    /// `options.allowInsecure`.
+    public static func connect(adopting fds: [Int32], options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
+                               abort: AbortSignal, backend: IOBackendKind,
+                               warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (group: WorkerGroup<Channel>, connections: [Connection]) {
+        let adopted = fds.map { Connection(fd: $0) }
+        do {
+            try Sockets.checkAdopted(fds, count: options.connections, options: options)
+            for fd in fds { Sockets.configure(fd) }
+            return try open(peer: "the destination (a socket handed in)", options: options, mode: mode, totalSize: totalSize,
+                            abort: abort, backend: backend, warn: warn) { (i, _) throws(TransferError) in adopted[i] }
+        } catch {
+            for c in adopted { c.close() }
+            throw error
+        }
+    }
+
+    /// Opens the channels, each on the connection `connect(i, ring)` makes or hands over.
+    private static func open(peer endpoint: String, options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
+                             abort: AbortSignal, backend: IOBackendKind, warn: @escaping @Sendable (String) -> Void,
+                             connect: @escaping (Int, Ring) throws(TransferError) -> Connection) throws(TransferError) -> (group: WorkerGroup<Channel>, connections: [Connection]) {
         let security = try options.security.map { (o) throws(TransferError) in try SecurityContext(o, server: false) }
         let session = SessionID.random()
         let n = options.connections
@@ -52,8 +81,7 @@ public enum ChannelSet {
                     }
                 }
                 bytes = preamble.encoded() + bytes
-                let fd = try Sockets.connect(endpoint, ring: ring, timeout: options.timeout)
-                let connection = Connection(fd: fd)
+                let connection = try connect(i, ring)
                 connections.withLock { $0[i] = connection }
                 abort.watch(connection)
                 if let security {

@@ -50,6 +50,9 @@ public final class SessionListener: @unchecked Sendable {
     /// Whether `joined`'s connections belong to the caller now (else `stop` closes them).
     private var handedOut = false
     private var thread: OSThread?
+    /// Sockets the caller connected and handed in (no listening socket: `fd` is -1); `start`
+    /// admits them as if accepted.
+    private var adopted: [Connection] = []
     let timeout: Duration
     private let backend: IOBackendKind
     let warn: @Sendable (String) -> Void
@@ -93,10 +96,39 @@ public final class SessionListener: @unchecked Sendable {
         self.warn = warn
     }
 
-    deinit { stop(); close(fd) }
+    /// A listener over sockets the caller already holds, one per channel of the session it
+    /// expects (the sender's channel 0 must be among them). It takes them: they are closed with
+    /// the session's connections, or by `stop` when no session took them. Plaintext needs every
+    /// peer to be local (loopback or a Unix socket) unless `options.allowInsecure`.
+    public init(adopting fds: [Int32], options: TransferOptions,
+                warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+        let connections = fds.map { Connection(fd: $0) }
+        do {
+            try Sockets.checkAdopted(fds, count: fds.count, options: options)
+            self.security = try options.security.map { (o) throws(TransferError) in try SecurityContext(o, server: true) }
+        } catch {
+            for c in connections { c.close() }
+            throw error
+        }
+        guard !fds.isEmpty else { throw TransferError(.usage, "no sockets were handed in", hint: "hand in one connected socket per connection") }
+        for fd in fds { Sockets.configure(fd) }
+        fd = -1
+        port = 0
+        endpoint = Endpoint(host: "sockets handed in", port: 0)
+        timeout = options.timeout
+        backend = options.backend ?? IOBackend.preferred
+        self.warn = warn
+        adopted = connections
+    }
 
-    /// Starts accepting on a background thread.
+    deinit { stop(); if fd >= 0 { close(fd) } }
+
+    /// Starts accepting on a background thread (or admits the handed-in sockets).
     public func start() {
+        if fd < 0 {
+            for c in lock.withLock({ defer { adopted = [] }; return adopted }) { admit(c) }
+            return
+        }
         thread = OSThread { [self] in acceptLoop() }
     }
 
@@ -129,10 +161,16 @@ public final class SessionListener: @unchecked Sendable {
         return result!
     }
 
+    /// Ends a `waitForSession` now with `error` (the caller cancelled); later waits fail too.
+    public func fail(_ error: TransferError) {
+        lock.withLock { if failure == nil { failure = error }; lock.broadcast() }
+    }
+
     /// Stops accepting and joins the threads. Idempotent.
     public func stop() {
         lock.withLock { stopping = true }
-        shutdown(fd, Int32(SHUT_RDWR))
+        if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
+        for c in lock.withLock({ defer { adopted = [] }; return adopted }) { c.close() }
         thread?.join()
         thread = nil
         // Wake the preamble readers (their connections, while they still own them) and join them.

@@ -66,12 +66,52 @@ public enum Sockets {
         return fd
     }
 
+    /// Checks sockets handed in by the caller: `count` of them, each an open stream socket,
+    /// and, for plaintext without `allowInsecure`, each with a local peer (loopback or a Unix
+    /// socket): other hosts get TLS.
+    public static func checkAdopted(_ fds: [Int32], count: Int, options: TransferOptions) throws(TransferError) {
+        guard fds.count == count else {
+            throw TransferError(.usage, "\(fds.count) sockets were handed in for a \(count)-connection session", hint: "hand in one connected socket per connection")
+        }
+        for fd in fds {
+            var type: Int32 = 0
+            var len = socklen_t(MemoryLayout<Int32>.size)
+            guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0, type == Int32(SOCK_STREAM.rawValue) else {
+                throw TransferError(.usage, "descriptor \(fd) is not an open stream socket", hint: "hand in connected TCP or Unix stream sockets")
+            }
+            if options.security == nil && !options.allowInsecure && !isLocalPeer(fd) {
+                throw TransferError(.usage, "plaintext over socket \(fd), whose peer is not on this host",
+                                    hint: "set security options (PSK or x509), or allowInsecure for a trusted network")
+            }
+        }
+    }
+
+    /// Whether `fd`'s peer is on this host: a Unix socket, or a loopback address.
+    public static func isLocalPeer(_ fd: Int32) -> Bool {
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) } }
+        guard rc == 0 else { return false }
+        switch Int32(storage.ss_family) {
+        case AF_UNIX: return true
+        case AF_INET:
+            return withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
+                UInt32(bigEndian: $0.pointee.sin_addr.s_addr) >> 24 == 127 } }
+        case AF_INET6:
+            return withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
+                withUnsafeBytes(of: p.pointee.sin6_addr) { b in
+                    b.prefix(15).allSatisfy { $0 == 0 } && b[15] == 1  // ::1
+                        || (b.prefix(10).allSatisfy { $0 == 0 } && b[10] == 0xff && b[11] == 0xff && b[12] == 127) } } }
+        default: return false
+        }
+    }
+
     /// Socket options for data channels. Timeouts are per call (`Ring.perform(_:timeout:)`:
     /// io_uring waits with a deadline, the blocking backend polls), not SO_RCVTIMEO, so a call
     /// that asks for a longer wait (the ack after an fsync) gets it.
     public static func configure(_ fd: Int32) {
         var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))  // fails harmlessly on a Unix socket
     }
 
     /// A listening socket on `endpoint` (port 0 picks a free port); returns it and the real port.

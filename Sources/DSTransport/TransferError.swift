@@ -28,11 +28,22 @@ public struct TransferError: Error, CustomStringConvertible, Sendable {
         case device
         /// The pre-copy scheduler gave up (non-convergence under `abort`, a deadline).
         case aborted
+        /// The caller cancelled the session (`cancel()`).
+        case cancelled
     }
     public var code: Code
+    /// What failed and where, in words for a person; it names no CLI flag (see `hint`).
     public var message: String
-    public init(_ code: Code, _ message: String) { self.code = code; self.message = message }
-    public var description: String { message }
+    /// What to do about it, when there is something to say (a CLI may name its flags here).
+    public var hint: String?
+    /// The error underneath, when one caused this (a device's `DeviceError`, an `Errno`).
+    public var cause: (any Error & Sendable)?
+
+    public init(_ code: Code, _ message: String, hint: String? = nil, cause: (any Error & Sendable)? = nil) {
+        self.code = code; self.message = message; self.hint = hint; self.cause = cause
+    }
+
+    public var description: String { hint.map { "\(message) (\($0))" } ?? message }
 
     /// Wraps a ring error on a connection.
     static func network(_ e: Errno, _ doing: String, channel: Int) -> TransferError {

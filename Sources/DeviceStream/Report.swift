@@ -1,5 +1,6 @@
 import DSSupport
 import DSTransport
+import DSScheduler
 
 /// One pre-copy round as the source saw it.
 public struct IterationReport: Sendable {
@@ -46,7 +47,9 @@ public struct MigrationReport: Sendable {
     public var stopcopyBytes: UInt64 = 0
     public var wireBytes: UInt64 = 0
     public var converged: Bool?
-    public var switchoverReason: String?
+    public var switchoverReason: SwitchoverReason?
+    /// The caller cancelled after the commit point: too late to undo, so the handover went on.
+    public var cancelledAfterCommit = false
     public var devices: [DeviceReport] = []
     public var rounds: [IterationReport] = []
     /// Destination: time from setup to the end of state, and RESUMING → RUNNING.
@@ -84,9 +87,14 @@ public struct MigrationReport: Sendable {
                  "unthrottled_probe": r.unthrottledProbe]
             },
         ]
-        if let e = error { o["error"] = e.message }
+        if let e = error {
+            o["error"] = e.message
+            o["error_code"] = e.code.rawValue
+            if let h = e.hint { o["hint"] = h }
+        }
         if let c = converged { o["converged"] = c }
-        if let r = switchoverReason { o["switchover_reason"] = r }
+        if let r = switchoverReason { o["switchover_reason"] = r.rawValue }
+        if cancelledAfterCommit { o["cancelled_after_commit"] = true }
         if let l = destinationLoadTime { o["destination_load_ms"] = ms(l) }
         if let d = destinationSetupTime { o["destination_setup_ms"] = ms(d) }
         if let r = roundTrip { o["round_trip_ms"] = ms(r) }

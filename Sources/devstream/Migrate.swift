@@ -52,12 +52,12 @@ func openDevices(_ specs: [String], destination: Bool) throws -> [any Migratable
 /// A testing aid: `DEVSTREAM_TEST_KILL_AT=PHASE` (a `HandoverPhase` name, e.g. `commit-sent`)
 /// makes this process SIGKILL itself when its end of the handover reaches PHASE, so tests can
 /// kill either end at each step of the two-phase handover.
-func testKillHook() throws -> (@Sendable (HandoverPhase) -> Void)? {
+func testKillHook() throws -> HandoverPhase? {
     guard let at = ProcessInfo.processInfo.environment["DEVSTREAM_TEST_KILL_AT"] else { return nil }
-    guard HandoverPhase(rawValue: at) != nil else {
+    guard let phase = HandoverPhase(rawValue: at) else {
         throw ValidationError("DEVSTREAM_TEST_KILL_AT must be one of \(HandoverPhase.allCases.map(\.rawValue).joined(separator: ", ")), got '\(at)'")
     }
-    return { if $0.rawValue == at { raise(SIGKILL) } }
+    return phase
 }
 
 struct Migrate: ParsableCommand {
@@ -80,9 +80,9 @@ struct Migrate: ParsableCommand {
         let devices = try openDevices(device, destination: false)
         defer { for d in devices { d.close() } }
         let source = MigrationSource(devices: devices, configuration: config)
-        source.phaseHook = try testKillHook()
+        let killAt = try testKillHook()
         let ticker = json ? nil : Terminal.progressTicker(source.progress, label: "migrate: sent")
-        let report = source.migrate(to: endpoint, onEvent: MigrationCLI.printer(json: json, ticker: ticker))
+        let report = source.migrate(to: endpoint, onEvent: MigrationCLI.printer(json: json, ticker: ticker, killAt: killAt))
         ticker?.stop()
         MigrationCLI.finish(report, json: json, side: "source")
     }
@@ -140,8 +140,11 @@ struct Demo: ParsableCommand {
 
 enum MigrationCLI {
     /// Iteration lines on stderr; on a terminal the live line (`ticker`) is cleared first.
-    static func printer(json: Bool, ticker: Terminal.Ticker? = nil) -> (MigrationEvent) -> Void {
+    /// - Parameter killAt: a testing aid (`DEVSTREAM_TEST_KILL_AT`): SIGKILL this process when
+    ///   its end of the handover reaches that phase.
+    static func printer(json: Bool, ticker: Terminal.Ticker? = nil, killAt: HandoverPhase? = nil) -> @Sendable (MigrationEvent) -> Void {
         { event in
+            if case .handover(let phase) = event, phase == killAt { raise(SIGKILL) }
             guard !json else { return }
             ticker?.clearLine()
             switch event {
@@ -152,7 +155,9 @@ enum MigrationCLI {
                 let pred = r.predictedDowntime.map { String(format: "%.1f ms", $0.milliseconds) } ?? "-"
                 Terminal.line("iteration \(r.iteration): sent \(Format.bytes(r.sentBytes)) in \(String(format: "%.0f", r.duration.milliseconds)) ms, dirty \(Format.bytes(r.dirtyBytes)), bandwidth \(bw), predicted downtime \(pred)")
             case .switchover(let p, let reason):
-                Terminal.line("switchover (\(reason)): predicted downtime \(p.map { String(format: "%.1f ms", $0.milliseconds) } ?? "-")")
+                Terminal.line("switchover (\(reason.rawValue)): predicted downtime \(p.map { String(format: "%.1f ms", $0.milliseconds) } ?? "-")")
+            case .readyToSwitchover, .roundLoaded, .handover, .deviceProgress, .warning:
+                break  // warnings already went to stderr through the session's warn
             }
         }
     }
@@ -176,9 +181,9 @@ enum MigrationCLI {
         } catch {
             Report.fail(error, json: json, extra: [:])
         }
-        destination.phaseHook = try testKillHook()
+        let killAt = try testKillHook()
         Terminal.announce("listening on \(destination.listener.endpoint)")
-        let report = destination.run()
+        let report = destination.run(onEvent: MigrationCLI.printer(json: true, killAt: killAt))
         // Before `finish` exits: a `file:` destination that never reached RUNNING removes its
         // PATH.partial on close.
         destination.closeDevices()

@@ -17,27 +17,33 @@ final class DestinationRun: @unchecked Sendable {
     let options: TransferOptions
     let abort: AbortSignal
     let warn: @Sendable (String) -> Void
-    let phaseHook: (@Sendable (HandoverPhase) -> Void)?
+    let emit: @Sendable (MigrationEvent) -> Void
+    let control: SessionControl
+    let progress: TransferProgress
+    let resumeHold: Duration?
     let group: WorkerGroup<Channel>
-    let control: ControlReplies
+    let replies: ControlReplies
     var report: MigrationReport
     private(set) var loaders: [DeviceLoader] = []
     private var handoverState = Handover(side: .destination)
     private var loadTime = Duration.zero
 
     init(session: SessionInfo, sockets: [Connection], options: TransferOptions, abort: AbortSignal,
-         warn: @escaping @Sendable (String) -> Void, phaseHook: (@Sendable (HandoverPhase) -> Void)?,
-         report: MigrationReport) throws(TransferError) {
+         warn: @escaping @Sendable (String) -> Void, emit: @escaping @Sendable (MigrationEvent) -> Void,
+         control: SessionControl, progress: TransferProgress, resumeHold: Duration?, report: MigrationReport) throws(TransferError) {
         self.session = session
         self.options = options
         self.abort = abort
         self.warn = warn
-        self.phaseHook = phaseHook
+        self.emit = emit
+        self.control = control
+        self.progress = progress
+        self.resumeHold = resumeHold
         self.report = report
         let backend = options.backend ?? IOBackend.preferred
         group = try ChannelSet.serve(session, connections: sockets, options: options, abort: abort, backend: backend, warn: warn)
         // Control replies share channel 0's connection with worker 0's receives.
-        control = ControlReplies(connection: sockets[0], timeout: options.timeout)
+        replies = ControlReplies(connection: sockets[0], timeout: options.timeout)
     }
 
     func shutdown() { group.shutdown() }
@@ -62,6 +68,8 @@ final class DestinationRun: @unchecked Sendable {
         loaders = made.withLock { $0 }
         report.devices = loaders.map { DeviceReport(id: $0.id, spec: $0.device.spec, bytes: 0) }
         report.setupTime = Monotonic.now - setupStart
+        control.update { [report, n = loaders.count] in $0.setupTime = report.setupTime; $0.deviceBytes = Array(repeating: 0, count: n); $0.phase = .precopy }
+        emit(.setupDone(report.setupTime))
     }
 
     /// The source's `deviceSection`s, in order, as many as the first one's `aux` says.
@@ -86,7 +94,8 @@ final class DestinationRun: @unchecked Sendable {
 
     /// load_state: every channel's frames until its `channelEnd`, then every device's counts.
     func load() throws(TransferError) {
-        let state = LoadState(loaders: loaders, channels: session.channelCount, control: control, abort: abort, timeout: options.timeout)
+        let state = LoadState(loaders: loaders, channels: session.channelCount, replies: replies, abort: abort,
+                              timeout: options.timeout, progress: progress, control: control, emit: emit)
         let loadStart = Monotonic.now
         try group.run { (i, ch) throws(TransferError) in
             while try !state.handle(try ch.receive(), channel: i, ch) {}
@@ -109,12 +118,17 @@ final class DestinationRun: @unchecked Sendable {
             }
         }
         let validateTime = Monotonic.now - validateStart
-        try control.send(.loaded, payload: Loaded(loadMilliseconds: loadTime.milliseconds, validateMilliseconds: validateTime.milliseconds).encoded())
+        try replies.send(.loaded, payload: Loaded(loadMilliseconds: loadTime.milliseconds, validateMilliseconds: validateTime.milliseconds).encoded())
         handoverState.sent(.loaded)
-        phaseHook?(.loadedSent)
+        control.update { $0.phase = .handover }
+        emit(.handover(.loadedSent))
         try waitForCommit()
+        // The commit point here: a cancel before it wins (the devices never run); after it, it
+        // is only reported.
+        guard control.commit() else { throw SessionControl.cancelError }
         let commitAt = Monotonic.now
-        phaseHook?(.commitReceived)
+        emit(.handover(.commitReceived))
+        try holdResume()
         for l in loaders {
             do throws(DeviceError) { try l.run() } catch { throw TransferError(.device, "device \(l.id) (\(l.device.spec)) cannot resume: \(error)") }
         }
@@ -123,21 +137,31 @@ final class DestinationRun: @unchecked Sendable {
         // From here the devices run. If the source cannot be told, the migration is not
         // "completed" (the source may report it failed), and the error says the devices run here.
         do throws(TransferError) {
-            try control.send(.resumed, payload: Resumed(commitToRunningMilliseconds: resumeTime.milliseconds,
+            try replies.send(.resumed, payload: Resumed(commitToRunningMilliseconds: resumeTime.milliseconds,
                                                         resumeMilliseconds: (validateTime + resumeTime).milliseconds).encoded())
             handoverState.sent(.resumed)
-            phaseHook?(.running)
-            try control.send(.ack, payload: DeviceDigests(digestLoaded()).encoded())
+            emit(.handover(.running))
+            try replies.send(.ack, payload: DeviceDigests(digestLoaded()).encoded())
             handoverState.sent(.ack)
         } catch {
             throw TransferError(error.code, "the source committed and the devices run here, but telling the source failed (\(error.message)); it may report the migration as failed: check both sides before using the devices")
         }
     }
 
+    /// With `resumeHold`: the devices wait in STOP until the caller's `resume()`, within the hold.
+    private func holdResume() throws(TransferError) {
+        guard let hold = resumeHold else { return }
+        guard control.waitForResume(timeout: hold, abort: abort) else {
+            if let e = abort.error { throw e }
+            throw TransferError(.timeout, "resume() was not called within \(hold) of the source's commit: the devices stay in STOP here, and the source has given its own up",
+                                hint: "call resume() sooner, or raise the hold; check both hosts before running the devices anywhere")
+        }
+    }
+
     /// Reads channel 0 until `commit` (answering pings); any other frame is out of order.
     private func waitForCommit() throws(TransferError) {
         let machine = Mutex(handoverState)
-        let control = self.control
+        let replies = self.replies
         try onChannel0 { ch throws(TransferError) in
             while true {
                 let f: ReceivedFrame
@@ -146,7 +170,7 @@ final class DestinationRun: @unchecked Sendable {
                 }
                 let reaction = try machine.withLock { (m) throws(TransferError) -> Handover.Reaction in try m.received(f.header.type) }
                 if reaction == .runDevices { return }
-                if f.header.type == .ping { try control.send(.pong, position: f.header.position) }
+                if f.header.type == .ping { try replies.send(.pong, position: f.header.position) }
             }
         }
         handoverState = machine.withLock { $0 }
@@ -160,6 +184,7 @@ final class DestinationRun: @unchecked Sendable {
             digests.append(d)
             report.devices[l.id].destinationDigest = d
             report.devices[l.id].bytes = l.loadedBytes
+            emit(.deviceProgress(device: l.id, bytes: l.loadedBytes))
         }
         return digests
     }

@@ -28,16 +28,23 @@ final class LoadState: Sendable {
 
     let loaders: [DeviceLoader]
     let channels: Int
-    let control: ControlReplies
+    let replies: ControlReplies
     let barrier: RoundBarrier
     let abort: AbortSignal
     let timeout: Duration
+    let progress: TransferProgress
+    let control: SessionControl
+    let emit: @Sendable (MigrationEvent) -> Void
     private let fields = Mutex(Fields())
 
-    init(loaders: [DeviceLoader], channels: Int, control: ControlReplies, abort: AbortSignal, timeout: Duration) {
+    init(loaders: [DeviceLoader], channels: Int, replies: ControlReplies, abort: AbortSignal, timeout: Duration,
+         progress: TransferProgress, control: SessionControl, emit: @escaping @Sendable (MigrationEvent) -> Void) {
         self.loaders = loaders
         self.channels = channels
+        self.replies = replies
+        self.progress = progress
         self.control = control
+        self.emit = emit
         self.abort = abort
         self.timeout = timeout
         barrier = RoundBarrier(channels: channels)
@@ -58,7 +65,7 @@ final class LoadState: Sendable {
         case (.iterationMark, _): try iterationMark(round: h.aux, channel: i)
         case (.initDataSent, 0): try initDataSent(f, device: d)
         case (.switchover, 0): break
-        case (.ping, 0): try control.send(.pong, position: h.position)
+        case (.ping, 0): try replies.send(.pong, position: h.position)
         case (.configState, 0): try configState(f, device: d)
         case (.endOfState, 0): try endOfState(f, device: d)
         case (.channelEnd, _): try channelEnd(f, channel: i, ch); return true
@@ -71,12 +78,14 @@ final class LoadState: Sendable {
     private func data(_ f: ReceivedFrame, device d: Int, channel i: Int, _ ch: Channel) throws(TransferError) {
         noteData()
         try loaders[d].load(f.bytes, at: f.header.position, channel: i, ring: ch.ring, slot: f.slot)
+        progress.add(bytes: UInt64(f.bytes.count), wire: 0)
         try checkAck(d)
     }
 
     private func streamData(_ f: ReceivedFrame, device d: Int, channel i: Int) throws(TransferError) {
         noteData()
         try loaders[d].loadStream(f.bytes, seq: f.header.position, channel: i, timeout: timeout, abort: abort)
+        progress.add(bytes: UInt64(f.bytes.count), wire: 0)
         try checkAck(d)
     }
 
@@ -96,7 +105,10 @@ final class LoadState: Sendable {
             guard let first = s.roundFirstData, loaded - s.roundStartBytes >= 1 << 20 else { return nil }
             return Double(loaded - s.roundStartBytes) / max((now - first).seconds, 1e-6)
         }
-        try control.send(.loadStats, aux: round, payload: LoadStats(loadedBytes: Double(loaded), bytesPerSecond: rate ?? 0).encoded())
+        try replies.send(.loadStats, aux: round, payload: LoadStats(loadedBytes: Double(loaded), bytesPerSecond: rate ?? 0).encoded())
+        let perDevice = loaders.map(\.loadedBytes)
+        control.update { $0.iterations = Int(round); $0.deviceBytes = perDevice }
+        emit(.roundLoaded(round: Int(round), loadedBytes: loaded))
     }
 
     private func initDataSent(_ f: ReceivedFrame, device d: Int) throws(TransferError) {
@@ -111,7 +123,7 @@ final class LoadState: Sendable {
             guard let counts = s.pendingInit[d], !s.acked.contains(d), loaders[d].hasLoaded(counts) else { return false }
             return s.acked.insert(d).inserted
         }
-        if due { try control.send(.switchoverAck, stream: UInt16(d)) }
+        if due { try replies.send(.switchoverAck, stream: UInt16(d)) }
     }
 
     private func configState(_ f: ReceivedFrame, device d: Int) throws(TransferError) {

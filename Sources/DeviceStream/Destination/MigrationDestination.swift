@@ -17,7 +17,8 @@ import DSSupport
 /// after it they run, and the error says so.
 public final class MigrationDestination: @unchecked Sendable {
     // @unchecked: `devices` is written only by `run`'s setup phase (worker 0, while the caller
-    // waits) and read after it.
+    // waits in `run`) and read after it; `resumeHold` is set before `run`; the rest is
+    // immutable or thread-safe (`control`, `progress`).
     /// Makes destination device `index` (in RESUMING) at load setup; `sourceSize` is the source
     /// device's state size for an addressable device (nil for a stream device). It comes from
     /// the peer: check it before allocating anything for it.
@@ -28,45 +29,95 @@ public final class MigrationDestination: @unchecked Sendable {
     private let factory: (count: Int, make: DeviceFactory)?
     public let listener: SessionListener
     public let options: TransferOptions
-    /// Called as the handover passes each step (logging; tests stop the process there). Set it
-    /// before `run`.
-    public var phaseHook: (@Sendable (HandoverPhase) -> Void)?
+    /// Hold resume: when set, the devices wait in STOP after the source's `commit` until the
+    /// caller calls `resume()`, at most this long (then the session fails with the devices
+    /// stopped at both ends). Keep it well under the source's timeout, which waits for
+    /// `resumed`. Set it before `run`.
+    public var resumeHold: Duration?
+    /// Live progress (device bytes loaded so far), readable from any thread.
+    public let progress = TransferProgress()
     private let warn: @Sendable (String) -> Void
+    private let control = SessionControl()
 
     /// Binds `endpoint` (port 0 picks one: `listener.endpoint`) and starts accepting.
-    public init(listen endpoint: Endpoint, devices: [any MigratableDevice], options: TransferOptions,
-                warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+    public convenience init(listen endpoint: Endpoint, devices: [any MigratableDevice], options: TransferOptions,
+                            warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         try options.validate()
-        self.devices = devices
-        self.factory = nil
-        self.options = options
-        self.warn = warn
-        listener = try SessionListener(endpoint: endpoint, options: options, warn: warn)
-        listener.start()
+        try self.init(SessionListener(endpoint: endpoint, options: options, warn: warn), devices: devices, factory: nil,
+                      options: options, warn: warn)
     }
 
     /// Like `init(listen:devices:options:)`, but the `deviceCount` devices are made by
     /// `makeDevice` at load setup, once the source's headers give their sizes (a file
     /// destination needs one).
-    public init(listen endpoint: Endpoint, deviceCount: Int, makeDevice: @escaping DeviceFactory, options: TransferOptions,
-                warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+    public convenience init(listen endpoint: Endpoint, deviceCount: Int, makeDevice: @escaping DeviceFactory, options: TransferOptions,
+                            warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         try options.validate()
-        self.devices = []
-        self.factory = (deviceCount, makeDevice)
+        try self.init(SessionListener(endpoint: endpoint, options: options, warn: warn), devices: [],
+                      factory: (deviceCount, makeDevice), options: options, warn: warn)
+    }
+
+    /// A destination over sockets the caller already holds, one per channel of the source's
+    /// session (`options.connections` is not used: the source's preamble says how many).
+    /// Ownership: the session takes the descriptors and closes them when `run` returns (or
+    /// here, if this throws). Plaintext needs every peer to be local unless
+    /// `options.allowInsecure`.
+    public convenience init(adopting sockets: [Int32], devices: [any MigratableDevice], options: TransferOptions,
+                            warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+        try self.init(SessionListener(adopting: sockets, options: options, warn: warn), devices: devices, factory: nil,
+                      options: options, warn: warn)
+    }
+
+    private init(_ listener: SessionListener, devices: [any MigratableDevice], factory: (count: Int, make: DeviceFactory)?,
+                 options: TransferOptions, warn: @escaping @Sendable (String) -> Void) throws(TransferError) {
+        self.devices = devices
+        self.factory = factory
         self.options = options
         self.warn = warn
-        listener = try SessionListener(endpoint: endpoint, options: options, warn: warn)
+        self.listener = listener
         listener.start()
     }
 
     /// Closes the devices this destination made with its factory.
     public func closeDevices() { if factory != nil { for d in devices { d.close() } } }
 
+    /// Cancels from any thread. Before the source's `commit` arrives the session fails with
+    /// `.cancelled` and the devices never run (the source restarts its own). After it, it is
+    /// too late: the devices run, and the report says the cancel came after the commit.
+    /// - Returns: true when the cancel took effect.
+    @discardableResult
+    public func cancel() -> Bool {
+        let took = control.cancel()
+        if took { listener.fail(SessionControl.cancelError) }
+        return took
+    }
+
+    /// With `resumeHold`: lets the devices run (STOP → RUNNING) once the source's commit is in.
+    /// Any thread; calling it early lets them run as soon as the commit arrives.
+    public func resume() { control.requestResume() }
+
+    /// A snapshot of the session so far, from any thread.
+    public var statistics: MigrationStatistics {
+        var s = control.snapshot
+        s.transferredBytes = progress.bytes
+        if let start = s.startedAt, s.phase != .completed && s.phase != .failed { s.elapsed = Monotonic.now - start }
+        return s
+    }
+
     /// Receives one migration.
-    public func run(acceptTimeout: Duration? = nil) -> MigrationReport {
+    /// - Parameters:
+    ///   - acceptTimeout: how long to wait for the source's first connection (nil: forever).
+    ///   - onEvent: called on library threads as the session moves; return quickly.
+    /// - Warning: Blocks the calling thread until the migration completes or fails; run it on a
+    ///   thread of your own, and `cancel()` from another.
+    public func run(acceptTimeout: Duration? = nil, onEvent: @escaping @Sendable (MigrationEvent) -> Void = { _ in }) -> MigrationReport {
         var report = MigrationReport()
         let start = Monotonic.now
+        control.update { $0 = MigrationStatistics(); $0.startedAt = start; $0.phase = .idle }
         let abort = AbortSignal(side: "destination")
+        control.attach(abort)
+        let warn = self.warn
+        let warnAndEmit: @Sendable (String) -> Void = { warn($0); onEvent(.warning($0)) }
         var sockets: [Connection] = []
         var run: DestinationRun?
         do throws(TransferError) {
@@ -74,12 +125,14 @@ public final class MigrationDestination: @unchecked Sendable {
             sockets = s
             guard session.mode == .migration else {
                 for c in s { abort.watch(c) }
-                throw TransferError(.protocolViolation, "the sender started a plain transfer, but this receiver expects a migration (--device)")
+                throw TransferError(.protocolViolation, "the sender started a plain transfer, but this receiver expects a migration")
             }
+            if let e = abort.error { throw e }
             report.connections = session.channelCount
             report.compression = session.features.contains(.lz4)
-            let r = try DestinationRun(session: session, sockets: s, options: options, abort: abort, warn: warn,
-                                       phaseHook: phaseHook, report: report)
+            control.update { $0.phase = .setup }
+            let r = try DestinationRun(session: session, sockets: s, options: options, abort: abort, warn: warnAndEmit,
+                                       emit: onEvent, control: control, progress: progress, resumeHold: resumeHold, report: report)
             run = r
             try r.setup { (headers) throws(TransferError) in try self.makeLoaders(headers, channels: session.channelCount) }
             try r.load()
@@ -92,12 +145,15 @@ public final class MigrationDestination: @unchecked Sendable {
             abort.abort(error)
             for l in run?.loaders ?? [] { l.wake() }
             let states = devices.map { $0.state == .running ? "\($0.spec) is RUNNING" : "\($0.spec) is not running (state \($0.state))" }
-            report.error = TransferError(error.code, "\(error.message); on the destination \(states.joined(separator: ", "))")
+            report.error = TransferError(error.code, "\(error.message); on the destination \(states.joined(separator: ", "))",
+                                         hint: error.hint, cause: error.cause)
         }
         run?.shutdown()
         listener.stop()
         for c in sockets { c.close() }
+        report.cancelledAfterCommit = control.cancelledAfterCommit
         report.totalTime = Monotonic.now - start
+        control.update { $0.phase = report.completed ? .completed : .failed; $0.elapsed = report.totalTime }
         return report
     }
 
@@ -106,7 +162,8 @@ public final class MigrationDestination: @unchecked Sendable {
     private func makeLoaders(_ headers: [DeviceHeader], channels n: Int) throws(TransferError) -> [DeviceLoader] {
         let have = factory?.count ?? devices.count
         guard headers.count == have else {
-            throw TransferError(.usage, "the source migrates \(headers.count) device(s) but this destination has \(have) (--device)")
+            throw TransferError(.usage, "the source migrates \(headers.count) device(s) but this destination has \(have)",
+                                hint: "give the destination one device per source device, in the same order")
         }
         var list: [DeviceLoader] = []
         for (id, header) in headers.enumerated() {
@@ -120,7 +177,7 @@ public final class MigrationDestination: @unchecked Sendable {
                 }
                 list.append(try DeviceLoader(id: id, device: device, header: header, channels: n))
             } catch {
-                throw TransferError(.device, error.message)
+                throw TransferError(.device, error.message, cause: error)
             }
         }
         return list

@@ -2,13 +2,6 @@ import DSSupport
 import DSTransport
 import DSDevices
 
-/// Progress events a source emits while it migrates.
-public enum MigrationEvent: Sendable {
-    case setupDone(Duration)
-    case iteration(IterationReport)
-    case switchover(predicted: Duration?, reason: String)
-}
-
 /// The source end of a live migration.
 ///
 /// It runs the devices' save hooks over the data path in five phases (`SourceRun`): setup
@@ -18,15 +11,19 @@ public enum MigrationEvent: Sendable {
 /// `commit`, the destination's `resumed`) and the digest check. On any failure before `commit`
 /// the source devices go back to RUNNING with their state intact; from `commit` on they stay
 /// stopped (the destination may run them).
-public final class MigrationSource {
+public final class MigrationSource: Sendable {
     public let devices: [any MigratableDevice]
     public let configuration: MigrationConfiguration
     /// Live progress (device bytes sent so far), readable from any thread.
     public let progress = TransferProgress()
-    /// Called as the handover passes each step (logging; tests stop the process there).
-    public var phaseHook: (@Sendable (HandoverPhase) -> Void)?
     private let warn: @Sendable (String) -> Void
+    private let control = SessionControl()
 
+    /// - Parameters:
+    ///   - devices: the devices to migrate; the session drives their migration states from
+    ///     `migrate` until it returns (leave them alone meanwhile).
+    ///   - warn: where warnings go (they also arrive as `.warning` events); the default prints
+    ///     them on stderr.
     public init(devices: [any MigratableDevice], configuration: MigrationConfiguration,
                 warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) {
         self.devices = devices
@@ -34,19 +31,71 @@ public final class MigrationSource {
         self.warn = warn
     }
 
-    /// Migrates every device to the destination listening at `endpoint`.
-    public func migrate(to endpoint: Endpoint, onEvent: @escaping (MigrationEvent) -> Void = { _ in }) -> MigrationReport {
+    /// Migrates every device to the destination listening at `endpoint`, dialing
+    /// `configuration.transfer.connections` connections.
+    ///
+    /// - Warning: Blocks the calling thread until the migration completes or fails (seconds to
+    ///   minutes); run it on a thread of your own. `onEvent` is called on library threads and
+    ///   must return quickly.
+    public func migrate(to endpoint: Endpoint, onEvent: @escaping @Sendable (MigrationEvent) -> Void = { _ in }) -> MigrationReport {
+        run(.dial(endpoint), onEvent: onEvent)
+    }
+
+    /// Migrates over sockets the caller has already connected to the destination, one per
+    /// channel (`configuration.transfer.connections` of them, channel 0 first).
+    ///
+    /// Ownership: the session takes the descriptors; it closes them when `migrate` returns,
+    /// success or failure. Do not read, write or close them meanwhile or afterwards. Plaintext
+    /// is allowed only when every peer is local (loopback or a Unix socket) or
+    /// `transfer.allowInsecure` is set.
+    /// - Warning: Blocks like `migrate(to:onEvent:)`.
+    public func migrate(over sockets: [Int32], onEvent: @escaping @Sendable (MigrationEvent) -> Void = { _ in }) -> MigrationReport {
+        run(.adopt(sockets), onEvent: onEvent)
+    }
+
+    /// Cancels the migration, from any thread. Before `commit` the session fails with
+    /// `.cancelled` and every source device runs again with its state intact (the destination
+    /// never runs its own). From `commit` on it is too late: the handover completes, and the
+    /// report says the cancel came after the commit (`cancelledAfterCommit`).
+    /// - Returns: true when the cancel took effect.
+    @discardableResult
+    public func cancel() -> Bool { control.cancel() }
+
+    /// With `configuration.scheduler.switchover == .external`: switch over now (after the VMM
+    /// paused its vCPUs). The round in flight ends first. Any thread; calling it before
+    /// `.readyToSwitchover` forces a switchover whatever the prediction says.
+    public func switchover() { control.requestSwitchover() }
+
+    /// Bytes the VMM will move itself during the downtime (its RAM): added to the prediction, so
+    /// devices and RAM share one downtime budget. Any thread, any time.
+    public var externalPendingBytes: UInt64 {
+        get { control.externalPendingBytes }
+        set { control.externalPendingBytes = newValue }
+    }
+
+    /// A snapshot of the migration so far, from any thread.
+    public var statistics: MigrationStatistics {
+        var s = control.snapshot
+        s.transferredBytes = progress.bytes
+        if let start = s.startedAt, s.phase != .completed && s.phase != .failed { s.elapsed = Monotonic.now - start }
+        return s
+    }
+
+    private func run(_ transport: SourceRun.Transport, onEvent: @escaping @Sendable (MigrationEvent) -> Void) -> MigrationReport {
         let start = Monotonic.now
+        control.update { $0 = MigrationStatistics(); $0.startedAt = start; $0.phase = .setup
+            $0.downtimeLimit = configuration.downtimeLimit; $0.deviceBytes = Array(repeating: 0, count: devices.count) }
         var report = MigrationReport()
         report.downtimeLimit = configuration.downtimeLimit
         report.connections = configuration.transfer.connections
         report.compression = configuration.transfer.compression
         report.devices = devices.enumerated().map { DeviceReport(id: $0.offset, spec: $0.element.spec, bytes: 0) }
         let savers = devices.enumerated().map { DeviceSaver(id: $0.offset, device: $0.element) }
-        var run = SourceRun(savers: savers, configuration: configuration, report: report, progress: progress,
-                            phaseHook: phaseHook, warn: warn, start: start)
+        let warn = self.warn
+        var run = SourceRun(savers: savers, configuration: configuration, report: report, progress: progress, control: control,
+                            emit: onEvent, warn: { warn($0); onEvent(.warning($0)) }, start: start)
         do {
-            try run.execute(endpoint: endpoint, onEvent: onEvent)
+            try run.execute(transport)
             report = run.report
             report.completed = true
         } catch {
@@ -57,7 +106,9 @@ public final class MigrationSource {
                                          : Self.restartAfterFailure(error, savers: savers)
         }
         run.shutdown()
+        report.cancelledAfterCommit = control.cancelledAfterCommit
         report.totalTime = Monotonic.now - start
+        control.update { $0.phase = report.completed ? .completed : .failed; $0.elapsed = report.totalTime }
         return report
     }
 
@@ -68,7 +119,7 @@ public final class MigrationSource {
         let context = report.downtime != nil
             ? "after the handover (the devices are RUNNING on the destination)"
             : "after the source committed the handover, before the destination confirmed its devices RUNNING (check the destination before restarting anything)"
-        return TransferError(error.code, "\(context): \(error.message); \(states.joined(separator: ", "))")
+        return TransferError(error.code, "\(context): \(error.message); \(states.joined(separator: ", "))", hint: error.hint, cause: error.cause)
     }
 
     /// A failure before `commit`: every source device runs again, with its state intact.
@@ -81,6 +132,6 @@ public final class MigrationSource {
             }
             states.append("\(s.device.spec) is \(s.device.state) again on the source")
         }
-        return TransferError(error.code, "\(error.message); \(states.joined(separator: ", "))")
+        return TransferError(error.code, "\(error.message); \(states.joined(separator: ", "))", hint: error.hint, cause: error.cause)
     }
 }

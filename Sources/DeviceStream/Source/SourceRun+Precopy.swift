@@ -5,6 +5,9 @@ import DSDevices
 import DSScheduler
 
 extension SourceRun {
+    /// The scheduler's id for the VMM's own pending bytes (no device has it: ids are 0..<256).
+    static let externalDeviceID = -1
+
     /// Switchover's fixed costs, each for what it is:
     /// - stop: the devices' own estimate, else the measured RUNNING → PRE_COPY transition (the
     ///   nearest transition the source can time without stopping anything);
@@ -36,52 +39,79 @@ extension SourceRun {
         return scheduler
     }
 
-    /// Pre-copy rounds until the scheduler decides; returns why it switched over and how many
-    /// rounds ran. Throws (staying on the source) when it aborts.
-    mutating func precopy(_ scheduler: inout PrecopyScheduler,
-                          onEvent: (MigrationEvent) -> Void) throws(TransferError) -> (SwitchoverReason, Int) {
+    /// Pre-copy rounds until the scheduler decides (or, with external switchover, the caller);
+    /// returns how many rounds ran. Throws (staying on the source) when it aborts.
+    mutating func precopy(_ scheduler: inout PrecopyScheduler) throws(TransferError) -> Int {
         let precopyDevices = savers.filter { $0.supportsPrecopy }
-        var iteration = 0
-        var decision: Action = .switchover(reason: .noPrecopy)
+        let external = configuration.scheduler.switchover == .external
         // No device can pre-copy (a file, a device without PRE_COPY): every byte moves in
-        // stop-copy, and rounds would only spin, so switch over at once.
-        var plan: RoundPlan? = precopyDevices.isEmpty ? nil : scheduler.firstRound()
-        while let current = plan {
-            iteration = current.iteration
+        // stop-copy, and rounds would only spin, so switch over at once (or once the caller says).
+        guard !precopyDevices.isEmpty else {
+            if external { try awaitExternalSwitchover(predicted: nil, reason: .noPrecopy) }
+            try announceSwitchover(external ? .requested : .noPrecopy, predicted: nil)
+            return 0
+        }
+        var iteration = 0
+        var plan = scheduler.firstRound()
+        var wasReady = false
+        while true {
+            iteration = plan.iteration
             let roundStart = Monotonic.now
-            decision = try round(current, devices: precopyDevices, scheduler: &scheduler, onEvent: onEvent)
+            let decision = try round(plan, devices: precopyDevices, scheduler: &scheduler)
             if let e = abort.error { throw e }
-            plan = decision.roundPlan
+            if external && control.isSwitchoverRequested {
+                try announceSwitchover(.requested, predicted: scheduler.predictedDowntime)
+                return iteration
+            }
+            if let ready = scheduler.ready {
+                if !wasReady { control.update { $0.phase = .readyToSwitchover } }
+                emit(.readyToSwitchover(predicted: scheduler.predictedDowntime, reason: ready))
+            }
+            wasReady = scheduler.ready != nil
+            guard let next = decision.roundPlan else {
+                try finish(decision, scheduler: scheduler)
+                return iteration
+            }
             // Pace tiny rounds: a round lasts at least the plan's minimum, so an idle device does
             // not spin through rounds (and the workload gets the CPU to dirty something).
             let elapsed = Monotonic.now - roundStart
-            if plan != nil && elapsed < current.minimumDuration { sleep(for: current.minimumDuration - elapsed) }
+            if elapsed < plan.minimumDuration { sleep(for: plan.minimumDuration - elapsed) }
+            plan = next
         }
-        return try switchoverDecision(decision, rounds: iteration, scheduler: scheduler, onEvent: onEvent)
     }
 
-    /// The scheduler's final word: an abort stays on the source; a switchover is reported.
-    mutating func switchoverDecision(_ decision: Action, rounds: Int, scheduler: PrecopyScheduler,
-                                     onEvent: (MigrationEvent) -> Void) throws(TransferError) -> (SwitchoverReason, Int) {
+    /// With external switchover and nothing to pre-copy: ready at once, then wait for the caller.
+    func awaitExternalSwitchover(predicted: Duration?, reason: SwitchoverReason) throws(TransferError) {
+        control.update { $0.phase = .readyToSwitchover }
+        emit(.readyToSwitchover(predicted: predicted, reason: reason))
+        try control.waitForSwitchover(abort: abort)
+    }
+
+    /// The scheduler's final word: an abort stays on the source; a switchover is announced.
+    mutating func finish(_ decision: Action, scheduler: PrecopyScheduler) throws(TransferError) {
         if case .abort(let reason) = decision {
             report.converged = false
             throw TransferError(.aborted, "migration aborted, staying on the source: \(reason)")
         }
         guard case .switchover(let reason) = decision else { throw TransferError(.aborted, "unexpected scheduler decision \(decision)") }
-        report.converged = reason == .noPrecopy ? nil : (reason == .converged || reason == .nothingToSend)
-        report.switchoverReason = reason.rawValue
+        try announceSwitchover(reason, predicted: scheduler.predictedDowntime)
+    }
+
+    /// Records why and with what prediction the switchover starts, and says so.
+    mutating func announceSwitchover(_ reason: SwitchoverReason, predicted: Duration?) throws(TransferError) {
+        report.converged = reason == .noPrecopy || reason == .requested ? nil : (reason == .converged || reason == .nothingToSend)
+        report.switchoverReason = reason
         // Without a single round there is no bandwidth, so no prediction (not the fixed costs
         // alone, which would claim a multi-gigabyte stop-copy takes milliseconds).
-        let predicted = reason == .noPrecopy ? nil : scheduler.predictedDowntime
-        report.expectedDowntime = predicted
-        onEvent(.switchover(predicted: predicted, reason: reason.rawValue))
-        return (reason, rounds)
+        let prediction = report.rounds.isEmpty ? nil : predicted
+        report.expectedDowntime = prediction
+        control.update { $0.expectedDowntime = prediction }
+        emit(.switchover(predicted: prediction, reason: reason))
     }
 
     /// One pre-copy round as the plan says, its measurements fed to the scheduler; returns the
     /// scheduler's next action.
-    mutating func round(_ plan: RoundPlan, devices: [DeviceSaver], scheduler: inout PrecopyScheduler,
-                        onEvent: (MigrationEvent) -> Void) throws(TransferError) -> Action {
+    mutating func round(_ plan: RoundPlan, devices: [DeviceSaver], scheduler: inout PrecopyScheduler) throws(TransferError) -> Action {
         let iteration = plan.iteration
         let (ranges, streams) = try self.plan(devices)
         let pacer = plan.rateLimit.map { Pacer(rate: $0) }
@@ -113,7 +143,13 @@ extension SourceRun {
                                      bandwidth: scheduler.bandwidthBytesPerSecond, predictedDowntime: scheduler.predictedDowntime,
                                      duration: duration, unthrottledProbe: plan.probe)
         report.rounds.append(result)
-        onEvent(.iteration(result))
+        control.update {
+            $0.iterations = iteration; $0.remainingBytes = dirty; $0.bandwidth = scheduler.bandwidthBytesPerSecond
+            $0.expectedDowntime = scheduler.predictedDowntime
+            for s in savers where s.id < $0.deviceBytes.count { $0.deviceBytes[s.id] = counters.totals(device: s.id).bytes }
+        }
+        emit(.iteration(result))
+        for s in devices { emit(.deviceProgress(device: s.id, bytes: counters.totals(device: s.id).bytes)) }
         return action
     }
 
@@ -132,6 +168,8 @@ extension SourceRun {
             report.roundTrip = rtt
         }
         for id in feedback.takeAcks() { scheduler.switchoverAcknowledged(deviceID: id) }
+        // The VMM's own downtime bytes (its RAM) share the budget, as a device of their own.
+        scheduler.updateRemaining(deviceID: Self.externalDeviceID, dirtyBytes: 0, stopCopyOnlyBytes: control.externalPendingBytes)
         var dirty: UInt64 = 0
         for s in savers {
             let p: (precopy: UInt64, stopCopyOnly: UInt64)

@@ -38,7 +38,7 @@ extension SourceRun {
             try ch.sendControl(.channelEnd, payload: ChannelEnd(chunks: ch.stats.chunks, rawBytes: ch.stats.rawBytes).encoded())
         }
         trace.mark("channel ends sent")
-        phaseHook?(.stateSent)
+        passed(.stateSent)
     }
 
     /// Two-phase handover: the destination has loaded and validated everything (its devices wait
@@ -47,21 +47,24 @@ extension SourceRun {
         let trace = switchoverTrace
         let loaded = try feedback.waitLoaded(timeout: options.timeout)
         trace.mark("destination loaded (load \(loaded.loadMilliseconds) ms, validation \(loaded.validateMilliseconds) ms)")
-        phaseHook?(.loadedReceived)
+        passed(.loadedReceived)
         if let e = abort.error { throw e }
         guard feedback.mayCommit else {
             throw TransferError(.protocolViolation, "the destination's handover went out of order before commit")
         }
         // The point of no return: from the moment `commit` may be on the wire, restarting the
-        // source devices could run them twice.
+        // source devices could run them twice. A cancel before this point wins; after it, it is
+        // only reported.
+        guard control.commit() else { throw SessionControl.cancelError }
         committed = true
         feedback.commitSent()
         try onChannel0 { ch throws(TransferError) in try ch.sendControl(.commit) }
-        phaseHook?(.commitSent)
+        passed(.commitSent)
         let resumed = try feedback.waitResumed(timeout: options.timeout)
         report.downtime = Monotonic.now - (downtimeStart ?? start)
+        control.update { [downtime = report.downtime] in $0.downtime = downtime }
         trace.mark("destination resumed (resume \(resumed.resumeMilliseconds) ms)")
-        phaseHook?(.resumedReceived)
+        passed(.resumedReceived)
         report.destinationLoadTime = .microseconds(safeMicros(loaded.loadMilliseconds))
         report.destinationResumeTime = .microseconds(safeMicros(resumed.resumeMilliseconds))
     }
@@ -74,6 +77,7 @@ extension SourceRun {
         var sourceDigests: [UInt64?] = []
         for s in savers {
             report.devices[s.id].bytes = counters.totals(device: s.id).bytes
+            emit(.deviceProgress(device: s.id, bytes: report.devices[s.id].bytes))
             let d = try? s.device.digest()
             sourceDigests.append(d)
             report.devices[s.id].sourceDigest = d

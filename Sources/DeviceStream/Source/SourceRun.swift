@@ -16,8 +16,10 @@ struct SourceRun {
     let abort = AbortSignal(side: "source")
     var report: MigrationReport
     let progress: TransferProgress
-    /// Called at each handover step (tests stop a process there).
-    let phaseHook: (@Sendable (HandoverPhase) -> Void)?
+    /// The caller's hold on the session: cancel, switchover, external bytes, statistics.
+    let control: SessionControl
+    /// The caller's event handler.
+    let emit: @Sendable (MigrationEvent) -> Void
     let warn: @Sendable (String) -> Void
     let start: Duration
     let feedback = Feedback()
@@ -30,13 +32,23 @@ struct SourceRun {
     /// When the first device left a running state (the measured downtime starts here).
     var downtimeStart: Duration?
 
+    /// How the channels reach the destination.
+    enum Transport {
+        /// Dial the destination's listener.
+        case dial(Endpoint)
+        /// Connected sockets from the caller, one per channel (the session takes them).
+        case adopt([Int32])
+    }
+
     init(savers: [DeviceSaver], configuration: MigrationConfiguration, report: MigrationReport, progress: TransferProgress,
-         phaseHook: (@Sendable (HandoverPhase) -> Void)?, warn: @escaping @Sendable (String) -> Void, start: Duration) {
+         control: SessionControl, emit: @escaping @Sendable (MigrationEvent) -> Void, warn: @escaping @Sendable (String) -> Void,
+         start: Duration) {
         self.savers = savers
         self.configuration = configuration
         self.report = report
         self.progress = progress
-        self.phaseHook = phaseHook
+        self.control = control
+        self.emit = emit
         self.warn = warn
         self.start = start
         counters = SentCounters(devices: savers.count, channels: configuration.transfer.connections)
@@ -53,19 +65,26 @@ struct SourceRun {
         sockets = []
     }
 
-    mutating func execute(endpoint: Endpoint, onEvent: (MigrationEvent) -> Void) throws(TransferError) {
+    mutating func execute(_ transport: Transport) throws(TransferError) {
+        control.attach(abort)
         try options.validate()
         guard !savers.isEmpty, savers.count <= WireLimits.maxDevices else {
             throw TransferError(.usage, "a migration carries 1...\(WireLimits.maxDevices) devices, got \(savers.count)")
         }
-        let setup = try self.setup(endpoint: endpoint, onEvent: onEvent)
+        let setup = try self.setup(transport)
         var scheduler = try makeScheduler(setup)
-        let (reason, rounds) = try precopy(&scheduler, onEvent: onEvent)
+        control.update { $0.phase = .precopy }
+        let rounds = try precopy(&scheduler)
+        control.update { $0.phase = .stopCopy }
         try stopCopy(after: rounds)
+        control.update { $0.phase = .handover }
         try handover()
+        control.update { $0.phase = .verifying }
         try verify()
-        _ = reason
     }
+
+    /// Reports a handover step (events; tests stop a process there).
+    func passed(_ phase: HandoverPhase) { emit(.handover(phase)) }
 
     /// A channel group job on channel 0 only.
     func onChannel0(_ job: @escaping (Channel) throws(TransferError) -> Void) throws(TransferError) {
@@ -73,7 +92,8 @@ struct SourceRun {
         try group.run(only: 0) { (_, ch) throws(TransferError) in try job(ch) }
     }
 
-    func device(_ error: DeviceError) -> TransferError { TransferError(.device, error.message) }
+    /// A device's error as the session's, the device error kept as its cause.
+    func device(_ error: DeviceError) -> TransferError { TransferError(.device, error.message, cause: error) }
 
     /// Runs `body` for every saver, a device error becoming the session's.
     func eachSaver(_ body: (DeviceSaver) throws(DeviceError) -> Void) throws(TransferError) {
@@ -92,10 +112,17 @@ struct SourceRun {
     /// its devices are set up (RESUMING), with how long that took. Only then is the round trip
     /// measured, by pings the destination answers at once: the setup time (a destination
     /// reserving gigabytes) is reported on its own, never mistaken for latency.
-    mutating func setup(endpoint: Endpoint, onEvent: (MigrationEvent) -> Void) throws(TransferError) -> SetupResult {
+    mutating func setup(_ transport: Transport) throws(TransferError) -> SetupResult {
         let backend = options.backend ?? IOBackend.preferred
-        let (g, s) = try ChannelSet.connect(to: endpoint, options: options, mode: .migration, totalSize: nil,
+        let (g, s): (WorkerGroup<Channel>, [Connection])
+        switch transport {
+        case .dial(let endpoint):
+            (g, s) = try ChannelSet.connect(to: endpoint, options: options, mode: .migration, totalSize: nil,
                                             abort: abort, backend: backend, warn: warn)
+        case .adopt(let fds):
+            (g, s) = try ChannelSet.connect(adopting: fds, options: options, mode: .migration, totalSize: nil,
+                                            abort: abort, backend: backend, warn: warn)
+        }
         group = g
         sockets = s
         let t0 = Monotonic.now
@@ -118,7 +145,8 @@ struct SourceRun {
         report.setupTime = Monotonic.now - start
         if let d = accept?.setupMilliseconds, d.isFinite, d >= 0 { report.destinationSetupTime = .microseconds(safeMicros(d)) }
         report.roundTrip = result.roundTrip
-        onEvent(.setupDone(report.setupTime))
+        control.update { $0.setupTime = report.setupTime }
+        emit(.setupDone(report.setupTime))
         // From here the feedback thread owns reads on channel 0.
         try onChannel0 { ch throws(TransferError) in ch.peekPeerErrors = false }
         feedback.start(connection: s[0], options: options, backend: backend, abort: abort)
