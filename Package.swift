@@ -55,6 +55,9 @@ let package = Package(
         .executableTarget(name: "devstream", dependencies: [
             "DeviceStream", "DSSimulation", "DSCLISupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // The README's embedding example, one program per role; they import DeviceStream only.
+        .executableTarget(name: "example-source", dependencies: ["DeviceStream"]),
+        .executableTarget(name: "example-destination", dependencies: ["DeviceStream"]),
         // Network namespaces joined by a shaped veth pair, for tests and stream-bench; not a product.
         .target(name: "DSNetLab", dependencies: ["DSSupport"]),
         .executableTarget(name: "stream-bench", dependencies: [

@@ -8,4 +8,12 @@ public enum Hex {
 
     /// `0x` and the shortest lower-case hex digits (`0x1b`), for codes and flags.
     public static func code<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }
+
+    /// Two lower-case hex digits per byte, no separators (keys, tokens).
+    public static func bytes(_ b: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".unicodeScalars)
+        var out = String.UnicodeScalarView()
+        for x in b { out.append(digits[Int(x >> 4)]); out.append(digits[Int(x & 0xf)]) }
+        return String(out)
+    }
 }

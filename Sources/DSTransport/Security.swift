@@ -47,14 +47,35 @@ public struct SecurityOptions: Sendable, Equatable {
         return SecurityOptions(.psk(key: key))
     }
 
-    private static func readSmallFile(_ path: String) -> [UInt8]? {
+    /// Makes a fresh random key (32 bytes from the kernel's CSPRNG, as hex) in a new file at
+    /// `path`, readable by its owner only (0600), and returns the options that use it. A file
+    /// already at `path` is replaced. Give the same file (or its content) to the other end.
+    public static func makeKeyFile(_ path: String) throws(TransferError) -> SecurityOptions {
+        guard let key = readSmallFile("/dev/urandom", limit: minimumKeyLength), key.count == minimumKeyLength else {
+            throw TransferError(.localIO, "cannot read random bytes for a key from /dev/urandom: \(Errno.current)")
+        }
+        let hex = Hex.bytes(key) + "\n"
+        let tmp = "\(path).\(getpid()).tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw TransferError(.localIO, "cannot create the key file \(tmp): \(Errno.current)") }
+        let ok = hex.utf8CString.withUnsafeBytes { b in write(fd, b.baseAddress, b.count - 1) == b.count - 1 } && fsync(fd) == 0
+        close(fd)
+        guard ok, rename(tmp, path) == 0 else {
+            let e = Errno.current
+            unlink(tmp)
+            throw TransferError(.localIO, "cannot write the key file \(path): \(e)")
+        }
+        return SecurityOptions(.psk(key: key))
+    }
+
+    private static func readSmallFile(_ path: String, limit: Int = 1 << 16) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 4096)
-        while out.count < 1 << 16 {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        while out.count < limit {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, limit - out.count)) }
             if n < 0 && errno == EINTR { continue }
             if n < 0 { return nil }
             if n == 0 { break }
