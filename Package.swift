@@ -50,10 +50,11 @@ let package = Package(
         .target(name: "DSSimulation", dependencies: ["DSDevices", "DSSupport"]),
         // Shared by devstream and stream-bench: option parsers, byte formatting, terminal and JSON output.
         .target(name: "DSCLISupport", dependencies: [
-            "DSSupport", "DeviceStream", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "DeviceStream", "DSSupport", "DSWire", "DSCodec", "DSRing", "DSTransport", "DSDevices", "DSScheduler", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "devstream", dependencies: [
-            "DeviceStream", "DSSimulation", "DSCLISupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "DeviceStream", "DSSimulation", "DSCLISupport", "DSSupport", "DSWire", "DSCodec", "DSRing", "DSTransport", "DSDevices", "DSScheduler",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // The README's embedding example, one program per role; they import DeviceStream only.
         .executableTarget(name: "example-source", dependencies: ["DeviceStream"]),
@@ -61,7 +62,8 @@ let package = Package(
         // Network namespaces joined by a shaped veth pair, for tests and stream-bench; not a product.
         .target(name: "DSNetLab", dependencies: ["DSSupport"]),
         .executableTarget(name: "stream-bench", dependencies: [
-            "DeviceStream", "DSSimulation", "DSNetLab", "DSCLISupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "DeviceStream", "DSSimulation", "DSNetLab", "DSCLISupport", "DSSupport", "DSWire", "DSCodec", "DSRing", "DSTransport", "DSDevices", "DSScheduler",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Shared by the test targets (a fault-injecting proxy, data helpers); not a product.
         .target(name: "DSTestSupport", dependencies: ["DSTransport", "DSWire", "DSCodec", "DSRing", "DSDevices"], path: "Tests/DSTestSupport"),
@@ -73,7 +75,9 @@ let package = Package(
         .testTarget(name: "DSDevicesTests", dependencies: ["DSDevices", "DSTestSupport"]),
         .testTarget(name: "DSSimulationTests", dependencies: ["DSSimulation", "DSDevices", "DSSupport", "DSTestSupport"]),
         .testTarget(name: "DSSchedulerTests", dependencies: ["DSScheduler"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["DeviceStream", "DSSimulation", "DSTestSupport", "DSNetLab", "DSCLISupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: [
+            "DeviceStream", "DSSimulation", "DSTestSupport", "DSNetLab", "DSCLISupport", "DSSupport", "DSWire", "DSCodec", "DSRing", "DSTransport", "DSDevices", "DSScheduler",
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,4 +1,11 @@
 import DeviceStream
+import DSSupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 /// One line of JSON for the CLI's `--json` reports: total, so a report never fails to print.
 ///

@@ -1,10 +1,10 @@
-import CLZ4
-import CXXHash
+internal import CLZ4
+internal import CXXHash
 import DSWire
 import DSSupport
 
 /// XXH3-64 of `bytes`. The corresponding C function is `XXH3_64bits`.
-@inlinable public func xxh3(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+public func xxh3(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
     guard let base = bytes.baseAddress, bytes.count > 0 else { return XXH3_64bits(nil, 0) }
     return XXH3_64bits(base, bytes.count)
 }

@@ -1,4 +1,4 @@
-import CXXHash
+internal import CXXHash
 
 /// XXH3-64 of a memory range: how every device digests its state.
 package func xxh3(_ p: UnsafeRawPointer?, _ count: Int) -> UInt64 {

@@ -65,7 +65,7 @@ public struct MigrationReport: Sendable {
     }
 
     /// The `--json` object.
-    public var jsonObject: [String: Any] {
+    package var jsonObject: [String: Any] {
         func ms(_ d: Duration?) -> Any { d.map { ($0.milliseconds * 1000).rounded() / 1000 } ?? NSNullLike.null }
         var o: [String: Any] = [
             "status": completed ? "completed" : "failed",
@@ -106,4 +106,4 @@ public struct MigrationReport: Sendable {
 
 /// A stand-in for JSON null that a Foundation-free library can put in `jsonObject`; the CLI
 /// maps it to `NSNull`.
-public enum NSNullLike: Sendable { case null }
+package enum NSNullLike: Sendable { case null }

@@ -5,6 +5,12 @@ import Foundation
 import Glibc
 import DSSupport
 import DSCLISupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 /// Options of the source side of a migration.
 struct MigrationOptions: ParsableArguments {

@@ -1,5 +1,12 @@
 import ArgumentParser
 import DeviceStream
+import DSSupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 /// `--psk-file`, `--tls-cert/--tls-key/--tls-ca`, `--insecure`: shared by send, receive and
 /// migrate. Both ends must give the same kind (and the same key, or certificates from the same CA).

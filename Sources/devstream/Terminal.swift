@@ -3,6 +3,12 @@ import Foundation
 import Glibc
 import DSSupport
 import DSCLISupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 enum Terminal {
     static var stderrIsTTY: Bool { isatty(2) == 1 }

@@ -18,7 +18,7 @@ do {
             return try FileDevice(destinationPath: output, size: size)
         },
         options: options)
-    print("listening on \(destination.listener.endpoint)")
+    print("listening on \(destination.endpoint)")
     fflush(nil)  // the line is read through a pipe
     // Blocks until the migration ends; another thread may call destination.cancel().
     let report = destination.run { event in

@@ -5,6 +5,12 @@ import DSNetLab
 import Foundation
 import Glibc
 import DSSupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 /// `stream-bench migration`: live migrations of a simulated device between two `devstream`
 /// processes (the destination's device made from a spec, as a user would), over loopback or a

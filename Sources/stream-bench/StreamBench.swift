@@ -8,6 +8,12 @@ import Foundation
 import Glibc
 import DSSupport
 import DSCLISupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 @main
 struct StreamBench: ParsableCommand {

@@ -4,6 +4,12 @@ import Glibc
 import DSTestSupport
 import DeviceStream
 import DSSupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 /// The real `devstream` binary, run as a user would, over loopback.
 enum CLI {

@@ -5,6 +5,11 @@ import Synchronization
 import DSSimulation
 import DSSupport
 import DSTransport
+import DSWire
+import DSCodec
+import DSRing
+import DSDevices
+import DSScheduler
 
 /// The VMM's controls over a running session: cancel, external switchover, its own pending
 /// bytes, held resume, live statistics, events at both ends, sockets it hands in.

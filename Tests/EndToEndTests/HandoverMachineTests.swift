@@ -2,6 +2,11 @@ import Testing
 @testable import DeviceStream
 import DSWire
 import DSTransport
+import DSSupport
+import DSCodec
+import DSRing
+import DSDevices
+import DSScheduler
 
 /// The shared handover state machine, without sockets: the happy path at both ends, and every
 /// frame type out of turn at every stage.

@@ -3,6 +3,12 @@ import Glibc
 @testable import DeviceStream
 import DSSimulation
 import DSSupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 /// Every device through its save and load hooks, in process, with no network: the source's
 /// rounds are planned and read exactly as channels do, and loaded as the destination does.

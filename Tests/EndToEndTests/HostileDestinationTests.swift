@@ -5,6 +5,12 @@ import DSTestSupport
 @testable import DeviceStream
 import DSSimulation
 import DSSupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 /// A destination played by hand, which sends a handover message before its time. The source
 /// must refuse it, fail, and restart its devices (nothing was committed).

@@ -5,6 +5,12 @@ import DSTestSupport
 @testable import DeviceStream
 import DSSimulation
 import DSSupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 func migrationConfig(connections: Int = 2, limit: Duration = .milliseconds(300), policy: NonConvergencePolicy = .wait,
                      deadline: Duration = .seconds(20), timeout: Duration = .seconds(5)) -> MigrationConfiguration {

@@ -3,6 +3,12 @@ import Foundation
 @testable import DeviceStream
 import DSCLISupport
 import DSSupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 /// `--json` output is total: a peer's NaN or infinity becomes null, never a crash.
 @Suite struct ReportJSONTests {

@@ -3,6 +3,12 @@ import Glibc
 import Synchronization
 @testable import DeviceStream
 import DSSupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 /// The destination's round barrier: no channel reads round k+1 before every channel has loaded
 /// round k (else a page's older copy, late on one channel, could land over its newer copy).

@@ -5,6 +5,12 @@ import DSTestSupport
 @testable import DeviceStream
 import DSSimulation
 import DSSupport
+import DSWire
+import DSCodec
+import DSRing
+import DSTransport
+import DSDevices
+import DSScheduler
 
 /// A CA, certificates it issued, and one from another CA, made with the `openssl` CLI.
 final class TestPKI: @unchecked Sendable {

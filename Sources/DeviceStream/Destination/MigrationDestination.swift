@@ -27,7 +27,9 @@ public final class MigrationDestination: @unchecked Sendable {
     /// The destination devices (made at load setup when the destination was given a factory).
     public private(set) var devices: [any MigratableDevice]
     private let factory: (count: Int, make: DeviceFactory)?
-    public let listener: SessionListener
+    package let listener: SessionListener
+    /// Where this destination listens (with port 0 asked, the port it got).
+    public var endpoint: Endpoint { listener.endpoint }
     public let options: TransferOptions
     /// Hold resume: when set, the devices wait in STOP after the source's `commit` until the
     /// caller calls `resume()`, at most this long (then the session fails with the devices
@@ -35,7 +37,7 @@ public final class MigrationDestination: @unchecked Sendable {
     /// `resumed`. Set it before `run`.
     public var resumeHold: Duration?
     /// Live progress (device bytes loaded so far), readable from any thread.
-    public let progress = TransferProgress()
+    package let progress = TransferProgress()
     private let warn: @Sendable (String) -> Void
     private let control = SessionControl()
 

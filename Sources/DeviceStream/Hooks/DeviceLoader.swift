@@ -7,12 +7,12 @@ import DSSupport
 
 /// The load hooks of one device on the destination: `loadSetup` (RESUMING), `loadState`
 /// (chunks, config, end of state), `loadCleanup` (STOP → RUNNING, or left not running).
-public final class DeviceLoader: @unchecked Sendable {
+package final class DeviceLoader: @unchecked Sendable {
     // @unchecked: the device is thread-safe by protocol; `lock` guards the stream turnstile and
     // the counters.
-    public let id: Int
-    public let device: any MigratableDevice
-    public let header: DeviceHeader
+    package let id: Int
+    package let device: any MigratableDevice
+    package let header: DeviceHeader
     private let lock = ConditionLock()
     private var nextSequence: UInt64 = 0
     private(set) var loadedPerChannel: [UInt64]
@@ -21,7 +21,7 @@ public final class DeviceLoader: @unchecked Sendable {
 
     /// load_setup: checks the source's header against the local device and takes the
     /// device's load fd (it must be in RESUMING).
-    public init(id: Int, device: any MigratableDevice, header: DeviceHeader, channels: Int) throws(DeviceError) {
+    package init(id: Int, device: any MigratableDevice, header: DeviceHeader, channels: Int) throws(DeviceError) {
         self.id = id
         self.device = device
         self.header = header
@@ -38,7 +38,7 @@ public final class DeviceLoader: @unchecked Sendable {
     }
 
     /// load_state for a chunk of addressable state.
-    public func load(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, channel: Int, ring: Ring, slot: Int) throws(TransferError) {
+    package func load(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, channel: Int, ring: Ring, slot: Int) throws(TransferError) {
         guard header.kind == .addressable else { throw TransferError(.protocolViolation, "addressable data for stream device \(id)") }
         guard offset <= header.size, UInt64(bytes.count) <= header.size - offset else {
             throw TransferError(.protocolViolation, "chunk at \(offset)+\(bytes.count) outside device \(id)'s \(header.size) bytes")
@@ -51,7 +51,7 @@ public final class DeviceLoader: @unchecked Sendable {
 
     /// load_state for a piece of an ordered stream: waits for its turn (bounded by `timeout`,
     /// ended early by `abort`), then writes it to the device in order.
-    public func loadStream(_ bytes: UnsafeRawBufferPointer, seq: UInt64, channel: Int, timeout: Duration,
+    package func loadStream(_ bytes: UnsafeRawBufferPointer, seq: UInt64, channel: Int, timeout: Duration,
                            abort: AbortSignal) throws(TransferError) {
         guard header.kind == .orderedStream, let s = device as? any StreamDevice else {
             throw TransferError(.protocolViolation, "stream data for addressable device \(id)")
@@ -69,28 +69,28 @@ public final class DeviceLoader: @unchecked Sendable {
         lock.withLock { nextSequence += 1; loadedPerChannel[channel] += 1; bytesLoaded += UInt64(bytes.count); lock.broadcast() }
     }
 
-    public func wake() { lock.withLock { lock.broadcast() } }
+    package func wake() { lock.withLock { lock.broadcast() } }
 
     /// Whether every channel has loaded at least `counts` chunks of this device.
-    public func hasLoaded(_ counts: [UInt64]) -> Bool {
+    package func hasLoaded(_ counts: [UInt64]) -> Bool {
         lock.withLock { zip(loadedPerChannel, counts).allSatisfy { $0 >= $1 } && loadedPerChannel.count == counts.count }
     }
 
-    public var loadedBytes: UInt64 { lock.withLock { bytesLoaded } }
+    package var loadedBytes: UInt64 { lock.withLock { bytesLoaded } }
 
     /// load_cleanup, first phase: RESUMING → STOP. The device validates what it got; it does
     /// not run yet.
-    public func validate() throws(DeviceError) {
+    package func validate() throws(DeviceError) {
         if device.state != .stop { try device.setState(.stop) }
     }
 
     /// load_cleanup, second phase (after the source's commit): STOP → RUNNING.
-    public func run() throws(DeviceError) {
+    package func run() throws(DeviceError) {
         try device.setState(.running)
     }
 
     /// Both phases at once, for a caller with no source to wait for (tests, local restores).
-    public func resume() throws(DeviceError) {
+    package func resume() throws(DeviceError) {
         try validate()
         try run()
     }

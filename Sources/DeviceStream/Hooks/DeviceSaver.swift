@@ -6,7 +6,7 @@ import DSRing
 import DSSupport
 
 /// One unit of migration data a channel thread reads and sends.
-public enum SaveItem: Sendable, Equatable {
+package enum SaveItem: Sendable, Equatable {
     /// `length` bytes of an addressable device at `offset`.
     case range(device: Int, offset: UInt64, length: Int)
     /// Read the stream device until it has no data now (pre-copy) or ends (stop-copy).
@@ -15,11 +15,11 @@ public enum SaveItem: Sendable, Equatable {
 
 /// The save hooks of one device on the source, after QEMU's VFIO migration: `saveSetup`,
 /// `pending`, `iterate` (plan a round), `completePrecopy`, `cleanup`.
-public final class DeviceSaver: @unchecked Sendable {
+package final class DeviceSaver: @unchecked Sendable {
     // @unchecked: the device is thread-safe by protocol; `streamLock` serialises reads of a
     // stream device and its sequence counter.
-    public let id: Int
-    public let device: any MigratableDevice
+    package let id: Int
+    package let device: any MigratableDevice
     private let streamLock = ConditionLock()
     private var nextSequence: UInt64 = 0
     private var streamEnded = false
@@ -29,19 +29,19 @@ public final class DeviceSaver: @unchecked Sendable {
     /// The largest run of clean bytes a round sends to join two dirty runs into one frame.
     static let maxGap: UInt64 = 64 << 10
 
-    public init(id: Int, device: any MigratableDevice) {
+    package init(id: Int, device: any MigratableDevice) {
         self.id = id
         self.device = device
     }
 
-    public var supportsPrecopy: Bool { device.migrationFlags.contains(.preCopy) }
+    package var supportsPrecopy: Bool { device.migrationFlags.contains(.preCopy) }
 
-    public var kind: DeviceKind {
+    package var kind: DeviceKind {
         if case .addressable = device.dataKind { return .addressable }
         return .orderedStream
     }
 
-    public var header: DeviceHeader {
+    package var header: DeviceHeader {
         switch device.dataKind {
         case .addressable(let size): DeviceHeader(kind: .addressable, size: size, flags: device.migrationFlags.rawValue, spec: device.spec)
         case .orderedStream: DeviceHeader(kind: .orderedStream, size: 0, flags: device.migrationFlags.rawValue, spec: device.spec)
@@ -49,13 +49,13 @@ public final class DeviceSaver: @unchecked Sendable {
     }
 
     /// save_setup: the device enters PRE_COPY (when it supports it) and dirty tracking starts.
-    public func saveSetup() throws(DeviceError) {
+    package func saveSetup() throws(DeviceError) {
         if supportsPrecopy { try device.setState(.preCopy) }
     }
 
     /// state_pending_estimate: a cheap estimate (dirty bytes as the device counts them, or its
     /// pre-copy info), without the gap-closing of a real plan.
-    public func pendingEstimate() throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64) {
+    package func pendingEstimate() throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64) {
         if !supportsPrecopy { return (0, try device.stopCopySize()) }
         if let a = device as? any AddressableDevice { return (a.dirtyByteCount(), 0) }
         let info = try device.precopyInfo()
@@ -64,7 +64,7 @@ public final class DeviceSaver: @unchecked Sendable {
 
     /// state_pending_exact: (bytes the next round would send, bytes only stop-copy can move).
     /// For addressable devices it plans the round on a copy of the dirty bitmap, gaps closed.
-    public func pending(chunkSize: Int) throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64) {
+    package func pending(chunkSize: Int) throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64) {
         if !supportsPrecopy { return (0, try device.stopCopySize()) }
         if let a = device as? any AddressableDevice {
             // Exactly what the next plan would send, gaps closed included.
@@ -81,7 +81,7 @@ public final class DeviceSaver: @unchecked Sendable {
 
     /// Plans one round (save_live_iterate, or the stop-copy round): the dirty ranges of an
     /// addressable device, split into chunks; a drain of a stream device.
-    public func plan(chunkSize: Int, into items: inout [SaveItem]) throws(DeviceError) {
+    package func plan(chunkSize: Int, into items: inout [SaveItem]) throws(DeviceError) {
         if let a = device as? any AddressableDevice {
             var chunks: [UInt64] = []
             try a.takeDirtyChunks(into: &chunks)
@@ -124,7 +124,7 @@ public final class DeviceSaver: @unchecked Sendable {
     }
 
     /// complete_precopy, first half: the device stops (STOP_COPY). Returns how long it took.
-    public func enterStopCopy() throws(DeviceError) -> Duration {
+    package func enterStopCopy() throws(DeviceError) -> Duration {
         let t0 = Monotonic.now
         try device.setState(.stopCopy)
         return Monotonic.now - t0
@@ -132,7 +132,7 @@ public final class DeviceSaver: @unchecked Sendable {
 
     /// Takes the device's save fd for the round about to be sent: only a device in a saving
     /// state has data this round (a device without pre-copy waits in RUNNING until stop-copy).
-    public func beginRound() throws(DeviceError) {
+    package func beginRound() throws(DeviceError) {
         roundFD = -1
         guard let a = device as? any AddressableDevice, VFIOStateMachine.isSaving(device.state) else { return }
         roundFD = try a.dataFD(for: .save)
@@ -140,7 +140,7 @@ public final class DeviceSaver: @unchecked Sendable {
 
     /// Reads the `length` bytes at `offset` of an addressable device into `buffer` (a channel's
     /// registered slot `slot` of `ring`), for the round `beginRound` opened.
-    public func read(offset: UInt64, length: Int, into buffer: UnsafeMutableRawBufferPointer, ring: Ring,
+    package func read(offset: UInt64, length: Int, into buffer: UnsafeMutableRawBufferPointer, ring: Ring,
                      slot: Int?) throws(DeviceError) {
         guard roundFD >= 0 else {
             throw DeviceError(.invalidState, "device \(id) (\(device.spec)) has no data to read in state \(device.state)")
@@ -154,7 +154,7 @@ public final class DeviceSaver: @unchecked Sendable {
 
     /// Reads the next piece of a stream device into `buffer`, with its sequence number; nil
     /// when the device has nothing now (pre-copy) or its stream ended (stop-copy).
-    public func readStream(into buffer: UnsafeMutableRawBufferPointer) throws(DeviceError) -> (seq: UInt64, count: Int)? {
+    package func readStream(into buffer: UnsafeMutableRawBufferPointer) throws(DeviceError) -> (seq: UInt64, count: Int)? {
         guard let s = device as? any StreamDevice else { return nil }
         var result: (UInt64, Int)?
         var failure: DeviceError?
@@ -176,7 +176,7 @@ public final class DeviceSaver: @unchecked Sendable {
 
     /// cleanup: after success the source device stops; after a failure it runs again with its
     /// state intact.
-    public func cleanup(success: Bool) throws(DeviceError) {
+    package func cleanup(success: Bool) throws(DeviceError) {
         if success {
             if device.state != .stop { try device.setState(.stop) }
         } else if device.state != .running {

@@ -14,8 +14,9 @@ import DSDevices
 public final class MigrationSource: Sendable {
     public let devices: [any MigratableDevice]
     public let configuration: MigrationConfiguration
-    /// Live progress (device bytes sent so far), readable from any thread.
-    public let progress = TransferProgress()
+    /// Live progress (device bytes sent so far), readable from any thread (the public view is
+    /// `statistics`).
+    package let progress = TransferProgress()
     private let warn: @Sendable (String) -> Void
     private let control = SessionControl()
 
