@@ -89,15 +89,20 @@ public final class SessionListener: @unchecked Sendable {
         (fd, port) = try Sockets.listen(endpoint)
         self.endpoint = Endpoint(host: endpoint.host, port: port)
         self.timeout = timeout
-        self.backend = backend ?? IOBackend.preferred
+        // The session that uses this listener warns about a fallback (`IOBackend.resolve`).
+        self.backend = backend ?? IOBackend.probed
         self.warn = warn
     }
 
     deinit { stop(); close(fd) }
 
-    /// Starts accepting on a background thread.
-    public func start() {
-        thread = OSThread { [self] in acceptLoop() }
+    /// Starts accepting on a background thread, `ds-accept`; each connection's preamble is read
+    /// on a short-lived thread of its own, `ds-preamble`.
+    /// - Throws: `.localIO` when the thread cannot be started.
+    public func start() throws(TransferError) {
+        do { thread = try OSThread(name: "ds-accept") { [self] in acceptLoop() } } catch {
+            throw .threadStart(error, "ds-accept", doing: "accepting connections on \(endpoint)")
+        }
     }
 
     /// Waits until every channel of the session has joined.
@@ -190,10 +195,27 @@ public final class SessionListener: @unchecked Sendable {
             }
             return
         }
-        let t = OSThread { [self] in
-            let ring = (try? Ring(entries: 4, backend: backend)) ?? (try? Ring(entries: 4, backend: .blocking))
-            if let ring { handle(conn, id: id, ring: ring) } else { release(id); conn.close() }
-            lock.withLock { finished.append(id) }
+        let t: OSThread
+        do {
+            t = try OSThread(name: "ds-preamble") { [self] in
+                let ring = (try? Ring(entries: 4, backend: backend)) ?? (try? Ring(entries: 4, backend: .blocking))
+                if let ring { handle(conn, id: id, ring: ring) } else { release(id); conn.close() }
+                lock.withLock { finished.append(id) }
+            }
+        } catch {
+            // Out of threads: this connection is dropped like one over `maxPending`; the
+            // listener goes on (a sender whose channel this was sees it closed).
+            let who = Self.peerName(conn.fd)
+            let stopping = lock.withLock { () -> Bool in
+                pending.removeValue(forKey: id)
+                droppedCount += 1
+                return self.stopping
+            }
+            conn.close()
+            if !stopping {
+                warn("warning: dropped a connection from \(PeerText.escape(who)): cannot start a thread to read its preamble (pthread_create: \(error)); the process is out of threads or memory")
+            }
+            return
         }
         lock.withLock { pending[id]?.thread = t }
     }

@@ -42,7 +42,7 @@ public final class MigrationDestination: @unchecked Sendable {
         self.options = options
         self.warn = warn
         listener = try SessionListener(endpoint: endpoint, options: options, warn: warn)
-        listener.start()
+        try listener.start()
     }
 
     /// Like `init(listen:devices:options:)`, but the `deviceCount` devices are made by
@@ -56,7 +56,7 @@ public final class MigrationDestination: @unchecked Sendable {
         self.options = options
         self.warn = warn
         listener = try SessionListener(endpoint: endpoint, options: options, warn: warn)
-        listener.start()
+        try listener.start()
     }
 
     /// Closes the devices this destination made with its factory.
