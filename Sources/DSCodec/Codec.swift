@@ -31,13 +31,15 @@ public final class ChunkEncoder {
     /// When false, every chunk goes raw (`--compression none`).
     public let compressionEnabled: Bool
 
-    public init(compression: Bool, acceleration: Int = 1) {
-        state = UnsafeMutableRawPointer.allocate(byteCount: Int(LZ4_sizeofState()), alignment: 16)
+    /// - Throws: ENOMEM when the LZ4 state (`LZ4_sizeofState()` bytes, about 16 KiB) cannot be
+    ///   allocated; never a trap.
+    public init(compression: Bool, acceleration: Int = 1) throws(Errno) {
+        state = try AlignedMemory.allocate(byteCount: Int(LZ4_sizeofState()), alignment: 16)
         self.acceleration = Int32(max(1, min(acceleration, 65537)))
         compressionEnabled = compression
     }
 
-    deinit { state.deallocate() }
+    deinit { AlignedMemory.free(state) }
 
     /// Hashes `raw` and, when compression is on, tries to compress it into `output`.
     ///

@@ -246,10 +246,16 @@ public final class FileDevice: AddressableDevice {
     /// XXH3-64 of the first `size` bytes, read with `pread` through a 1 MiB buffer.
     public func digest() throws(DeviceError) -> UInt64 {
         try core.withOpen { (locked) throws(DeviceError) -> UInt64 in
-            let hasher = XXH3Stream()
             let bufSize = 1 << 20
-            let buf = UnsafeMutableRawPointer.allocate(byteCount: bufSize, alignment: 4096)
-            defer { buf.deallocate() }
+            let hasher: XXH3Stream
+            let buf: UnsafeMutableRawPointer
+            do {
+                hasher = try XXH3Stream()
+                buf = try AlignedMemory.allocate(byteCount: bufSize, alignment: 4096)
+            } catch {
+                throw DeviceError(.io, "file device: cannot allocate the hash state and 1 MiB buffer to digest '\(path)': \(error); free some memory and retry")
+            }
+            defer { AlignedMemory.free(buf) }
             var offset: UInt64 = 0
             while offset < size {
                 let want = Int(min(UInt64(bufSize), size - offset))

@@ -6,13 +6,33 @@ import DSSupport
 /// `data_fd` returned by a state change for the data, `VFIO_MIG_GET_PRECOPY_INFO` on that fd.
 ///
 /// It is made from either
-/// - the path of a VFIO device cdev, `/dev/vfio/devices/vfioN` (iommufd); or
+/// - the path of a VFIO device cdev, `/dev/vfio/devices/vfioN` (iommufd);
 /// - `GROUPPATH@DEVICENAME`, e.g. `/dev/vfio/26@0000:06:0d.0`: the group is opened and
-///   `VFIO_GROUP_GET_DEVICE_FD` is asked for the named device.
+///   `VFIO_GROUP_GET_DEVICE_FD` is asked for the named device; or
+/// - a device fd the VMM already holds (`init(fd:ownership:name:)`): the one it uses for the
+///   guest, perhaps received over `SCM_RIGHTS` as Cloud Hypervisor receives them.
 ///
 /// Binding the device to an IOMMU (`VFIO_DEVICE_BIND_IOMMUFD` on a cdev, a container on a group)
 /// is the VMM's business and is not done here: this type expects a device the caller can already
 /// use, and reports the kernel's error (often EINVAL) with the path otherwise.
+///
+/// ## Who drives the device state
+///
+/// While a migration session that holds this device runs, the library drives the device's VFIO
+/// migration state (`VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE`) through this fd, along
+/// `VFIOStateMachine`'s arcs, and reads or writes the `data_fd` the kernel returns. The VMM must
+/// not change the migration state, nor read or write the migration data, until the session
+/// returns its report (completed or failed). Afterwards the device is where the report says: a
+/// completed source is in STOP, a completed destination in RUNNING (or in STOP while its resume
+/// is held); a failed source is back in RUNNING, a failed destination is not running. `state`
+/// (or `refreshState()`) reads it. Everything else about the device (its regions, interrupts,
+/// DMA mappings, reset) stays the VMM's, through its own fd.
+///
+/// ## Who closes what
+///
+/// The `data_fd`s are the library's: it closes each when the device leaves the state that gave
+/// it, and at `close()`. A device (and group) fd the library opened from a path is closed by
+/// `close()`; a VMM's fd only with `.owned` (`FDOwnership`), never when `.borrowed`.
 ///
 /// The state is opaque bytes read from and written to `data_fd` in order, so this is a
 /// `StreamDevice`. No real VFIO device exists on the machine this was written on: all the logic is
@@ -26,8 +46,11 @@ public final class VFIODevice: StreamDevice {
     }
 
     public let spec: String
-    /// The path the device was opened from (`/dev/vfio/devices/vfioN` or `GROUP@NAME`).
+    /// The path the device was opened from (`/dev/vfio/devices/vfioN` or `GROUP@NAME`), or, for a
+    /// device made from an fd, the name it was given (`fd N` by default).
     public let path: String
+    /// Whether `close()` closes the device fd: `.owned` for a device opened from a path.
+    public let ownership: FDOwnership
     public var migrationFlags: VFIOMigrationFlags { core.flags }
     public var dataKind: DeviceDataKind { .orderedStream }
     private let layer: VFIOIoctlLayer
@@ -40,6 +63,7 @@ public final class VFIODevice: StreamDevice {
         self.path = path
         self.spec = "vfio:" + path
         self.layer = layer
+        ownership = .owned
         guard !path.isEmpty else {
             throw DeviceError(.badSpec, "vfio: empty device path; give /dev/vfio/devices/vfioN or GROUPPATH@DEVICENAME")
         }
@@ -69,37 +93,78 @@ public final class VFIODevice: StreamDevice {
             }
         }
 
-        func fail(_ e: DeviceError) -> DeviceError {
+        let (flags, state): (VFIOMigrationFlags, VFIODeviceState)
+        do { (flags, state) = try Self.probeMigration(layer, deviceFD, path) } catch {
             layer.close(deviceFD)
             if groupFD >= 0 { layer.close(groupFD) }
-            return e
+            throw error
         }
+        core = DeviceCore(name: "vfio:\(path)", flags: flags, state: state, inner: FDs(deviceFD: deviceFD, groupFD: groupFD))
+    }
 
+    /// Makes the device from a VFIO device fd the caller already holds (the VMM's own, e.g.
+    /// received over `SCM_RIGHTS`), and probes its migration support through it.
+    ///
+    /// The library drives the device's migration state through `fd` while a session runs; see
+    /// "Who drives the device state" above.
+    /// - Parameters:
+    ///   - fd: an open VFIO device fd (from `/dev/vfio/devices/vfioN` or
+    ///     `VFIO_GROUP_GET_DEVICE_FD`), bound to an IOMMU by the caller.
+    ///   - ownership: `.borrowed` (the default): the caller keeps `fd`, the library never closes
+    ///     it, and the caller must keep it open until `close()` returns. `.owned`: `fd` is the
+    ///     device's from this call on; `close()` closes it, and so does this initializer when it
+    ///     throws.
+    ///   - name: what reports and errors call the device (`spec` is `vfio:` + name); default
+    ///     `fd N`.
+    /// - Throws: `.badSpec` for a negative fd, `.io` when the fd is not a usable VFIO device,
+    ///   `.unsupported` when the device has no VFIO migration (or no STOP_COPY).
+    public init(fd: Int32, ownership: FDOwnership = .borrowed, name: String? = nil,
+                layer: VFIOIoctlLayer = SystemIoctlLayer()) throws(DeviceError) {
+        let label = name ?? "fd \(fd)"
+        path = label
+        spec = "vfio:" + label
+        self.layer = layer
+        self.ownership = ownership
+        guard fd >= 0 else {
+            throw DeviceError(.badSpec, "vfio:\(label): \(fd) is not a file descriptor; pass the VFIO device fd the VMM holds")
+        }
+        let (flags, state): (VFIOMigrationFlags, VFIODeviceState)
+        do { (flags, state) = try Self.probeMigration(layer, fd, label) } catch {
+            if ownership == .owned { layer.close(fd) }
+            throw error
+        }
+        core = DeviceCore(name: "vfio:\(label)", flags: flags, state: state, inner: FDs(deviceFD: fd, groupFD: -1))
+    }
+
+    /// `VFIO_DEVICE_FEATURE_MIGRATION` and `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE` (GET) on a
+    /// device fd: its migration flags and current state. Closes nothing.
+    private static func probeMigration(_ layer: VFIOIoctlLayer, _ deviceFD: Int32,
+                                       _ path: String) throws(DeviceError) -> (VFIOMigrationFlags, VFIODeviceState) {
         // VFIO_DEVICE_FEATURE_MIGRATION, GET.
         var payload = [UInt8](repeating: 0, count: VFIODeviceFeatureMigration.size)
         let r = Self.feature(layer, deviceFD, VFIOUAPI.featureGet | VFIOUAPI.featureMigration, &payload)
         if r < 0 {
             if r == -ENOTTY {
-                throw fail(DeviceError(.unsupported, "vfio:\(path): the device does not support VFIO migration (VFIO_DEVICE_FEATURE_MIGRATION: ENOTTY); bind it to a migration-capable variant driver such as mlx5_vfio_pci"))
+                throw DeviceError(.unsupported, "vfio:\(path): the device does not support VFIO migration (VFIO_DEVICE_FEATURE_MIGRATION: ENOTTY); bind it to a migration-capable variant driver such as mlx5_vfio_pci")
             }
-            throw fail(DeviceError(.io, "vfio:\(path): VFIO_DEVICE_FEATURE_MIGRATION (GET) failed: \(Errno(rawValue: -r)); check that the device is bound to an IOMMU (iommufd or a container)"))
+            throw DeviceError(.io, "vfio:\(path): VFIO_DEVICE_FEATURE_MIGRATION (GET) failed: \(Errno(rawValue: -r)); check that the device is bound to an IOMMU (iommufd or a container)")
         }
         let flags = VFIODeviceFeatureMigration.decode(payload)!.flags
         guard flags.contains(.stopCopy) else {
-            throw fail(DeviceError(.unsupported, "vfio:\(path): the device's migration flags \(flags) lack VFIO_MIGRATION_STOP_COPY, which every migratable device must have"))
+            throw DeviceError(.unsupported, "vfio:\(path): the device's migration flags \(flags) lack VFIO_MIGRATION_STOP_COPY, which every migratable device must have")
         }
 
         // VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, GET.
         var mig = VFIODeviceFeatureMigState(deviceState: 0).encoded()
         let g = Self.feature(layer, deviceFD, VFIOUAPI.featureGet | VFIOUAPI.featureMigDeviceState, &mig)
         guard g >= 0 else {
-            throw fail(DeviceError(.io, "vfio:\(path): VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE (GET) failed: \(Errno(rawValue: -g))"))
+            throw DeviceError(.io, "vfio:\(path): VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE (GET) failed: \(Errno(rawValue: -g))")
         }
         let raw = VFIODeviceFeatureMigState.decode(mig)!.deviceState
         guard let state = VFIODeviceState(rawValue: raw) else {
-            throw fail(DeviceError(.unsupported, "vfio:\(path): the kernel reports device state \(raw), which this program does not know; update it"))
+            throw DeviceError(.unsupported, "vfio:\(path): the kernel reports device state \(raw), which this program does not know; update it")
         }
-        core = DeviceCore(name: "vfio:\(path)", flags: flags, state: state, inner: FDs(deviceFD: deviceFD, groupFD: groupFD))
+        return (flags, state)
     }
 
     deinit {
@@ -282,7 +347,7 @@ public final class VFIODevice: StreamDevice {
     public func close() {
         core.close { fds in
             closeDataFD(&fds)
-            if fds.deviceFD >= 0 { layer.close(fds.deviceFD) }
+            if fds.deviceFD >= 0 && ownership == .owned { layer.close(fds.deviceFD) }
             if fds.groupFD >= 0 { layer.close(fds.groupFD) }
             fds.deviceFD = -1
             fds.groupFD = -1

@@ -1,4 +1,5 @@
 import Glibc
+import DSSupport
 
 /// A fixed pool of page-aligned slots, allocated once and registered with a ring once.
 ///
@@ -11,6 +12,9 @@ import Glibc
 /// buffer — the raw (uncompressed) path sends straight from the read buffer with no copy.
 /// - Warning: pointers from `bytes(_:)` are valid until the pool is deinitialised; do not use a
 ///   slot's memory after releasing it.
+///
+/// Allocation failure is an error (`init` throws), never a trap: the library may run inside a
+/// VMM whose guest must outlive a failed migration.
 public final class BufferPool {
     public let slotCount: Int
     public let slotSize: Int
@@ -23,21 +27,26 @@ public final class BufferPool {
     ///   - slots: number of slots.
     ///   - payloadCapacity: payload bytes per slot.
     ///   - headroom: bytes in front of the payload (the frame header size).
-    public init(slots: Int, payloadCapacity: Int, headroom: Int) {
+    /// - Throws: ENOMEM when `posix_memalign` cannot give `byteCount` bytes (or the size
+    ///   overflows).
+    public init(slots: Int, payloadCapacity: Int, headroom: Int) throws(Errno) {
         precondition(slots > 0 && payloadCapacity > 0 && headroom >= 0)
         let page = 4096
-        slotSize = (payloadCapacity + headroom + page - 1) / page * page
+        let (perSlot, o1) = payloadCapacity.addingReportingOverflow(headroom + page - 1)
+        let (total, o2) = (perSlot / page * page).multipliedReportingOverflow(by: slots)
+        guard !o1, !o2 else { throw .noMemory }
+        slotSize = perSlot / page * page
         slotCount = slots
         self.headroom = headroom
-        var p: UnsafeMutableRawPointer?
-        let rc = posix_memalign(&p, page, slotSize * slots)
-        precondition(rc == 0 && p != nil, "posix_memalign(\(slotSize * slots)) failed: \(rc)")
-        base = p!
+        base = try AlignedMemory.allocate(byteCount: total, alignment: page)
         owned = [Bool](repeating: false, count: slots)
         free = Array((0..<slots).reversed())
     }
 
-    deinit { Glibc.free(base) }
+    deinit { AlignedMemory.free(base) }
+
+    /// The pool's whole size in bytes (what `init` allocates).
+    public var byteCount: Int { slotSize * slotCount }
 
     /// Takes a free slot; nil when every slot is owned.
     public func checkout() -> Int? {

@@ -105,9 +105,10 @@ public final class Ring {
     static let internalUserData = UInt64.max - 1
 
     /// Creates a ring on the calling thread.
-    /// - Parameter backend: nil picks `IOBackend.preferred` (probed once per process).
+    /// - Parameter backend: nil picks `IOBackend.probed` (probed once per process). Sessions
+    ///   pass their own (`IOBackend.resolve`).
     public init(entries: UInt32 = 64, backend: IOBackendKind? = nil) throws(Errno) {
-        let kind = backend ?? IOBackend.preferred
+        let kind = backend ?? IOBackend.probed
         self.backend = kind
         guard kind == .ioUring else {
             uring = nil
@@ -182,11 +183,19 @@ public final class Ring {
             return
         }
         var sqe = io_uring_get_sqe(r)
+        var submitted: Int32 = 0
         if sqe == nil {
-            io_uring_submit(r)
+            submitted = io_uring_submit(r)
             sqe = io_uring_get_sqe(r)
         }
-        guard let sqe else { preconditionFailure("submission queue full after submit") }
+        guard let sqe else {
+            // The kernel took none of the queued entries (io_uring_submit: EAGAIN, EBUSY or
+            // ENOMEM under memory pressure): a resource failure, so the operation completes
+            // with it instead of trapping (EBUSY for EAGAIN, which `perform` would retry forever).
+            let e = submitted < 0 && submitted != -EAGAIN ? Errno(rawValue: -submitted) : Errno(rawValue: EBUSY)
+            blockingQueue.append(Completion(userData: userData, result: .failure(e)))
+            return
+        }
         prepare(sqe, op)
         io_uring_sqe_set_data64(sqe, userData)
         inFlight += 1

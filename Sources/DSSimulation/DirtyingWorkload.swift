@@ -103,8 +103,10 @@ package final class DirtyingWorkload: DeviceActivity, @unchecked Sendable {
     /// Pages written so far (a "generation" the devices put in their config).
     package let pagesWritten = Atomic<UInt64>(0)
 
+    /// Starts the writing thread, `ds-workload`, paused.
+    /// - Throws: `.io` when the thread cannot be started.
     package init(base: UnsafeMutableRawPointer, size: UInt64, rate: UInt64, hotFraction: Double, seed: UInt64,
-                 bitmap: AtomicBitmap, chunkShift: Int) {
+                 bitmap: AtomicBitmap, chunkShift: Int) throws(DeviceError) {
         self.base = base
         pages = size / 4096
         self.rate = rate
@@ -114,7 +116,9 @@ package final class DirtyingWorkload: DeviceActivity, @unchecked Sendable {
         self.bitmap = bitmap
         self.chunkShift = chunkShift
         self.seed = seed
-        thread = OSThread { [self] in self.run() }
+        do { thread = try OSThread(name: "ds-workload") { [self] in self.run() } } catch {
+            throw DeviceError(.io, "cannot start the workload thread that dirties the simulated device: pthread_create failed: \(error); the process is out of threads or memory")
+        }
     }
 
     /// Lets the thread write.

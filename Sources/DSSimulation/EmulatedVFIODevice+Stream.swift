@@ -49,12 +49,13 @@ final class EmulatedStreamSaver {
     private var dirtyQueue: [UInt64] = []
     private var trailerSent = false
     private var records: UInt64 = 0
-    private let hash = XXH3Stream()
+    private let hash: XXH3Stream
 
-    init(memory: UnsafeMutableRawPointer, size: UInt64, bitmap: AtomicBitmap) {
+    init(memory: UnsafeMutableRawPointer, size: UInt64, bitmap: AtomicBitmap, hash: XXH3Stream) {
         self.memory = memory
         self.size = size
         self.bitmap = bitmap
+        self.hash = hash
     }
 
     /// Starts a new stream (entering PRE_COPY, or STOP_COPY without pre-copy).
@@ -194,11 +195,12 @@ final class EmulatedStreamLoader {
     private var trailerReceived = false
     private var expectedDigest: UInt64 = 0
     private var parseError: DeviceError?
-    private let hash = XXH3Stream()
+    private let hash: XXH3Stream
 
-    init(memory: UnsafeMutableRawPointer, size: UInt64) {
+    init(memory: UnsafeMutableRawPointer, size: UInt64, hash: XXH3Stream) {
         self.memory = memory
         self.size = size
+        self.hash = hash
     }
 
     /// Starts loading a new stream (entering RESUMING).

@@ -57,6 +57,7 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
     /// A source device: `size` bytes of seeded content, in RUNNING, dirtied at `dirtyRate` bytes/s.
     public init(size: UInt64, dirtyRate: UInt64 = 0, seed: UInt64 = 1, spec: String? = nil) throws(DeviceError) {
         let text = spec ?? "vfio-emu:size=\(size),dirty-rate=\(dirtyRate),seed=\(seed)"
+        let (saveHash, loadHash) = try Self.hashers(spec: text)
         memory = try Self.allocate(size: size, spec: text, content: .mixed, seed: seed, dirtyRate: dirtyRate)
         self.spec = text
         self.size = size
@@ -64,13 +65,14 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
         self.dirtyRate = dirtyRate
         isDestination = false
         core = DeviceCore(name: "vfio-emu device", flags: [.stopCopy, .preCopy], state: .running, inner: ())
-        saver = EmulatedStreamSaver(memory: memory.base, size: size, bitmap: memory.bitmap)
-        loader = EmulatedStreamLoader(memory: memory.base, size: size)
+        saver = EmulatedStreamSaver(memory: memory.base, size: size, bitmap: memory.bitmap, hash: saveHash)
+        loader = EmulatedStreamLoader(memory: memory.base, size: size, hash: loadHash)
     }
 
     /// A destination device: `destinationSize` zero bytes, in RESUMING.
     public init(destinationSize: UInt64, spec: String? = nil) throws(DeviceError) {
         let text = spec ?? "vfio-emu:size=\(destinationSize)"
+        let (saveHash, loadHash) = try Self.hashers(spec: text)
         memory = try Self.allocate(size: destinationSize, spec: text, content: .zero, seed: 0, dirtyRate: 0)
         self.spec = text
         size = destinationSize
@@ -78,11 +80,18 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
         dirtyRate = 0
         isDestination = true
         core = DeviceCore(name: "vfio-emu device", flags: [.stopCopy, .preCopy], state: .resuming, inner: ())
-        saver = EmulatedStreamSaver(memory: memory.base, size: destinationSize, bitmap: memory.bitmap)
-        loader = EmulatedStreamLoader(memory: memory.base, size: destinationSize)
+        saver = EmulatedStreamSaver(memory: memory.base, size: destinationSize, bitmap: memory.bitmap, hash: saveHash)
+        loader = EmulatedStreamLoader(memory: memory.base, size: destinationSize, hash: loadHash)
     }
 
     deinit { close() }
+
+    /// The stream's two hash states, made before the memory so a failure leaves nothing behind.
+    private static func hashers(spec: String) throws(DeviceError) -> (XXH3Stream, XXH3Stream) {
+        do { return (try XXH3Stream(), try XXH3Stream()) } catch {
+            throw DeviceError(.io, "vfio-emu device '\(spec)': cannot allocate its stream hash states: \(error)")
+        }
+    }
 
     /// `size` bytes of `content` (malloc), dirtied in 4 KiB pages at `dirtyRate` bytes/s (10% hot).
     private static func allocate(size: UInt64, spec: String, content: ContentProfile, seed: UInt64,
@@ -93,7 +102,7 @@ public final class EmulatedVFIODevice: StreamDevice, @unchecked Sendable {
         guard let p = malloc(Int(size)) else {
             throw DeviceError(.io, "vfio-emu device '\(spec)': cannot allocate \(size) bytes of state; use a smaller size=")
         }
-        return SimulatedMemory(base: p, size: size, chunkSize: Int(EmulatedStream.pageSize), content: content, seed: seed,
+        return try SimulatedMemory(base: p, size: size, chunkSize: Int(EmulatedStream.pageSize), content: content, seed: seed,
                                dirtyRate: dirtyRate, hotFraction: 0.1) { free(p) }
     }
 

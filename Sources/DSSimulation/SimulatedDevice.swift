@@ -71,7 +71,7 @@ public final class SimulatedDevice: AddressableDevice, @unchecked Sendable {
         let text = spec ?? "sim:size=\(size),dirty-rate=\(dirtyRate),hot=\(hotFraction),profile=\(profile.rawValue),seed=\(seed),chunk=\(chunkSize)"
         let (fd, base) = try Self.makeMapping(size: size, chunkSize: chunkSize, spec: text)
         self.fd = fd
-        memory = SimulatedMemory(base: base, size: size, chunkSize: chunkSize, content: profile, seed: seed,
+        memory = try SimulatedMemory(base: base, size: size, chunkSize: chunkSize, content: profile, seed: seed,
                                  dirtyRate: dirtyRate, hotFraction: hotFraction) { Self.unmap(fd, base, size) }
         self.spec = text
         self.size = size
@@ -92,7 +92,7 @@ public final class SimulatedDevice: AddressableDevice, @unchecked Sendable {
         // resumes, not page by page inside the migration.
         let (fd, base) = try Self.makeMapping(size: destinationSize, chunkSize: chunkSize, spec: text)
         self.fd = fd
-        memory = SimulatedMemory(base: base, size: destinationSize, chunkSize: chunkSize, content: nil, seed: 0,
+        memory = try SimulatedMemory(base: base, size: destinationSize, chunkSize: chunkSize, content: nil, seed: 0,
                                  dirtyRate: 0, hotFraction: 0) { Self.unmap(fd, base, destinationSize) }
         self.spec = text
         size = destinationSize

@@ -17,8 +17,9 @@ final class SimulatedMemory: @unchecked Sendable {
     /// Takes `size` bytes at `base`, which `free` releases, with one dirty bit per `chunkSize`
     /// bytes (a power of two). With `content`, fills the memory with that profile's bytes for
     /// `seed`; with a `dirtyRate`, starts a workload, already resumed (a source starts RUNNING).
+    /// - Throws: when the workload cannot start; the memory is released (`free`) first.
     init(base: UnsafeMutableRawPointer, size: UInt64, chunkSize: Int, content: ContentProfile?, seed: UInt64,
-         dirtyRate: UInt64, hotFraction: Double, free: @escaping () -> Void) {
+         dirtyRate: UInt64, hotFraction: Double, free: @escaping () -> Void) throws(DeviceError) {
         self.base = base
         self.size = size
         self.free = free
@@ -27,8 +28,13 @@ final class SimulatedMemory: @unchecked Sendable {
             ContentGenerator.fill(UnsafeMutableRawBufferPointer(start: base, count: Int(size)), profile: content, seed: seed, offset: 0)
         }
         if dirtyRate > 0 {
-            workload = DirtyingWorkload(base: base, size: size, rate: dirtyRate, hotFraction: hotFraction, seed: seed,
-                                        bitmap: bitmap, chunkShift: chunkSize.trailingZeroBitCount)
+            do {
+                workload = try DirtyingWorkload(base: base, size: size, rate: dirtyRate, hotFraction: hotFraction, seed: seed,
+                                                bitmap: bitmap, chunkShift: chunkSize.trailingZeroBitCount)
+            } catch {
+                free()
+                throw error
+            }
             workload?.resume()
         } else {
             workload = nil

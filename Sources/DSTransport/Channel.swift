@@ -60,8 +60,10 @@ public final class Channel {
     ///   - connection: a connected socket, after its TLS handshake if it has one; the channel
     ///     does not close it.
     ///   - ring: this thread's ring; the channel registers its pool with it.
+    /// - Throws: `.localIO` when its buffers (two slots of about `chunkSize`, an LZ4 state)
+    ///   cannot be allocated; never a trap.
     public init(index: Int, connection: Connection, ring: Ring, chunkSize: Int, compression: Bool, acceleration: Int,
-                timeout: Duration, warn: (String) -> Void = { _ in }) {
+                timeout: Duration, warn: (String) -> Void = { _ in }) throws(TransferError) {
         self.index = index
         self.connection = connection
         self.ring = ring
@@ -69,11 +71,16 @@ public final class Channel {
         self.maxChunk = chunkSize
         self.timeout = timeout
         secure = connection.secure
-        pool = BufferPool(slots: 2, payloadCapacity: WireLimits.payloadCapacity(chunkSize: chunkSize), headroom: FrameHeader.size)
-        inSlot = pool.checkout()!
+        let capacity = WireLimits.payloadCapacity(chunkSize: chunkSize)
+        do {
+            pool = try BufferPool(slots: 2, payloadCapacity: capacity, headroom: FrameHeader.size)
+            encoder = try ChunkEncoder(compression: compression, acceleration: acceleration)
+        } catch {
+            throw .noMemory(error, for: "the I/O buffers of channel \(index) (2 slots of \(capacity + FrameHeader.size) bytes and an LZ4 state)")
+        }
+        inSlot = pool.checkout()!   // a fresh two-slot pool
         outSlot = pool.checkout()!
         if let w = ring.register(pool) { warn(w) }
-        encoder = ChunkEncoder(compression: compression, acceleration: acceleration)
     }
 
     /// The payload area to read a chunk into before `sendChunk`.

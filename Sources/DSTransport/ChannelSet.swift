@@ -17,6 +17,8 @@ public enum ChannelSet {
     /// its preamble, and channels 1... send channel 0's session token (the TLS exporter of
     /// channel 0's connection) after their preamble, which binds them to that authenticated
     /// session. Plaintext to a non-loopback address is refused unless `options.allowInsecure`.
+    /// Every channel's ring runs on `backend` (the session's: `IOBackend.resolve`). The threads
+    /// are named `ds-send-N` (`ds-recv-N` for `serve`).
     public static func connect(to endpoint: Endpoint, options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
                                abort: AbortSignal, backend: IOBackendKind,
                                warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (group: WorkerGroup<Channel>, connections: [Connection]) {
@@ -61,7 +63,7 @@ public enum ChannelSet {
         // By channel index (not connection order): channel 0 carries the control frames.
         let connections = Mutex<[Connection?]>([Connection?](repeating: nil, count: n))
         do {
-            let group = try WorkerGroup<Channel>(count: n, abort: abort) { (i) throws(TransferError) in
+            let group = try WorkerGroup<Channel>(count: n, name: "ds-send", abort: abort) { (i) throws(TransferError) in
                 let ring: Ring
                 do { ring = try Ring(entries: 16, backend: backend) } catch {
                     throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
@@ -87,7 +89,7 @@ public enum ChannelSet {
                 if let security {
                     try connection.startTLS(security, ring: ring, timeout: options.timeout, peer: "\(endpoint) (channel \(i))")
                 }
-                let ch = Channel(index: i, connection: connection, ring: ring, chunkSize: options.chunkSize, compression: options.compression,
+                let ch = try Channel(index: i, connection: connection, ring: ring, chunkSize: options.chunkSize, compression: options.compression,
                                  acceleration: options.acceleration, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
                 try ch.sendBytes(bytes, doing: "sending the preamble")
                 let reply = try ch.receive()
@@ -112,12 +114,12 @@ public enum ChannelSet {
     public static func serve(_ session: SessionInfo, connections: [Connection], options: TransferOptions, abort: AbortSignal,
                              backend: IOBackendKind, warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> WorkerGroup<Channel> {
         for c in connections { abort.watch(c) }
-        return try WorkerGroup<Channel>(count: session.channelCount, abort: abort) { (i) throws(TransferError) in
+        return try WorkerGroup<Channel>(count: session.channelCount, name: "ds-recv", abort: abort) { (i) throws(TransferError) in
             let ring: Ring
             do { ring = try Ring(entries: 16, backend: backend) } catch {
                 throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
             }
-            return Channel(index: i, connection: connections[i], ring: ring, chunkSize: session.chunkSize, compression: false,
+            return try Channel(index: i, connection: connections[i], ring: ring, chunkSize: session.chunkSize, compression: false,
                            acceleration: 1, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
         }
     }

@@ -117,12 +117,13 @@ public enum TransferSender {
                             progress: TransferProgress = TransferProgress(),
                             warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) -> TransferReport {
         let start = Monotonic.now
-        let backend = options.backend ?? IOBackend.preferred
+        let backend = IOBackend.resolve(options.backend, warn: warn)
         var report = TransferReport(completed: false, connections: options.connections, compression: options.compression, backend: backend)
         do {
             try options.validate()
             if let size = source.size { progress.total.store(size, ordering: .relaxed) }
-            let totals = try run(source, endpoint, options, backend, progress, warn)
+            let (totals, ran) = try run(source, endpoint, options, backend, progress, warn)
+            if let ran { report.backend = ran }
             report.completed = true
             report.bytes = totals.rawBytes
             report.chunks = totals.chunks
@@ -139,7 +140,7 @@ public enum TransferSender {
 
     private static func run(_ source: TransferSource, _ endpoint: Endpoint, _ options: TransferOptions,
                             _ backend: IOBackendKind, _ progress: TransferProgress,
-                            _ warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> TransferTotals {
+                            _ warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (TransferTotals, IOBackendKind?) {
         let abort = AbortSignal(side: "sender")
         let (group, connections) = try ChannelSet.connect(to: endpoint, options: options, mode: source.mode, totalSize: source.size,
                                                       abort: abort, backend: backend, warn: warn)
@@ -148,13 +149,21 @@ public enum TransferSender {
 
         // Keepalives while a channel waits on its input (a paused pipe): the receiver's stall
         // timeout is for a silent network, not a paused producer. A regular file never pauses.
-        let pacer = source.mode == .addressable ? nil
-            : KeepalivePacer(interval: KeepalivePacer.interval(timeout: options.timeout), abort: abort)
+        let pacer: KeepalivePacer?
+        do throws(TransferError) {
+            pacer = source.mode == .addressable ? nil
+                : try KeepalivePacer(interval: KeepalivePacer.interval(timeout: options.timeout), abort: abort)
+        } catch {
+            abort.abort(error)  // tell the receiver why
+            throw error
+        }
         defer { pacer?.stop() }
 
         // Data: every channel claims chunks until the source is exhausted, then ends its channel.
         let merged = Mutex(ChannelStats())
+        let rings = RingBackends()
         try group.run { (_, ch) throws(TransferError) in
+            rings.add(ch.ring)
             pacer?.add(ch.connection)
             while try source.sendNext(on: ch, progress: progress) {
                 if abort.isAborted { return }
@@ -182,6 +191,15 @@ public enum TransferSender {
                 throw TransferError(.corruption, "the receiver acknowledged different totals (\(acked.rawBytes) bytes, digest \(TransferDigest.hex(acked.digest))) than were sent (\(totals.rawBytes) bytes, digest \(TransferDigest.hex(totals.digest)))")
             }
         }
-        return totals
+        return (totals, rings.single)
     }
+}
+
+/// The backends the channels' rings actually ran on, so a report states what ran, not what was
+/// asked for.
+final class RingBackends: Sendable {
+    private let seen = Mutex<Set<IOBackendKind>>([])
+    func add(_ ring: Ring) { seen.withLock { _ = $0.insert(ring.backend) } }
+    /// The one backend every ring ran on (nil: none ran, or they differed).
+    var single: IOBackendKind? { seen.withLock { $0.count == 1 ? $0.first : nil } }
 }

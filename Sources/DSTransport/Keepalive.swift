@@ -22,10 +22,14 @@ public final class KeepalivePacer: @unchecked Sendable {
     /// if that is less (well under any receiver's stall timeout of a second or more).
     public static func interval(timeout: Duration) -> Duration { min(.milliseconds(250), timeout / 4) }
 
-    public init(interval: Duration, abort: AbortSignal) {
+    /// Starts the pacing thread, `ds-keepalive`.
+    /// - Throws: `.localIO` when the thread cannot be started.
+    public init(interval: Duration, abort: AbortSignal) throws(TransferError) {
         self.interval = interval
         self.abort = abort
-        thread = OSThread { [self] in run() }
+        do { thread = try OSThread(name: "ds-keepalive") { [self] in run() } } catch {
+            throw .threadStart(error, "ds-keepalive", doing: "keepalives while the input pauses")
+        }
     }
 
     deinit { stop() }

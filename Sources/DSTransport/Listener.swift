@@ -92,7 +92,8 @@ public final class SessionListener: @unchecked Sendable {
         (fd, port) = try Sockets.listen(endpoint)
         self.endpoint = Endpoint(host: endpoint.host, port: port)
         self.timeout = timeout
-        self.backend = backend ?? IOBackend.preferred
+        // The session that uses this listener warns about a fallback (`IOBackend.resolve`).
+        self.backend = backend ?? IOBackend.probed
         self.warn = warn
     }
 
@@ -116,20 +117,24 @@ public final class SessionListener: @unchecked Sendable {
         port = 0
         endpoint = Endpoint(host: "sockets handed in", port: 0)
         timeout = options.timeout
-        backend = options.backend ?? IOBackend.preferred
+        backend = options.backend ?? IOBackend.probed
         self.warn = warn
         adopted = connections
     }
 
     deinit { stop(); if fd >= 0 { close(fd) } }
 
-    /// Starts accepting on a background thread (or admits the handed-in sockets).
-    public func start() {
+    /// Starts accepting on a background thread, `ds-accept` (or admits the handed-in sockets);
+    /// each connection's preamble is read on a short-lived thread of its own, `ds-preamble`.
+    /// - Throws: `.localIO` when the thread cannot be started.
+    public func start() throws(TransferError) {
         if fd < 0 {
             for c in lock.withLock({ defer { adopted = [] }; return adopted }) { admit(c) }
             return
         }
-        thread = OSThread { [self] in acceptLoop() }
+        do { thread = try OSThread(name: "ds-accept") { [self] in acceptLoop() } } catch {
+            throw .threadStart(error, "ds-accept", doing: "accepting connections on \(endpoint)")
+        }
     }
 
     /// Waits until every channel of the session has joined.
@@ -228,10 +233,27 @@ public final class SessionListener: @unchecked Sendable {
             }
             return
         }
-        let t = OSThread { [self] in
-            let ring = (try? Ring(entries: 4, backend: backend)) ?? (try? Ring(entries: 4, backend: .blocking))
-            if let ring { handle(conn, id: id, ring: ring) } else { release(id); conn.close() }
-            lock.withLock { finished.append(id) }
+        let t: OSThread
+        do {
+            t = try OSThread(name: "ds-preamble") { [self] in
+                let ring = (try? Ring(entries: 4, backend: backend)) ?? (try? Ring(entries: 4, backend: .blocking))
+                if let ring { handle(conn, id: id, ring: ring) } else { release(id); conn.close() }
+                lock.withLock { finished.append(id) }
+            }
+        } catch {
+            // Out of threads: this connection is dropped like one over `maxPending`; the
+            // listener goes on (a sender whose channel this was sees it closed).
+            let who = Self.peerName(conn.fd)
+            let stopping = lock.withLock { () -> Bool in
+                pending.removeValue(forKey: id)
+                droppedCount += 1
+                return self.stopping
+            }
+            conn.close()
+            if !stopping {
+                warn("warning: dropped a connection from \(PeerText.escape(who)): cannot start a thread to read its preamble (pthread_create: \(error)); the process is out of threads or memory")
+            }
+            return
         }
         lock.withLock { pending[id]?.thread = t }
     }

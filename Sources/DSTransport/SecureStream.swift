@@ -53,14 +53,26 @@ package final class SecureStream: @unchecked Sendable {
         self.context = context
         self.peer = peer
         self.faults = faults
+        // The record buffers (1.3 MiB) first, through the allocator that throws instead of
+        // trapping; nothing else is held yet if it fails.
+        let out: UnsafeMutableRawPointer, into: UnsafeMutableRawPointer
+        do { out = try AlignedMemory.allocate(byteCount: Self.sendCapacity, alignment: 64) } catch {
+            throw TransferError(.localIO, "cannot allocate the TLS buffers for \(peer) (\(Self.sendCapacity + Self.receiveCapacity) bytes): \(error); free some memory or use fewer connections")
+        }
+        do { into = try AlignedMemory.allocate(byteCount: Self.receiveCapacity, alignment: 64) } catch {
+            AlignedMemory.free(out)
+            throw TransferError(.localIO, "cannot allocate the TLS buffers for \(peer) (\(Self.sendCapacity + Self.receiveCapacity) bytes): \(error); free some memory or use fewer connections")
+        }
         guard let method = Self.bioMethod, let ssl = SSL_new(context.ctx) else {
+            AlignedMemory.free(out)
+            AlignedMemory.free(into)
             throw TransferError(.localIO, "cannot create a TLS connection: \(Self.openSSLErrors())")
         }
         self.ssl = ssl
         io = .allocate(capacity: 1)
         io.initialize(to: ds_bio_buffers(
-            out: .allocate(capacity: Self.sendCapacity), out_len: 0, out_cap: Self.sendCapacity,
-            in: .allocate(capacity: Self.receiveCapacity), in_len: 0, in_off: 0))
+            out: out.bindMemory(to: UInt8.self, capacity: Self.sendCapacity), out_len: 0, out_cap: Self.sendCapacity,
+            in: into.bindMemory(to: UInt8.self, capacity: Self.receiveCapacity), in_len: 0, in_off: 0))
         guard let bio = ds_bio_new(method, io) else {
             // Every stored property is set: deinit runs and frees `ssl` and the buffers.
             throw TransferError(.localIO, "cannot create a TLS BIO: \(Self.openSSLErrors())")
@@ -71,8 +83,8 @@ package final class SecureStream: @unchecked Sendable {
 
     deinit {
         SSL_free(ssl)
-        io.pointee.out.deallocate()
-        io.pointee.in.deallocate()
+        AlignedMemory.free(UnsafeMutableRawPointer(io.pointee.out))
+        AlignedMemory.free(UnsafeMutableRawPointer(io.pointee.in))
         io.deallocate()
     }
 

@@ -53,4 +53,15 @@ public struct TransferError: Error, CustomStringConvertible, Sendable {
         default: TransferError(.peerClosed, "\(doing) on channel \(channel) failed: \(e)")
         }
     }
+
+    /// A thread the session needed could not be started (`pthread_create` failed): the process
+    /// or the host is out of threads or memory. Thrown, never trapped.
+    package static func threadStart(_ e: Errno, _ name: String, doing: String) -> TransferError {
+        TransferError(.localIO, "cannot start thread \(name) (\(doing)): pthread_create failed: \(e); the process is out of threads or memory: raise its thread limits (RLIMIT_NPROC, the cgroup's pids.max) or free memory, then retry")
+    }
+
+    /// Memory the session needed could not be allocated.
+    package static func noMemory(_ e: Errno, for what: String) -> TransferError {
+        TransferError(.localIO, "cannot allocate \(what): \(e); free some memory (or raise the process's memory limit), or use fewer connections or a smaller chunk size, then retry")
+    }
 }

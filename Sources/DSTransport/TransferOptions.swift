@@ -15,7 +15,10 @@ public struct TransferOptions: Sendable {
     public var chunkSize = 1 << 20
     /// How long a peer may make no progress before the transfer fails (stall detection).
     public var timeout: Duration = .seconds(30)
-    /// Force a backend (nil: probe).
+    /// Force a backend for this session's rings (nil: the process-wide probe,
+    /// `IOBackend.probed`). `.blocking` suits hosts whose seccomp filter forbids io_uring: io_uring
+    /// is then never touched. The library reads no environment; the CLIs set this from
+    /// `DEVSTREAM_IO_BACKEND`.
     public var backend: IOBackendKind?
     /// TLS 1.3 for every channel (PSK or mutual x509); nil: plaintext.
     public var security: SecurityOptions?
@@ -61,6 +64,7 @@ public struct TransferReport: Sendable {
     public var compression: Bool
     /// The transfer digest (hex), equal at both ends for a complete transfer.
     public var digest: UInt64?
+    /// The backend the channels' rings ran on (before any ran: the one the session chose).
     public var backend: IOBackendKind
     public var throughput: Double { elapsed > .zero ? Double(bytes) / elapsed.seconds : 0 }
 }

@@ -26,13 +26,13 @@ public final class TransferReceiver {
         self.options = options
         self.warn = warn
         listener = try SessionListener(endpoint: endpoint, options: options, warn: warn)
-        listener.start()
+        try listener.start()
     }
 
     /// Receives one transfer into `output` (a path, or `-` for stdout).
     /// - Parameter acceptTimeout: how long to wait for a sender (nil: forever).
     public func receive(output: String, acceptTimeout: Duration? = nil) -> TransferReport {
-        let backend = options.backend ?? IOBackend.preferred
+        let backend = IOBackend.resolve(options.backend, warn: warn)
         var report = TransferReport(completed: false, connections: 0, compression: false, backend: backend)
         var start = Monotonic.now
         var sink: FileSink?
@@ -50,7 +50,8 @@ public final class TransferReceiver {
                 for c in connections { c.close() }
                 throw error
             }
-            let totals = try run(session, connections, sink!, backend)
+            let (totals, ran) = try run(session, connections, sink!, backend)
+            if let ran { report.backend = ran }
             report.completed = true
             report.bytes = totals.rawBytes
             report.chunks = totals.chunks
@@ -67,7 +68,7 @@ public final class TransferReceiver {
     }
 
     private func run(_ session: SessionInfo, _ connections: [Connection], _ sink: FileSink,
-                     _ backend: IOBackendKind) throws(TransferError) -> TransferTotals {
+                     _ backend: IOBackendKind) throws(TransferError) -> (TransferTotals, IOBackendKind?) {
         defer { for c in connections { c.close() } }
         let abort = AbortSignal(side: "receiver")
         let chunk = UInt64(session.chunkSize)
@@ -80,8 +81,10 @@ public final class TransferReceiver {
         let group = try ChannelSet.serve(session, connections: connections, options: options, abort: abort, backend: backend, warn: warn)
         defer { group.shutdown(); sink.wake() }
         let merged = Mutex(ChannelStats())
+        let rings = RingBackends()
         do {
             try group.run { (i, ch) throws(TransferError) in
+                rings.add(ch.ring)
                 while true {
                     let before = ch.stats.wireBytes
                     let frame = try ch.receive()
@@ -160,7 +163,8 @@ public final class TransferReceiver {
                 let ack = TransferTotals(chunks: stats.chunks, rawBytes: stats.rawBytes, wireBytes: stats.wireBytes, digest: stats.digest.value)
                 try ch.sendControl(.ack, payload: ack.encoded())
             }
-            return TransferTotals(chunks: stats.chunks, rawBytes: stats.rawBytes, wireBytes: stats.wireBytes, digest: stats.digest.value)
+            return (TransferTotals(chunks: stats.chunks, rawBytes: stats.rawBytes, wireBytes: stats.wireBytes, digest: stats.digest.value),
+                    rings.single)
         } catch {
             abort.abort(error)
             throw abort.error ?? error

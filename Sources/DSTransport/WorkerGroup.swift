@@ -96,14 +96,23 @@ public final class WorkerGroup<Context>: @unchecked Sendable {
     public let abort: AbortSignal
     public let count: Int
 
-    /// Starts `count` threads; each makes its context with `make` on itself. If any `make`
-    /// fails the group is aborted and the error thrown.
-    public init(count: Int, abort: AbortSignal, make: @escaping (Int) throws(TransferError) -> Context) throws(TransferError) {
+    /// Starts `count` threads, named `name-0`, `name-1`...; each makes its context with `make`
+    /// on itself. If a thread cannot be started, or any `make` fails, the group is aborted, the
+    /// threads already started are joined, and the error thrown.
+    public init(count: Int, name: String, abort: AbortSignal,
+                make: @escaping (Int) throws(TransferError) -> Context) throws(TransferError) {
         self.count = count
         self.abort = abort
         pending = count
         for i in 0..<count {
-            threads.append(OSThread { [self] in self.threadMain(i, make) })
+            do {
+                threads.append(try OSThread(name: "\(name)-\(i)") { [self] in self.threadMain(i, make) })
+            } catch {
+                abort.abort(.threadStart(error, "\(name)-\(i)", doing: "channel \(i) of \(count)"))
+                // The threads never started will not count themselves down.
+                lock.withLock { pending -= count - i; lock.broadcast() }
+                break
+            }
         }
         // Wait for every context to be made.
         lock.withLock { _ = lock.wait(until: { pending == 0 }, timeout: nil) }

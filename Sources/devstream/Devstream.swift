@@ -50,6 +50,7 @@ func makeTransferOptions(connections: Int, compression: String, acceleration: In
     o.acceleration = acceleration
     o.chunkSize = Int(try OptionParsing.size(chunkSize, option: "--chunk-size"))
     o.timeout = try OptionParsing.duration(timeout, option: "--timeout")
+    o.backend = try CLIEnvironment.backend()
     do { try o.validate() } catch { throw ValidationError(error.message) }
     return o
 }
@@ -96,6 +97,7 @@ struct Receive: ParsableCommand {
         do { endpoint = try Endpoint.parse(listen) } catch { throw ValidationError(error.message) }
         var options = TransferOptions()
         options.timeout = try OptionParsing.duration(timeout, option: "--timeout")
+        options.backend = try CLIEnvironment.backend()
         try security.apply(to: &options, endpoint: endpoint)
         if !device.isEmpty {
             guard output == nil else { throw ValidationError("give either --output (a transfer) or --device (a migration), not both") }

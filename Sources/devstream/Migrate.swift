@@ -123,7 +123,10 @@ struct Demo: ParsableCommand {
         }
         if !json { Terminal.line("demo: destination listening on \(destination.listener.endpoint); migrating with a \(downtimeLimit) downtime limit") }
         nonisolated(unsafe) var destReport: MigrationReport?
-        let t = OSThread { destReport = destination.run(acceptTimeout: .seconds(30)) }
+        let t: OSThread
+        do { t = try OSThread(name: "ds-demo-dest") { destReport = destination.run(acceptTimeout: .seconds(30)) } } catch {
+            throw ValidationError("cannot start the destination's thread: \(error)")
+        }
         let migration = MigrationSource(devices: source, configuration: config)
         let ticker = json ? nil : Terminal.progressTicker(migration.progress, label: "demo: sent")
         let report = migration.migrate(to: destination.listener.endpoint, onEvent: MigrationCLI.printer(json: json, ticker: ticker))

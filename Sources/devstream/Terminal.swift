@@ -36,7 +36,8 @@ enum Terminal {
         private var stopped = false
         private var thread: OSThread?
         init(_ body: @escaping @Sendable () -> Void) {
-            thread = OSThread { [self] in
+            // No thread, no progress line: a progress display is not worth failing the command.
+            thread = try? OSThread(name: "ds-progress") { [self] in
                 while true {
                     let done = lock.withLock { lock.wait(until: { stopped }, timeout: .milliseconds(250)) }
                     if done { return }

@@ -51,6 +51,7 @@ struct Throughput: ParsableCommand {
         guard compression == "lz4" || compression == "none" else { throw ValidationError("--compression must be lz4 or none") }
         options.acceleration = acceleration
         options.chunkSize = Int(try SizeParsing.parse(chunkSize))
+        options.backend = try CLIEnvironment.backend()
         try options.validate()
         guard tls == "none" || tls == "psk" else { throw ValidationError("--tls must be psk or none") }
         // A random key: the benchmark measures the cipher, not key management.
@@ -79,7 +80,7 @@ struct Throughput: ParsableCommand {
             "throughput_bytes_per_sec": mid.rounded(), "baseline_bytes_per_sec": baseMid.rounded(),
             "ratio": (mid / baseMid * 1000).rounded() / 1000, "cpu_seconds": (run.cpu * 1000).rounded() / 1000,
             "compression_ratio": run.wireBytes > 0 ? (Double(bytes) / Double(run.wireBytes) * 1000).rounded() / 1000 : 0,
-            "runs": ours.count, "io_backend": IOBackend.preferred.rawValue,
+            "runs": ours.count, "io_backend": run.backend.rawValue,
             "config": ["size": bytes, "profile": profile, "connections": connections, "compression": compression,
                        "acceleration": acceleration, "chunk_size": options.chunkSize, "seed": seed, "output": output],
         ]
@@ -101,7 +102,7 @@ struct Throughput: ParsableCommand {
             print(String(decoding: data, as: UTF8.self))
         } else {
             let mode = compareTls ? "" : (tls == "psk" ? ", TLS 1.3 PSK" : "")
-            print("stream-bench: \(Format.bytes(bytes)) \(profile), \(connections) connections, \(compression)\(mode), \(IOBackend.preferred.rawValue), median of \(ours.count)")
+            print("stream-bench: \(Format.bytes(bytes)) \(profile), \(connections) connections, \(compression)\(mode), \(run.backend.rawValue), median of \(ours.count)")
             print(String(format: "  devstream      %10.1f MiB/s  (wire %.2fx smaller, %.2f CPU s)", mid / 1048576, Double(bytes) / Double(max(run.wireBytes, 1)), run.cpu))
             if compareTls {
                 print(String(format: "  devstream+TLS  %10.1f MiB/s  (TLS 1.3 PSK, AES-128-GCM, %.2f CPU s)", tlsMid / 1048576, tlsRun.cpu))
@@ -130,7 +131,7 @@ struct Generate: ParsableCommand {
 }
 
 enum Bench {
-    struct Run { var throughput: Double; var elapsed: Double; var wireBytes: UInt64; var cpu: Double }
+    struct Run { var throughput: Double; var elapsed: Double; var wireBytes: UInt64; var cpu: Double; var backend: IOBackendKind }
 
     /// Writes `size` bytes of `profile` content (deterministic for `seed`) to `path` (`-`: stdout).
     static func generate(path: String, size: UInt64, profile: ContentProfile, seed: UInt64) throws {
@@ -169,7 +170,7 @@ enum Bench {
         let source = try TransferSource(path: path)
         let cpu0 = Output.cpuSeconds()
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: output, acceptTimeout: .seconds(30)) }
+        let t = try OSThread(name: "bench-receive") { received = receiver.receive(output: output, acceptTimeout: .seconds(30)) }
         let sent = TransferSender.send(source, to: receiver.listener.endpoint, options: options, warn: { _ in })
         t.join()
         let cpu = Output.cpuSeconds() - cpu0
@@ -177,7 +178,7 @@ enum Bench {
             throw ValidationError("transfer failed: \(sent.error?.message ?? received?.error?.message ?? "unknown")")
         }
         let elapsed = max(sent.elapsed.seconds, r.elapsed.seconds)
-        return Run(throughput: Double(sent.bytes) / elapsed, elapsed: elapsed, wireBytes: sent.wireBytes, cpu: cpu)
+        return Run(throughput: Double(sent.bytes) / elapsed, elapsed: elapsed, wireBytes: sent.wireBytes, cpu: cpu, backend: sent.backend)
     }
 
     /// The physical-limit baseline: the same bytes (from memory, as the page cache serves the
@@ -191,7 +192,7 @@ enum Bench {
         let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
         defer { close(lfd) }
         nonisolated(unsafe) var got = 0
-        let reader = OSThread {
+        let reader = try OSThread(name: "bench-baseline") {
             let c = accept(lfd, nil, nil)
             let buf = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
             while true {

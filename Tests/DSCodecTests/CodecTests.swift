@@ -1,5 +1,6 @@
 import Testing
 import DSWire
+import DSSupport
 @testable import DSCodec
 
 /// Seeded test data across compressibility.
@@ -27,7 +28,7 @@ import Foundation
     @Test(arguments: ["zeros", "pattern", "floats", "random"], [1, 100, 4096, 1 << 20])
     func roundTrip(kind: String, count: Int) throws {
         let raw = sample(kind, count: count)
-        let enc = ChunkEncoder(compression: true)
+        let enc = try ChunkEncoder(compression: true)
         var wire = [UInt8](repeating: 0, count: WireLimits.compressBound(count))
         let r = raw.withUnsafeBytes { src in wire.withUnsafeMutableBytes { enc.encode(src, into: $0) } }
         #expect(r.checksum == raw.withUnsafeBytes { xxh3($0) })
@@ -52,7 +53,7 @@ import Foundation
         // This test binary itself: real, mixed-compressibility bytes.
         let data = try Data(contentsOf: URL(fileURLWithPath: CommandLine.arguments[0]))
         let raw = [UInt8](data.prefix(1 << 20))
-        let enc = ChunkEncoder(compression: true, acceleration: 4)
+        let enc = try ChunkEncoder(compression: true, acceleration: 4)
         var wire = [UInt8](repeating: 0, count: WireLimits.compressBound(raw.count))
         let r = raw.withUnsafeBytes { src in wire.withUnsafeMutableBytes { enc.encode(src, into: $0) } }
         #expect(r.compressed)
@@ -63,18 +64,25 @@ import Foundation
         #expect(out == raw)
     }
 
-    @Test func compressionOffSendsRaw() {
+    @Test func compressionOffSendsRaw() throws {
         let raw = sample("zeros", count: 65536)
-        let enc = ChunkEncoder(compression: false)
+        let enc = try ChunkEncoder(compression: false)
         var wire = [UInt8](repeating: 0, count: WireLimits.compressBound(raw.count))
         let r = raw.withUnsafeBytes { src in wire.withUnsafeMutableBytes { enc.encode(src, into: $0) } }
         #expect(!r.compressed && r.wireLength == 65536)
     }
 
+    /// The LZ4 state is allocated with an error, never a trap, when memory runs out.
+    @Test func encoderAllocationFailureThrows() {
+        #expect(throws: Errno.noMemory) {
+            try ResourceFaults(.memory).run { () throws(Errno) in _ = try ChunkEncoder(compression: true) }
+        }
+    }
+
     /// Malformed input for the decoder: every flipped byte, truncation, wrong lengths, garbage.
-    @Test func malformedBlocksAreRejected() {
+    @Test func malformedBlocksAreRejected() throws {
         let raw = sample("pattern", count: 8192)
-        let enc = ChunkEncoder(compression: true)
+        let enc = try ChunkEncoder(compression: true)
         var wire = [UInt8](repeating: 0, count: WireLimits.compressBound(raw.count))
         let r = raw.withUnsafeBytes { src in wire.withUnsafeMutableBytes { enc.encode(src, into: $0) } }
         #expect(r.compressed)

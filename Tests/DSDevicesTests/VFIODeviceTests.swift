@@ -248,4 +248,71 @@ struct VFIODeviceTests {
         #expect(error { try d.setState(.running) }?.code == .invalidState)
         #expect(error { try d.precopyInfo() }?.code == .invalidState)
     }
+
+    // MARK: A device fd the VMM owns
+
+    /// From a VMM's fd: the library drives the migration state through it, closes the data_fds
+    /// it got, and leaves the borrowed device fd open, in the state it reported.
+    @Test func fromBorrowedFD() throws {
+        let k = FakeVFIOKernel()
+        let fd = k.open(k.state.config.devicePath)   // the VMM's own fd
+        #expect(fd >= 0)
+        let d = try VFIODevice(fd: fd, layer: k)
+        #expect(d.ownership == .borrowed)
+        #expect(d.spec == "vfio:fd \(fd)")
+        #expect(d.migrationFlags == [.stopCopy, .preCopy] && d.state == .running)
+        try d.setState(.preCopy)
+        var stream = try drain(d)
+        try d.setState(.stopCopy)
+        stream += try drain(d)
+        #expect(stream == FakeVFIOKernel.magic + k.state.config.image)
+        try d.setState(.stop)
+        try d.setState(.preCopy)   // a data_fd open at close, too
+        d.close()
+        d.close()
+        #expect(k.state.fds[fd] == .device, "a borrowed fd stays open")
+        #expect(!k.state.closed.contains(fd))
+        #expect(k.state.fds.count == 1, "every data_fd the library got is closed")
+        // The VMM's fd still works, and the device is where the library left it.
+        let again = try VFIODevice(fd: fd, name: "0000:06:0d.0", layer: k)
+        #expect(again.spec == "vfio:0000:06:0d.0" && again.path == "0000:06:0d.0")
+        #expect(again.state == .preCopy)
+        try again.setState(.running)
+        again.close()
+        #expect(k.state.fds[fd] == .device)
+        k.close(fd)
+    }
+
+    /// With `.owned` the fd is the device's: `close()` closes it, and so does a failed init.
+    @Test func fromOwnedFD() throws {
+        let k = FakeVFIOKernel()
+        // A device fd from the group, as a VMM using the legacy group interface gets it.
+        let group = k.open(k.state.config.groupPath)
+        var name = Array(k.state.config.deviceName.utf8CString)
+        let fd = name.withUnsafeMutableBytes { k.ioctl(group, VFIOUAPI.groupGetDeviceFD, $0.baseAddress!) }
+        #expect(fd >= 0)
+        let d = try VFIODevice(fd: fd, ownership: .owned, layer: k)
+        #expect(d.ownership == .owned)
+        try d.setState(.stop)
+        d.close()
+        #expect(k.state.closed.contains(fd))
+        #expect(k.state.fds[group] == .group, "the group fd is the VMM's: never touched")
+
+        var c = FakeVFIOKernel.Config()
+        c.migratable = false
+        let k2 = FakeVFIOKernel(c)
+        let borrowed = k2.open(c.devicePath)
+        #expect(error { try VFIODevice(fd: borrowed, layer: k2) }?.code == .unsupported)
+        #expect(k2.state.fds[borrowed] == .device, "a failed init leaves a borrowed fd open")
+        let owned = k2.open(c.devicePath)
+        let e = error { try VFIODevice(fd: owned, ownership: .owned, layer: k2) }
+        #expect(e?.code == .unsupported)
+        #expect(e?.message.contains("vfio:fd \(owned)") == true)
+        #expect(k2.state.closed.contains(owned), "a failed init closes an owned fd")
+
+        #expect(error { try VFIODevice(fd: -1, layer: k) }?.code == .badSpec)
+        let notOpen = error { try VFIODevice(fd: 9999, layer: k) }
+        #expect(notOpen?.code == .io)
+        #expect(notOpen?.message.contains("EBADF") == true)
+    }
 }

@@ -31,7 +31,7 @@ func chaos(seed: UInt64) -> FaultInjector {
     @Test(arguments: backends, [false, true])
     func fileRoundTripWithRegisteredSlots(backend: IOBackendKind, faults: Bool) throws {
         let ring = try Ring(entries: 8, backend: backend)
-        let pool = BufferPool(slots: 2, payloadCapacity: 1 << 16, headroom: 64)
+        let pool = try BufferPool(slots: 2, payloadCapacity: 1 << 16, headroom: 64)
         #expect(ring.register(pool) == nil)
         if backend == .ioUring { #expect(ring.registeredSlots == 2) }
         if faults { ring.faultInjector = chaos(seed: 42) }
@@ -112,25 +112,48 @@ func chaos(seed: UInt64) -> FaultInjector {
 
     @Test func slotReleasedTwiceTraps() async {
         await #expect(processExitsWith: .failure) {
-            let pool = BufferPool(slots: 1, payloadCapacity: 4096, headroom: 0)
+            let pool = try! BufferPool(slots: 1, payloadCapacity: 4096, headroom: 0)
             let s = pool.checkout()!
             pool.release(s)
             pool.release(s)
         }
     }
 
-    @Test func poolIsBounded() {
-        let pool = BufferPool(slots: 3, payloadCapacity: 100, headroom: 40)
+    @Test func poolIsBounded() throws {
+        let pool = try BufferPool(slots: 3, payloadCapacity: 100, headroom: 40)
         #expect(pool.slotSize == 4096)
         let taken = (0..<3).compactMap { _ in pool.checkout() }
         #expect(taken.count == 3 && Set(taken).count == 3)
         #expect(pool.checkout() == nil)
     }
 
+    /// A pool the allocator refuses is an error, not a trap: 1 PiB (posix_memalign says ENOMEM),
+    /// or a size that overflows.
+    @Test func poolAllocationFailureThrows() {
+        #expect(throws: Errno.noMemory) { try BufferPool(slots: 1 << 20, payloadCapacity: 1 << 30, headroom: 64) }
+        #expect(throws: Errno.noMemory) { try BufferPool(slots: Int.max / 2, payloadCapacity: 1 << 20, headroom: 0) }
+        #expect(throws: Errno.noMemory) { try BufferPool(slots: 1, payloadCapacity: Int.max - 100, headroom: 64) }
+        // And through the injection tests use to fail a session's pools.
+        #expect(throws: Errno.noMemory) {
+            try ResourceFaults(.memory).run { () throws(Errno) in _ = try BufferPool(slots: 1, payloadCapacity: 4096, headroom: 0) }
+        }
+    }
+
     @Test func probeFindsIoUringHere() {
         // This machine's kernel has io_uring enabled (DESIGN.md); the fallback is tested above by
         // running every round trip with `.blocking`, and end to end via DEVSTREAM_IO_BACKEND.
         #expect(IOBackend.probe() == nil)
+        #expect(IOBackend.probeFailure == nil && IOBackend.probed == .ioUring)
+    }
+
+    /// A forced backend wins without probing; the probe's fallback speaks only through `warn`.
+    @Test func resolveUsesTheSessionsChoice() {
+        var warnings: [String] = []
+        #expect(IOBackend.resolve(.blocking, warn: { warnings.append($0) }) == .blocking)
+        #expect(IOBackend.resolve(.ioUring, warn: { warnings.append($0) }) == .ioUring)
+        #expect(IOBackend.resolve(nil, warn: { warnings.append($0) }) == IOBackend.probed)
+        #expect(warnings.count == (IOBackend.probeFailure == nil ? 0 : 1))
+        #expect(IOBackend.fallbackWarning(.notPermitted).contains("seccomp"))
     }
 }
 

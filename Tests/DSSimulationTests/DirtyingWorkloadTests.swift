@@ -14,7 +14,7 @@ import DSTestSupport
         let bitmap = AtomicBitmap(bitCount: size / 4096)
         weak var gone: DirtyingWorkload?
         do {
-            let workload = DirtyingWorkload(base: memory, size: UInt64(size), rate: 64 << 20, hotFraction: 0.5, seed: 3,
+            let workload = try DirtyingWorkload(base: memory, size: UInt64(size), rate: 64 << 20, hotFraction: 0.5, seed: 3,
                                             bitmap: bitmap, chunkShift: 12)
             gone = workload
             sleepMs(20)

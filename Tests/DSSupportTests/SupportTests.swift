@@ -49,11 +49,61 @@ struct SupportTests {
         #expect(inner == nil)
     }
 
-    @Test func threadRunsAndJoins() {
+    @Test func threadRunsAndJoins() throws {
         let lock = ConditionLock()
         nonisolated(unsafe) var ran = false
-        let t = OSThread { lock.withLock { ran = true } }
+        let t = try OSThread(name: "ds-test") { lock.withLock { ran = true } }
         t.join()
         #expect(lock.withLock { ran })
     }
+
+    /// The kernel shows the thread's name (cut to 15 bytes), as `top -H` would.
+    @Test func threadIsNamed() throws {
+        nonisolated(unsafe) var seen = ""
+        let t = try OSThread(name: "ds-a-very-long-thread-name") {
+            seen = String(decoding: readComm(), as: UTF8.self)
+        }
+        t.join()
+        #expect(t.name == "ds-a-very-long-")
+        #expect(seen == "ds-a-very-long-")
+    }
+
+    /// A failed pthread_create is an error the caller gets, never a trap; injected failures
+    /// reach the threads a thread starts, and only those.
+    @Test func threadCreationFailureThrows() throws {
+        let faults = ResourceFaults(.thread, after: 1)
+        nonisolated(unsafe) var inner: Errno?
+        nonisolated(unsafe) var ranSecond = false
+        let outer = try faults.run { () throws(Errno) -> OSThread in
+            // The first start succeeds; a thread it starts in turn is the second and fails.
+            try OSThread(name: "ds-test-outer") {
+                do throws(Errno) { _ = try OSThread(name: "ds-test-inner") { ranSecond = true } } catch { inner = error }
+            }
+        }
+        outer.join()
+        #expect(inner == .wouldBlock)
+        #expect(!ranSecond)
+        #expect(throws: Errno.wouldBlock) { try faults.run { () throws(Errno) in _ = try OSThread(name: "ds-test") {} } }
+        // Outside `run`, and on other threads, nothing is injected.
+        let fine = try OSThread(name: "ds-test") {}
+        fine.join()
+        #expect(ResourceFaults.current == nil)
+    }
+
+    @Test func alignedMemoryFailureThrows() throws {
+        #expect(throws: Errno.noMemory) { try AlignedMemory.allocate(byteCount: 1 << 60, alignment: 4096) }
+        let p = try AlignedMemory.allocate(byteCount: 8192, alignment: 4096)
+        #expect(Int(bitPattern: p) % 4096 == 0)
+        AlignedMemory.free(p)
+    }
+}
+
+/// This thread's name, from /proc (what `top -H` shows).
+func readComm() -> [UInt8] {
+    let fd = open("/proc/thread-self/comm", O_RDONLY)
+    guard fd >= 0 else { return [] }
+    defer { close(fd) }
+    var buf = [UInt8](repeating: 0, count: 64)
+    let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+    return n > 0 ? Array(buf[0..<n]).filter { $0 != 10 } : []
 }

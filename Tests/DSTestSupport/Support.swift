@@ -56,7 +56,7 @@ public func transfer(source: String, output: String, options: TransferOptions, t
               receiverOptions: TransferOptions? = nil) throws -> (sent: TransferReport, received: TransferReport) {
     let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: receiverOptions ?? options, warn: { _ in })
     nonisolated(unsafe) var received: TransferReport?
-    let t = OSThread { received = receiver.receive(output: output, acceptTimeout: .seconds(10)) }
+    let t = try OSThread(name: "ds-test") { received = receiver.receive(output: output, acceptTimeout: .seconds(10)) }
     let src = try TransferSource(path: source)
     let sent = TransferSender.send(src, to: endpoint ?? receiver.listener.endpoint, options: options, warn: { _ in })
     t.join()
@@ -74,7 +74,7 @@ public final class FaultProxy: @unchecked Sendable {
     public init(to target: Endpoint, fault: Fault) throws {
         (listenFD, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
         let lfd = listenFD
-        thread = OSThread {
+        thread = try OSThread(name: "ds-test") {
             let client = accept(lfd, nil, nil)
             guard client >= 0 else { return }
             let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -83,7 +83,7 @@ public final class FaultProxy: @unchecked Sendable {
             addr.sin_addr.s_addr = inet_addr("127.0.0.1")
             _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(server, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
             // server → client, verbatim.
-            let back = OSThread {
+            let back = try! OSThread(name: "ds-test-proxy") {  // a test fixture: no thread, no test
                 var buf = [UInt8](repeating: 0, count: 65536)
                 while true {
                     let n = buf.withUnsafeMutableBytes { recv(server, $0.baseAddress, $0.count, 0) }

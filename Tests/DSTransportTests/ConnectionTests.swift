@@ -169,7 +169,7 @@ let payload300 = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
         let conn = Connection(fd: a, faults: script.plan)
         defer { conn.close() }
         let abort = AbortSignal(side: "sender")
-        let pacer = KeepalivePacer(interval: .milliseconds(20), abort: abort)
+        let pacer = try KeepalivePacer(interval: .milliseconds(20), abort: abort)
         pacer.add(conn)
         let got = readFrame(b)
         pacer.stop()
@@ -186,7 +186,7 @@ let payload300 = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
         let conn = Connection(fd: a, faults: SendScript([.short(10), .fail(.connectionReset)]).plan)
         defer { conn.close() }
         let abort = AbortSignal(side: "sender")
-        let pacer = KeepalivePacer(interval: .milliseconds(20), abort: abort)
+        let pacer = try KeepalivePacer(interval: .milliseconds(20), abort: abort)
         pacer.add(conn)
         #expect(eventually { abort.isAborted })
         pacer.stop()
@@ -202,7 +202,7 @@ let payload300 = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
         let conn = Connection(fd: a, faults: script.plan)
         defer { conn.close() }
         let abort = AbortSignal(side: "sender")
-        let pacer = KeepalivePacer(interval: .milliseconds(20), abort: abort)
+        let pacer = try KeepalivePacer(interval: .milliseconds(20), abort: abort)
         pacer.add(conn)
         #expect(eventually { script.calls >= 3 })
         pacer.stop()
@@ -327,7 +327,7 @@ let payload300 = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
         let receiver = Connection(fd: b)
         defer { sender.close(); receiver.close() }
         let serverFailure = Mutex<TransferError?>(nil)
-        let t = OSThread {
+        let t = try OSThread(name: "ds-test") {
             do throws(TransferError) {
                 let ring: Ring
                 do { ring = try Ring(entries: 4) } catch { throw TransferError(.localIO, "\(error)") }
@@ -345,11 +345,11 @@ let payload300 = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
         #expect(script.calls >= 5)
         let abort = AbortSignal(side: "destination")
         abort.watch(sender)
-        let pacer = KeepalivePacer(interval: .milliseconds(20), abort: abort)
+        let pacer = try KeepalivePacer(interval: .milliseconds(20), abort: abort)
         pacer.add(sender)
 
         let ring2 = try Ring(entries: 4)
-        let ch = Channel(index: 0, connection: receiver, ring: ring2, chunkSize: WireLimits.minChunkSize,
+        let ch = try Channel(index: 0, connection: receiver, ring: ring2, chunkSize: WireLimits.minChunkSize,
                          compression: false, acceleration: 1, timeout: .seconds(5))
         let reply = try ch.receive()
         #expect(reply.header.type == .loaded && reply.header.aux == 4 && reply.control == payload300)

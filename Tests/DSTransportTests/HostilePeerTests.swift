@@ -37,7 +37,7 @@ import DSSupport
         defer { close(silent) }
         usleep(100_000)
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(10)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(10)) }
         let start = Monotonic.now
         let sent = TransferSender.send(try TransferSource(path: src), to: receiver.listener.endpoint, options: o, warn: { _ in })
         t.join()
@@ -77,7 +77,7 @@ import DSSupport
         if tls { o.security = pskOptions().security }
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: warnings.sink)
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(10)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(10)) }
         close(rawConnect(receiver.listener.endpoint))
         // The probe is dropped before the real sender arrives.
         var waited = 0
@@ -116,7 +116,7 @@ import DSSupport
         waited = 0
         while receiver.listener.pendingCount > 0 && waited < 300 { usleep(10_000); waited += 1 }
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(10)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(10)) }
         let sent = TransferSender.send(try TransferSource(path: src), to: receiver.listener.endpoint, options: options(), warn: { _ in })
         t.join()
         #expect(sent.completed && received?.completed == true, "\(sent.error?.message ?? "") \(received?.error?.message ?? "")")
@@ -130,7 +130,7 @@ import DSSupport
         defer { unlink(out); unlink(out + ".partial") }
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(timeout: .seconds(2)), warn: { _ in })
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
         let fd = rawConnect(receiver.listener.endpoint)
         sendRaw(fd, Preamble(features: [.xxh3], sessionID: .random(), channelIndex: 0, channelCount: 1, chunkSize: 65536,
                              mode: .addressable, totalSize: 1 << 62).encoded())
@@ -148,7 +148,7 @@ import DSSupport
         defer { unlink(out); unlink(out + ".partial") }
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(timeout: .seconds(1)), warn: { _ in })
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
         let fd = rawConnect(receiver.listener.endpoint)
         sendRaw(fd, Preamble(features: [.xxh3], sessionID: .random(), channelIndex: 0, channelCount: 1, chunkSize: 65536,
                              mode: .addressable, totalSize: 256 << 20).encoded())
@@ -204,7 +204,7 @@ import DSSupport
         defer { unlink(src) }
         let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
         defer { close(lfd) }
-        let t = OSThread {
+        let t = try OSThread(name: "ds-test") {
             let c = accept(lfd, nil, nil)
             var buf = [UInt8](repeating: 0, count: 64)
             _ = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress, 64, Int32(MSG_WAITALL)) }
@@ -237,9 +237,9 @@ import DSSupport
         if tls { o.security = pskOptions().security }
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(10)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(10)) }
         let writeEnd = fds[1]
-        let writer = OSThread {
+        let writer = try OSThread(name: "ds-test") {
             func put(_ b: [UInt8]) { var off = 0; while off < b.count { let n = b.withUnsafeBytes { write(writeEnd, $0.baseAddress! + off, $0.count - off) }; if n <= 0 { return }; off += n } }
             put(first)
             usleep(2_500_000)
@@ -267,7 +267,7 @@ import DSSupport
         let o = options(connections: 1, compression: false, timeout: .seconds(1))
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
         let fd = rawConnect(receiver.listener.endpoint)
         let chunk = 65536
         let total = data.count
@@ -297,7 +297,7 @@ import DSSupport
         // A keepalive with a payload is a protocol violation.
         let bad = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
         nonisolated(unsafe) var refused: TransferReport?
-        let t2 = OSThread { refused = bad.receive(output: "/dev/null", acceptTimeout: .seconds(5)) }
+        let t2 = try OSThread(name: "ds-test") { refused = bad.receive(output: "/dev/null", acceptTimeout: .seconds(5)) }
         let fd2 = rawConnect(bad.listener.endpoint)
         sendRaw(fd2, Preamble(features: [.xxh3], sessionID: .random(), channelIndex: 0, channelCount: 1, chunkSize: UInt32(chunk),
                               mode: .addressable, totalSize: 100).encoded())

@@ -77,7 +77,7 @@ func tlsTmpPath(_ name: String) -> String {
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
         let proxy = try FaultProxy(to: receiver.listener.endpoint, fault: .flip(at: offset))
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
         let sent = TransferSender.send(try TransferSource(path: src), to: proxy.endpoint, options: o, warn: { _ in })
         t.join(); proxy.join()
         #expect(!sent.completed)
@@ -92,7 +92,7 @@ func tlsTmpPath(_ name: String) -> String {
     @Test func channelsAreBoundToChannelZerosSession() throws {
         let o = pskOptions(connections: 2)
         let listener = try SessionListener(endpoint: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
-        listener.start()
+        try listener.start()
         let client = try SecurityContext(o.security!, server: false)
         let ring = try Ring(entries: 8)
         let session = SessionID.random()
@@ -138,7 +138,7 @@ func tlsTmpPath(_ name: String) -> String {
     /// `hold`, keeps the connection silent until the test ends).
     func silentPeer(take: Int?, hold: Bool) throws -> (Endpoint, OSThread) {
         let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
-        let t = OSThread {
+        let t = try OSThread(name: "ds-test") {
             let c = accept(lfd, nil, nil)
             if let take {
                 var buf = [UInt8](repeating: 0, count: take)

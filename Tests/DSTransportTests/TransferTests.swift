@@ -53,7 +53,7 @@ import DSSupport
         let data = testData(2_000_000, seed: 5)
         var inPipe: [Int32] = [0, 0], outPipe: [Int32] = [0, 0]
         #expect(pipe(&inPipe) == 0 && pipe(&outPipe) == 0)
-        let writer = OSThread {
+        let writer = try OSThread(name: "ds-test") {
             data.withUnsafeBytes { b in
                 var off = 0
                 while off < b.count { let n = write(inPipe[1], b.baseAddress! + off, b.count - off); if n <= 0 { break }; off += n }
@@ -61,7 +61,7 @@ import DSSupport
             close(inPipe[1])
         }
         nonisolated(unsafe) var collected = [UInt8]()
-        let reader = OSThread {
+        let reader = try OSThread(name: "ds-test") {
             var buf = [UInt8](repeating: 0, count: 65536)
             while true {
                 let n = buf.withUnsafeMutableBytes { read(outPipe[0], $0.baseAddress, $0.count) }
@@ -109,7 +109,7 @@ import DSSupport
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
         let proxy = try FaultProxy(to: receiver.listener.endpoint, fault: .flip(at: offset))
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
         let sent = TransferSender.send(try TransferSource(path: src), to: proxy.endpoint, options: o, warn: { _ in })
         t.join(); proxy.join()
         #expect(!sent.completed)
@@ -126,7 +126,7 @@ import DSSupport
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
         let proxy = try FaultProxy(to: receiver.listener.endpoint, fault: .truncate(after: bytes))
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
         let sent = TransferSender.send(try TransferSource(path: src), to: proxy.endpoint, options: o, warn: { _ in })
         t.join(); proxy.join()
         #expect(!sent.completed)
@@ -142,7 +142,7 @@ import DSSupport
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
         let proxy = try FaultProxy(to: receiver.listener.endpoint, fault: .kill(after: 2_000_000))
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
         let sent = TransferSender.send(try TransferSource(path: src), to: proxy.endpoint, options: o, warn: { _ in })
         t.join(); proxy.join()
         #expect(!sent.completed && sent.error != nil)
@@ -158,7 +158,7 @@ import DSSupport
         let o = options(connections: 1)
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
         let fd = rawConnect(receiver.listener.endpoint)
         let p = Preamble(features: [.xxh3], sessionID: .random(), channelIndex: 0, channelCount: 1, chunkSize: 65536,
                          mode: .addressable, totalSize: 1 << 20)
@@ -184,7 +184,7 @@ import DSSupport
         // 2^62 bytes into /dev/null: one chunk arrives, then the end: incomplete.
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: "/dev/null", acceptTimeout: .seconds(5)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: "/dev/null", acceptTimeout: .seconds(5)) }
         let fd = rawConnect(receiver.listener.endpoint)
         sendRaw(fd, Preamble(features: [.xxh3], sessionID: .random(), channelIndex: 0, channelCount: 1, chunkSize: 65536,
                              mode: .addressable, totalSize: 1 << 62).encoded())
@@ -209,7 +209,7 @@ import DSSupport
         let out = tmpPath("out")
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(), warn: { _ in })
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
         let fd = rawConnect(receiver.listener.endpoint)
         sendRaw(fd, Array("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8) + [UInt8](repeating: 0x41, count: 64))
         t.join()
@@ -226,7 +226,7 @@ import DSSupport
         defer { unlink(src); unlink(out) }
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(timeout: .seconds(2)), warn: { _ in })
         nonisolated(unsafe) var received: TransferReport?
-        let t = OSThread { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
         // Session A: channel 0 of 2 joins and then stalls.
         let fd = rawConnect(receiver.listener.endpoint)
         sendRaw(fd, Preamble(features: [.xxh3], sessionID: SessionID(high: 1, low: 1), channelIndex: 0, channelCount: 2,
@@ -264,7 +264,7 @@ import DSSupport
         let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
         defer { close(lfd) }
         // Accepts, answers the preamble, then never reads again.
-        let t = OSThread {
+        let t = try OSThread(name: "ds-test") {
             let c = accept(lfd, nil, nil)
             var buf = [UInt8](repeating: 0, count: 64)
             _ = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress, 64, Int32(MSG_WAITALL)) }

@@ -28,7 +28,7 @@ import DSScheduler
         destination.resumeHold = resumeHold
         let source = MigrationSource(devices: [src], configuration: config, warn: { _ in })
         let d = Mutex<MigrationReport?>(nil)
-        let t = try OSThread {
+        let t = try OSThread(name: "ds-test") {
             let r = destination.run(acceptTimeout: .seconds(10)) { destinationEvents($0, source, destination) }
             d.withLock { $0 = r }
         }
@@ -77,7 +77,7 @@ import DSScheduler
         defer { dst.close() }
         let destination = try MigrationDestination(listen: Endpoint(host: "127.0.0.1", port: 0), devices: [dst],
                                                    options: migrationConfig().transfer, warn: { _ in })
-        let t = try OSThread { sleep(for: .milliseconds(100)); destination.cancel() }
+        let t = try OSThread(name: "ds-test") { sleep(for: .milliseconds(100)); destination.cancel() }
         let t0 = Monotonic.now
         let r = destination.run(acceptTimeout: .seconds(20))
         t.join()
@@ -124,7 +124,7 @@ import DSScheduler
         let resumedAt = Mutex<Duration?>(nil)
         let (s, d, src, dst) = try migrate(migrationConfig(), resumeHold: .seconds(3), destinationEvents: { e, _, destination in
             guard case .handover(.commitReceived) = e else { return }
-            _ = try? OSThread {
+            _ = try? OSThread(name: "ds-test") {
                 sleep(for: .milliseconds(200))
                 resumedAt.withLock { $0 = Monotonic.now }
                 destination.resume()
@@ -184,7 +184,7 @@ import DSScheduler
         let config = migrationConfig(connections: 2)
         let destination = try MigrationDestination(adopting: pairs.map { $0[1] }, devices: [dst], options: config.transfer, warn: { _ in })
         let d = Mutex<MigrationReport?>(nil)
-        let t = try OSThread { let r = destination.run(acceptTimeout: .seconds(10)); d.withLock { $0 = r } }
+        let t = try OSThread(name: "ds-test") { let r = destination.run(acceptTimeout: .seconds(10)); d.withLock { $0 = r } }
         let s = MigrationSource(devices: [src], configuration: config, warn: { _ in }).migrate(over: pairs.map { $0[0] })
         t.join()
         #expect(s.completed, "\(String(describing: s.error))")

@@ -38,7 +38,7 @@ import DSScheduler
     func aHandoverMessageBeforeItsTimeIsRefused(early: FrameType) throws {
         let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
         defer { close(lfd) }
-        let peer = OSThread {
+        let peer = try OSThread(name: "ds-test") {
             let fd = accept(lfd, nil, nil)
             guard fd >= 0 else { return }
             defer { close(fd) }

@@ -34,7 +34,7 @@ func runMigration(_ sources: [any MigratableDevice], _ dests: [any MigratableDev
         target = p!.endpoint
     }
     nonisolated(unsafe) var d: MigrationReport?
-    let t = OSThread { d = destination.run(acceptTimeout: .seconds(10)) }
+    let t = try OSThread(name: "ds-test") { d = destination.run(acceptTimeout: .seconds(10)) }
     let s = MigrationSource(devices: sources, configuration: config, warn: { _ in }).migrate(to: target)
     t.join()
     p?.join()
@@ -124,7 +124,7 @@ func runMigration(_ sources: [any MigratableDevice], _ dests: [any MigratableDev
         defer { src.close() }
         let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
         defer { close(lfd) }
-        let t = OSThread {
+        let t = try OSThread(name: "ds-test") {
             let c = accept(lfd, nil, nil)
             var buf = [UInt8](repeating: 0, count: 64)
             _ = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress, 64, Int32(MSG_WAITALL)) }

@@ -17,7 +17,7 @@ import DSScheduler
         let barrier = RoundBarrier(channels: 2)
         let abort = AbortSignal()
         let passed = Atomic<Bool>(false)
-        let a = OSThread {
+        let a = try OSThread(name: "ds-test") {
             try? barrier.arrive(round: 1, abort: abort, timeout: .seconds(30))
             passed.store(true, ordering: .sequentiallyConsistent)
         }
@@ -27,17 +27,17 @@ import DSScheduler
         a.join()
         #expect(passed.load(ordering: .sequentiallyConsistent) == true)
         // The next round starts afresh.
-        let b = OSThread { try? barrier.arrive(round: 2, abort: abort, timeout: .seconds(30)) }
+        let b = try OSThread(name: "ds-test") { try? barrier.arrive(round: 2, abort: abort, timeout: .seconds(30)) }
         try barrier.arrive(round: 2, abort: abort, timeout: .seconds(30))
         b.join()
     }
 
-    @Test func abortReleasesWaitersWithTheError() {
+    @Test func abortReleasesWaitersWithTheError() throws {
         let barrier = RoundBarrier(channels: 3)
         let abort = AbortSignal()
         abort.onAbort { barrier.wake() }
         let failed = Mutex<TransferError?>(nil)
-        let t = OSThread {
+        let t = try OSThread(name: "ds-test") {
             do throws(TransferError) { try barrier.arrive(round: 1, abort: abort, timeout: .seconds(30)) } catch { failed.withLock { $0 = error } }
         }
         usleep(50_000)

@@ -161,7 +161,7 @@ final class TestPKI: @unchecked Sendable {
         destOptions.security = SecurityOptions(.psk(key: [UInt8](repeating: 2, count: 32)))
         let destination = try MigrationDestination(listen: Endpoint(host: "127.0.0.1", port: 0), devices: [dst], options: destOptions, warn: { _ in })
         nonisolated(unsafe) var d: MigrationReport?
-        let t = OSThread { d = destination.run(acceptTimeout: .seconds(10)) }
+        let t = try OSThread(name: "ds-test") { d = destination.run(acceptTimeout: .seconds(10)) }
         let s = MigrationSource(devices: [src], configuration: config, warn: { _ in }).migrate(to: destination.listener.endpoint)
         t.join()
         #expect(!s.completed && d?.completed == false)

@@ -40,7 +40,7 @@ final class DestinationRun: @unchecked Sendable {
         self.progress = progress
         self.resumeHold = resumeHold
         self.report = report
-        let backend = options.backend ?? IOBackend.preferred
+        let backend = IOBackend.resolve(options.backend, warn: warn)
         group = try ChannelSet.serve(session, connections: sockets, options: options, abort: abort, backend: backend, warn: warn)
         // Control replies share channel 0's connection with worker 0's receives.
         replies = ControlReplies(connection: sockets[0], timeout: options.timeout)

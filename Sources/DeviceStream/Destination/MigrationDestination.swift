@@ -77,7 +77,7 @@ public final class MigrationDestination: @unchecked Sendable {
         self.options = options
         self.warn = warn
         self.listener = listener
-        listener.start()
+        try listener.start()
     }
 
     /// Closes the devices this destination made with its factory.

@@ -29,23 +29,31 @@ final class Feedback: @unchecked Sendable {
     private var failure: TransferError?
     private var thread: OSThread?
 
-    func start(connection: Connection, options: TransferOptions, backend: IOBackendKind, abort: AbortSignal) {
-        thread = OSThread { [self] in
-            let ring: Ring
-            do { ring = try Ring(entries: 4, backend: backend) } catch {
-                fail(TransferError(.localIO, "cannot create an I/O ring for destination feedback: \(error)"), abort: abort)
-                return
+    /// Starts the reader thread, `ds-feedback`.
+    /// - Throws: `.localIO` when the thread cannot be started.
+    func start(connection: Connection, options: TransferOptions, backend: IOBackendKind, abort: AbortSignal) throws(TransferError) {
+        let t: OSThread
+        do {
+            t = try OSThread(name: "ds-feedback") { [self] in
+                let ring: Ring
+                do { ring = try Ring(entries: 4, backend: backend) } catch {
+                    fail(TransferError(.localIO, "cannot create an I/O ring for destination feedback: \(error)"), abort: abort)
+                    return
+                }
+                do throws(TransferError) {
+                    let ch = try Channel(index: 0, connection: connection, ring: ring, chunkSize: WireLimits.minChunkSize,
+                                         compression: false, acceleration: 1, timeout: max(options.timeout, .seconds(600)))
+                    while try handle(try receive(ch, abort: abort)) {}
+                } catch {
+                    let e = error.code == .peerClosed
+                        ? TransferError(.peerClosed, "the destination went away (\(error.message))") : error
+                    fail(e, abort: abort)
+                }
             }
-            let ch = Channel(index: 0, connection: connection, ring: ring, chunkSize: WireLimits.minChunkSize, compression: false,
-                             acceleration: 1, timeout: max(options.timeout, .seconds(600)))
-            do throws(TransferError) {
-                while try handle(try receive(ch, abort: abort)) {}
-            } catch {
-                let e = error.code == .peerClosed
-                    ? TransferError(.peerClosed, "the destination went away (\(error.message))") : error
-                fail(e, abort: abort)
-            }
+        } catch {
+            throw .threadStart(error, "ds-feedback", doing: "reading the destination's replies")
         }
+        thread = t
     }
 
     private func fail(_ e: TransferError, abort: AbortSignal) {

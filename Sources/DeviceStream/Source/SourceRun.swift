@@ -113,7 +113,7 @@ struct SourceRun {
     /// measured, by pings the destination answers at once: the setup time (a destination
     /// reserving gigabytes) is reported on its own, never mistaken for latency.
     mutating func setup(_ transport: Transport) throws(TransferError) -> SetupResult {
-        let backend = options.backend ?? IOBackend.preferred
+        let backend = IOBackend.resolve(options.backend, warn: warn)
         let (g, s): (WorkerGroup<Channel>, [Connection])
         switch transport {
         case .dial(let endpoint):
@@ -149,7 +149,7 @@ struct SourceRun {
         emit(.setupDone(report.setupTime))
         // From here the feedback thread owns reads on channel 0.
         try onChannel0 { ch throws(TransferError) in ch.peekPeerErrors = false }
-        feedback.start(connection: s[0], options: options, backend: backend, abort: abort)
+        try feedback.start(connection: s[0], options: options, backend: backend, abort: abort)
         abort.onAbort { [feedback] in feedback.wake() }
         return result
     }
