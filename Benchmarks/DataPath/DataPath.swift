@@ -1,7 +1,8 @@
 // Hot-path allocation guards: per-chunk encode, decode and framing must not allocate.
 // `mallocCountTotal` thresholds fail the run if a change adds an allocation per chunk.
 import Benchmark
-import DeviceStream
+import DSCodec
+import DSWire
 import DSSimulation
 
 /// A 1 MiB chunk of device-memory-like content.

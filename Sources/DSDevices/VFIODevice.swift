@@ -59,7 +59,12 @@ public final class VFIODevice: StreamDevice {
     /// Opens the device and probes its migration support.
     /// - Throws: `.badSpec` for an empty path or device name, `.io` when the device cannot be
     ///   opened, `.unsupported` when the device has no VFIO migration (or no STOP_COPY).
-    public init(path: String, layer: VFIOIoctlLayer = SystemIoctlLayer()) throws(DeviceError) {
+    public convenience init(path: String) throws(DeviceError) {
+        try self.init(path: path, layer: SystemIoctlLayer())
+    }
+
+    /// `init(path:)` over an ioctl layer of the caller's (tests use a fake kernel).
+    package init(path: String, layer: VFIOIoctlLayer) throws(DeviceError) {
         self.path = path
         self.spec = "vfio:" + path
         self.layer = layer
@@ -118,8 +123,12 @@ public final class VFIODevice: StreamDevice {
     ///     `fd N`.
     /// - Throws: `.badSpec` for a negative fd, `.io` when the fd is not a usable VFIO device,
     ///   `.unsupported` when the device has no VFIO migration (or no STOP_COPY).
-    public init(fd: Int32, ownership: FDOwnership = .borrowed, name: String? = nil,
-                layer: VFIOIoctlLayer = SystemIoctlLayer()) throws(DeviceError) {
+    public convenience init(fd: Int32, ownership: FDOwnership = .borrowed, name: String? = nil) throws(DeviceError) {
+        try self.init(fd: fd, ownership: ownership, name: name, layer: SystemIoctlLayer())
+    }
+
+    /// `init(fd:ownership:name:)` over an ioctl layer of the caller's (tests use a fake kernel).
+    package init(fd: Int32, ownership: FDOwnership = .borrowed, name: String? = nil, layer: VFIOIoctlLayer) throws(DeviceError) {
         let label = name ?? "fd \(fd)"
         path = label
         spec = "vfio:" + label
@@ -183,7 +192,7 @@ public final class VFIODevice: StreamDevice {
 
     /// `VFIO_DEVICE_FEATURE` with `VFIO_DEVICE_FEATURE_PROBE` for a feature index and GET/SET
     /// bits: true when the device supports it.
-    public func probe(feature index: UInt32, ops: UInt32 = VFIOUAPI.featureGet) -> Bool {
+    package func probe(feature index: UInt32, ops: UInt32 = VFIOUAPI.featureGet) -> Bool {
         core.withLock { locked in
             guard !locked.isClosed else { return false }
             var empty: [UInt8] = []

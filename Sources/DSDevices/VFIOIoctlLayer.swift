@@ -3,7 +3,7 @@ import Glibc
 /// The syscalls `VFIODevice` makes, behind one funnel so tests can put a fake kernel under it.
 ///
 /// Every call reports failure as `-errno` (never -1 plus `errno`), so no caller reads `errno`.
-public protocol VFIOIoctlLayer: AnyObject, Sendable {
+package protocol VFIOIoctlLayer: AnyObject, Sendable {
     /// `ioctl(fd, request, arg)`: `-errno` on failure, the ioctl's result (>= 0) on success.
     func ioctl(_ fd: Int32, _ request: UInt, _ arg: UnsafeMutableRawPointer) -> Int32
     /// `read(fd, buf)`: the count read, or `-errno`.
@@ -17,8 +17,8 @@ public protocol VFIOIoctlLayer: AnyObject, Sendable {
 }
 
 /// The real syscalls. `errno` is turned into `-errno` here, and only here; EINTR is retried here.
-public final class SystemIoctlLayer: VFIOIoctlLayer {
-    public init() {}
+package final class SystemIoctlLayer: VFIOIoctlLayer {
+    package init() {}
 
     /// Runs `call` until it does not fail with EINTR; a negative result becomes `-errno`.
     @inline(__always)
@@ -32,25 +32,25 @@ public final class SystemIoctlLayer: VFIOIoctlLayer {
         }
     }
 
-    public func ioctl(_ fd: Int32, _ request: UInt, _ arg: UnsafeMutableRawPointer) -> Int32 {
+    package func ioctl(_ fd: Int32, _ request: UInt, _ arg: UnsafeMutableRawPointer) -> Int32 {
         retrying { Glibc.ioctl(fd, request, arg) }
     }
 
-    public func read(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer) -> Int {
+    package func read(_ fd: Int32, _ buf: UnsafeMutableRawBufferPointer) -> Int {
         guard let base = buf.baseAddress, buf.count > 0 else { return 0 }
         return retrying { Glibc.read(fd, base, buf.count) }
     }
 
-    public func write(_ fd: Int32, _ buf: UnsafeRawBufferPointer) -> Int {
+    package func write(_ fd: Int32, _ buf: UnsafeRawBufferPointer) -> Int {
         guard let base = buf.baseAddress, buf.count > 0 else { return 0 }
         return retrying { Glibc.write(fd, base, buf.count) }
     }
 
-    public func open(_ path: String) -> Int32 {
+    package func open(_ path: String) -> Int32 {
         retrying { Glibc.open(path, O_RDWR | O_CLOEXEC) }
     }
 
-    public func close(_ fd: Int32) {
+    package func close(_ fd: Int32) {
         // Not retried on EINTR: on Linux the fd is released even when close reports EINTR.
         _ = Glibc.close(fd)
     }

@@ -64,7 +64,7 @@ public struct VFIOMigrationFlags: OptionSet, Sendable, Hashable, CustomStringCon
 /// Extend the device migration protocol with PRE_COPY", adds `*next_fsm != VFIO_DEVICE_STATE_ERROR &&`
 /// to the loop condition). This port stops at ERROR, as the patched kernel does, and returns nil
 /// (-EINVAL).
-public enum VFIOStateMachine {
+package enum VFIOStateMachine {
     /// Number of states (`VFIO_DEVICE_NUM_STATES = VFIO_DEVICE_STATE_PRE_COPY_P2P + 1`).
     static let stateCount = 8
 
@@ -116,14 +116,14 @@ public enum VFIOStateMachine {
 
     /// `(state_flags_table[s] & device->migration_flags) == state_flags_table[s]`.
     /// The kernel's `migration_flags` is a `u32`, so only the low 32 bits of `flags` count.
-    public static func isSupported(_ s: VFIODeviceState, flags: VFIOMigrationFlags) -> Bool {
+    package static func isSupported(_ s: VFIODeviceState, flags: VFIOMigrationFlags) -> Bool {
         let need = requiredFlags(s)
         return (need & (flags.rawValue & 0xFFFF_FFFF)) == need
     }
 
     /// The kernel's `vfio_mig_get_next_state` (drivers/vfio/vfio_main.c); nil where it returns
     /// -EINVAL: `from` or `to` not supported by `flags` (ERROR never is), or the arc is blocked.
-    public static func nextState(from: VFIODeviceState, to: VFIODeviceState,
+    package static func nextState(from: VFIODeviceState, to: VFIODeviceState,
                                  flags: VFIOMigrationFlags) -> VFIODeviceState? {
         // WARN_ON(... (state_flags_table[cur_fsm] & migration_flags) != state_flags_table[cur_fsm])
         guard isSupported(from, flags: flags) else { return nil }
@@ -140,7 +140,7 @@ public enum VFIOStateMachine {
     /// The arcs a driver walks from `from` to `to`, excluding `from` and ending at `to`;
     /// nil where `nextState` fails on the way. `from == to` gives `[]` (when `from` is supported
     /// by `flags`; an unsupported state or ERROR gives nil).
-    public static func path(from: VFIODeviceState, to: VFIODeviceState,
+    package static func path(from: VFIODeviceState, to: VFIODeviceState,
                             flags: VFIOMigrationFlags) -> [VFIODeviceState]? {
         guard isSupported(from, flags: flags), isSupported(to, flags: flags) else { return nil }
         var current = from
@@ -156,7 +156,7 @@ public enum VFIOStateMachine {
     }
 
     /// The device runs: RUNNING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P.
-    public static func isRunning(_ s: VFIODeviceState) -> Bool {
+    package static func isRunning(_ s: VFIODeviceState) -> Bool {
         switch s {
         case .running, .runningP2P, .preCopy, .preCopyP2P: true
         default: false
@@ -167,7 +167,7 @@ public enum VFIOStateMachine {
     package static let savingStates: [VFIODeviceState] = [.preCopy, .preCopyP2P, .stopCopy]
 
     /// Migration data can be read: PRE_COPY, PRE_COPY_P2P, STOP_COPY.
-    public static func isSaving(_ s: VFIODeviceState) -> Bool {
+    package static func isSaving(_ s: VFIODeviceState) -> Bool {
         switch s {
         case .preCopy, .preCopyP2P, .stopCopy: true
         default: false

@@ -57,27 +57,27 @@ enum BlockingIO {
 /// Which I/O backend a session runs on. The library reads no environment: a caller forces a
 /// backend per session (`TransferOptions.backend`; `.blocking` for hosts whose seccomp filter
 /// forbids io_uring), else the process-wide probe decides.
-public enum IOBackend {
+package enum IOBackend {
     /// Why io_uring cannot be used in this process (nil: it can). Probed once, on first use, by
     /// setting up and tearing down a tiny ring; never probed when every session forces a backend.
-    public static let probeFailure: Errno? = probe()
+    package static let probeFailure: Errno? = probe()
 
     /// The probe's backend: io_uring when a ring can be set up here, else blocking. Silent: a
     /// session says why it fell back through its own `warn` (`resolve`).
-    public static var probed: IOBackendKind { probeFailure == nil ? .ioUring : .blocking }
+    package static var probed: IOBackendKind { probeFailure == nil ? .ioUring : .blocking }
 
     /// The backend a session runs on: `forced` when the caller chose one (io_uring is then not
     /// probed at all, which matters under a seccomp filter that kills on io_uring_setup), else
     /// the probe's. When the probe fell back to blocking, says so once through `warn` (the
     /// session's: the library prints nothing of its own).
-    public static func resolve(_ forced: IOBackendKind?, warn: (String) -> Void) -> IOBackendKind {
+    package static func resolve(_ forced: IOBackendKind?, warn: (String) -> Void) -> IOBackendKind {
         if let forced { return forced }
         if let e = probeFailure { warn(fallbackWarning(e)) }
         return probed
     }
 
     /// The warning for a fallback to blocking syscalls because io_uring failed with `e`.
-    public static func fallbackWarning(_ e: Errno) -> String {
+    package static func fallbackWarning(_ e: Errno) -> String {
         let why = e == .noSys ? "the kernel has no io_uring (ENOSYS)"
             : e == .notPermitted ? "io_uring is not permitted here (EPERM: seccomp or kernel.io_uring_disabled)"
             : "io_uring setup failed (\(e))"
@@ -85,7 +85,7 @@ public enum IOBackend {
     }
 
     /// Tries to set up a tiny ring; nil on success, else why not. Not cached (`probeFailure` is).
-    public static func probe() -> Errno? {
+    package static func probe() -> Errno? {
         var r = io_uring()
         let rc = io_uring_queue_init(2, &r, 0)
         if rc < 0 { return Errno(rawValue: -rc) }

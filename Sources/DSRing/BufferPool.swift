@@ -15,11 +15,11 @@ import DSSupport
 ///
 /// Allocation failure is an error (`init` throws), never a trap: the library may run inside a
 /// VMM whose guest must outlive a failed migration.
-public final class BufferPool {
-    public let slotCount: Int
-    public let slotSize: Int
-    public let headroom: Int
-    public let base: UnsafeMutableRawPointer
+package final class BufferPool {
+    package let slotCount: Int
+    package let slotSize: Int
+    package let headroom: Int
+    package let base: UnsafeMutableRawPointer
     private var owned: [Bool]
     private var free: [Int]
 
@@ -29,7 +29,7 @@ public final class BufferPool {
     ///   - headroom: bytes in front of the payload (the frame header size).
     /// - Throws: ENOMEM when `posix_memalign` cannot give `byteCount` bytes (or the size
     ///   overflows).
-    public init(slots: Int, payloadCapacity: Int, headroom: Int) throws(Errno) {
+    package init(slots: Int, payloadCapacity: Int, headroom: Int) throws(Errno) {
         precondition(slots > 0 && payloadCapacity > 0 && headroom >= 0)
         let page = 4096
         let (perSlot, o1) = payloadCapacity.addingReportingOverflow(headroom + page - 1)
@@ -46,36 +46,36 @@ public final class BufferPool {
     deinit { AlignedMemory.free(base) }
 
     /// The pool's whole size in bytes (what `init` allocates).
-    public var byteCount: Int { slotSize * slotCount }
+    package var byteCount: Int { slotSize * slotCount }
 
     /// Takes a free slot; nil when every slot is owned.
-    public func checkout() -> Int? {
+    package func checkout() -> Int? {
         guard let i = free.popLast() else { return nil }
         owned[i] = true
         return i
     }
 
     /// Returns a slot. Traps if the slot is not checked out (returned twice).
-    public func release(_ slot: Int) {
+    package func release(_ slot: Int) {
         precondition(owned[slot], "slot \(slot) released twice or never checked out")
         owned[slot] = false
         free.append(slot)
     }
 
-    public var freeCount: Int { free.count }
+    package var freeCount: Int { free.count }
 
     /// The whole slot: header room then payload.
-    @inline(__always) public func bytes(_ slot: Int) -> UnsafeMutableRawBufferPointer {
+    @inline(__always) package func bytes(_ slot: Int) -> UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(start: base + slot * slotSize, count: slotSize)
     }
 
     /// The payload area of a slot (after the header room).
-    @inline(__always) public func payload(_ slot: Int) -> UnsafeMutableRawBufferPointer {
+    @inline(__always) package func payload(_ slot: Int) -> UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(start: base + slot * slotSize + headroom, count: slotSize - headroom)
     }
 
     /// The header room of a slot.
-    @inline(__always) public func header(_ slot: Int) -> UnsafeMutableRawBufferPointer {
+    @inline(__always) package func header(_ slot: Int) -> UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(start: base + slot * slotSize, count: headroom)
     }
 }

@@ -13,7 +13,7 @@ public enum IOBackendKind: String, Sendable {
 }
 
 /// One I/O operation. Buffers are borrowed: they must stay valid until the operation completes.
-public enum IOOp {
+package enum IOOp {
     /// Read into `buffer` at `offset` (`Ring.currentPosition` for pipes and stdin). With `slot`
     /// of a registered pool this is `IORING_OP_READ_FIXED`.
     case read(fd: Int32, buffer: UnsafeMutableRawBufferPointer, offset: UInt64, slot: Int?)
@@ -30,7 +30,7 @@ public enum IOOp {
     /// `IORING_OP_FSYNC`.
     case fsync(fd: Int32)
 
-    public var kind: IOOpKind {
+    package var kind: IOOpKind {
         switch self {
         case .read: .read
         case .write: .write
@@ -54,12 +54,12 @@ public enum IOOp {
     }
 }
 
-public enum IOOpKind: Sendable, Hashable { case read, write, send, recv, accept, connect, fsync }
+package enum IOOpKind: Sendable, Hashable { case read, write, send, recv, accept, connect, fsync }
 
 /// What a fault injector does to one submission. Faults are injected at the one funnel every
 /// operation passes through (`Ring.submit`), for both backends, and, with the same type, at the
 /// one socket send that has no ring (`SocketSend.sendAll` with a `FaultPlan`).
-public enum InjectedFault: Sendable {
+package enum InjectedFault: Sendable {
     /// Run the operation as asked.
     case none
     /// Run it over at most this many bytes (a short read, write, send or recv).
@@ -69,13 +69,13 @@ public enum InjectedFault: Sendable {
 }
 
 /// A fault plan: called for every submission with its kind and byte count.
-public typealias FaultInjector = (IOOpKind, Int) -> InjectedFault
+package typealias FaultInjector = (IOOpKind, Int) -> InjectedFault
 
 /// A completed operation.
-public struct Completion: Sendable {
-    public var userData: UInt64
+package struct Completion: Sendable {
+    package var userData: UInt64
     /// Bytes moved, the new fd (accept), or 0.
-    public var result: Result<Int, Errno>
+    package var result: Result<Int, Errno>
 }
 
 /// An io_uring instance (or its blocking stand-in) owned by one thread for its whole life.
@@ -84,19 +84,19 @@ public struct Completion: Sendable {
 /// requests to their submitting thread (`SINGLE_ISSUER`; a request dies with its thread).
 /// The synchronous helpers (`perform`, `readFully`, `writeAll`, `sendAll`, `recvExactly`) retry
 /// EINTR and EAGAIN and resume short transfers in one place (sends: `SocketSend`).
-public final class Ring {
+package final class Ring {
     /// `Ring.currentPosition` as an offset means "the file position" (pipes, stdin, sockets).
-    public static let currentPosition = UInt64.max
+    package static let currentPosition = UInt64.max
 
-    public let backend: IOBackendKind
+    package let backend: IOBackendKind
     private let uring: UnsafeMutablePointer<io_uring>?
     private var blockingQueue: [Completion] = []
     private var blockingHead = 0
     /// Slots of `pool` registered with the kernel (0 ..< registeredSlots use the FIXED ops).
-    public private(set) var registeredSlots = 0
+    package private(set) var registeredSlots = 0
     private var registeredPool: BufferPool?
     /// Faults to inject (tests). nil in production.
-    public var faultInjector: FaultInjector?
+    package var faultInjector: FaultInjector?
     private var inFlight = 0
     private var nextOperationID: UInt64 = 0
     /// The timeout of the operation being performed, for the blocking backend's poll.
@@ -107,7 +107,7 @@ public final class Ring {
     /// Creates a ring on the calling thread.
     /// - Parameter backend: nil picks `IOBackend.probed` (probed once per process). Sessions
     ///   pass their own (`IOBackend.resolve`).
-    public init(entries: UInt32 = 64, backend: IOBackendKind? = nil) throws(Errno) {
+    package init(entries: UInt32 = 64, backend: IOBackendKind? = nil) throws(Errno) {
         let kind = backend ?? IOBackend.probed
         self.backend = kind
         guard kind == .ioUring else {
@@ -140,7 +140,7 @@ public final class Ring {
     /// - Returns: nil when every slot was registered (or the blocking backend needs none),
     ///   else a warning for the user.
     @discardableResult
-    public func register(_ pool: BufferPool) -> String? {
+    package func register(_ pool: BufferPool) -> String? {
         precondition(registeredPool == nil, "a ring registers one pool, once")
         registeredPool = pool
         guard let r = uring else { return nil }
@@ -166,7 +166,7 @@ public final class Ring {
 
     /// Queues one operation. With io_uring it becomes an SQE (sent to the kernel by the next
     /// `wait`); with the blocking backend it runs now and its completion is queued.
-    public func submit(_ op: IOOp, userData: UInt64) {
+    package func submit(_ op: IOOp, userData: UInt64) {
         var op = op
         if let inject = faultInjector {
             switch inject(op.kind, op.byteCount) {
@@ -231,7 +231,7 @@ public final class Ring {
     /// Waits for the next completion. `-errno` becomes `Errno` here, and only here.
     /// - Parameter timeout: nil waits forever; on expiry the in-flight operations are
     ///   cancelled and `Errno.timedOut` is thrown.
-    public func wait(timeout: Duration? = nil) throws(Errno) -> Completion {
+    package func wait(timeout: Duration? = nil) throws(Errno) -> Completion {
         if blockingHead < blockingQueue.count {
             let c = blockingQueue[blockingHead]
             blockingHead += 1
@@ -267,7 +267,7 @@ public final class Ring {
     /// Cancels every in-flight operation and reaps them, so their buffers are free again.
     /// Cancels every in-flight operation and reaps them all, so no buffer is still in the
     /// kernel's hands when this returns (a cancel is re-sent each second until they are).
-    public func cancelAll() {
+    package func cancelAll() {
         guard let r = uring, inFlight > 0 else { return }
         var needCancel = true
         while inFlight > 0 {
@@ -294,7 +294,7 @@ public final class Ring {
     /// Runs one operation to completion, retrying EINTR and EAGAIN. Each submission has its own
     /// `user_data`; a completion that is not its own (left over from a cancelled operation) is
     /// dropped.
-    public func perform(_ op: IOOp, timeout: Duration? = nil) throws(Errno) -> Int {
+    package func perform(_ op: IOOp, timeout: Duration? = nil) throws(Errno) -> Int {
         while true {
             nextOperationID &+= 1
             if nextOperationID >= Ring.internalUserData { nextOperationID = 1 }
@@ -312,7 +312,7 @@ public final class Ring {
     }
 
     /// Reads until `buffer` is full or end of file; returns the count read.
-    public func readFully(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: UInt64,
+    package func readFully(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: UInt64,
                           slot: Int? = nil) throws(Errno) -> Int {
         var done = 0
         while done < buffer.count {
@@ -325,7 +325,7 @@ public final class Ring {
     }
 
     /// Writes all of `buffer` at `offset`, resuming short writes.
-    public func writeAll(fd: Int32, _ buffer: UnsafeRawBufferPointer, offset: UInt64, slot: Int? = nil) throws(Errno) {
+    package func writeAll(fd: Int32, _ buffer: UnsafeRawBufferPointer, offset: UInt64, slot: Int? = nil) throws(Errno) {
         var done = 0
         while done < buffer.count {
             let at = offset == Ring.currentPosition ? offset : offset + UInt64(done)
@@ -338,13 +338,13 @@ public final class Ring {
     /// Sends all of `buffer`, resuming short sends (`SocketSend.sendAll` through this ring). One
     /// send is in flight at a time, so sends on one socket cannot reorder.
     /// - Parameter timeout: how long the peer may leave the socket full (nil: no limit).
-    public func sendAll(fd: Int32, _ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) throws(Errno) {
+    package func sendAll(fd: Int32, _ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) throws(Errno) {
         if let e = SocketSend.sendAll(fd: fd, buffer, timeout: timeout, ring: self).error { throw e }
     }
 
     /// Receives exactly `buffer.count` bytes, resuming short receives; returns fewer only when
     /// the peer closed the connection (0 means a clean close before any byte).
-    public func recvExactly(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) throws(Errno) -> Int {
+    package func recvExactly(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) throws(Errno) -> Int {
         var done = 0
         while done < buffer.count {
             let n = try perform(.recv(fd: fd, buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[done...])), timeout: timeout)

@@ -5,28 +5,28 @@ import DSSupport
 
 /// A fault plan that several threads may consult (the senders of one connection): `injector`
 /// is called under a lock, one send at a time, so it may keep state of its own.
-public final class FaultPlan: @unchecked Sendable {
+package final class FaultPlan: @unchecked Sendable {
     // @unchecked: `injector`, and whatever it captures, is only called under `lock`.
     private let lock = Mutex(())
     private let injector: FaultInjector
-    public init(_ injector: @escaping FaultInjector) { self.injector = injector }
+    package init(_ injector: @escaping FaultInjector) { self.injector = injector }
 
     /// The fault for one operation of `kind` over `count` bytes.
-    public func fault(for kind: IOOpKind, count: Int) -> InjectedFault {
+    package func fault(for kind: IOOpKind, count: Int) -> InjectedFault {
         lock.withLock { _ in injector(kind, count) }
     }
 }
 
 /// The one send-within-a-deadline loop on a socket. Every send of a frame, a control reply, a
 /// keepalive, a farewell or a TLS flight ends here, so faults can be injected into all of them.
-public enum SocketSend {
+package enum SocketSend {
     /// What a send did.
-    public struct Outcome: Sendable {
+    package struct Outcome: Sendable {
         /// Bytes that reached the socket.
-        public var sent: Int
+        package var sent: Int
         /// Why it stopped short; nil when everything went out. `.timedOut`: the peer left the
         /// socket full for the whole timeout.
-        public var error: Errno?
+        package var error: Errno?
     }
 
     /// Sends all of `bytes` on the socket `fd`, resuming short sends.
@@ -45,7 +45,7 @@ public enum SocketSend {
     ///   - faults: a fault plan for these sends, consulted before each piece as `Ring.submit`
     ///     consults the ring's (`.fail(EINTR)`, `.fail(EAGAIN)`, `.short(n)`, `.fail(ECONNRESET)`
     ///     are then handled exactly like the real thing).
-    public static func sendAll(fd: Int32, _ bytes: UnsafeRawBufferPointer, timeout: Duration?, ring: Ring? = nil,
+    package static func sendAll(fd: Int32, _ bytes: UnsafeRawBufferPointer, timeout: Duration?, ring: Ring? = nil,
                                faults: FaultPlan? = nil) -> Outcome {
         var done = 0
         var deadline = timeout.map { Monotonic.now + $0 }

@@ -53,48 +53,48 @@
 /// `nextAction(now:)`, which closes the round and plans the next one. Once it
 /// returns `.switchover` or `.abort` the decision is final and repeated calls
 /// return it unchanged.
-public struct PrecopyScheduler: Sendable {
+package struct PrecopyScheduler: Sendable {
     /// The configuration, normalized (`SchedulerConfiguration.normalized`).
-    public let configuration: SchedulerConfiguration
+    package let configuration: SchedulerConfiguration
     /// When the migration started; the deadline counts from here, and the
     /// first round is taken to start here.
-    public let start: Instant
+    package let start: Instant
 
     // Rates (device bytes per second), nil until a sample arrives.
-    public private(set) var senderRate: Double?
+    package private(set) var senderRate: Double?
     /// Samples of the link capacity so far: unthrottled rounds after round 1 (every round
     /// without `maxBandwidth`; only the probes with it).
-    public private(set) var bandwidthSamples = 0
-    public private(set) var linkCapacity: Double?
-    public private(set) var receiverRate: Double?
-    public private(set) var dirtyRateBytesPerSecond: Double?
+    package private(set) var bandwidthSamples = 0
+    package private(set) var linkCapacity: Double?
+    package private(set) var receiverRate: Double?
+    package private(set) var dirtyRateBytesPerSecond: Double?
 
-    public private(set) var measuredFixedCosts: [FixedCost: Duration] = [:]
-    public private(set) var registeredDevices: Set<Int>
-    public private(set) var acknowledgedDevices: Set<Int> = []
+    package private(set) var measuredFixedCosts: [FixedCost: Duration] = [:]
+    package private(set) var registeredDevices: Set<Int>
+    package private(set) var acknowledgedDevices: Set<Int> = []
     private var dirtyByDevice: [Int: UInt64] = [:]
     private var stopCopyOnlyByDevice: [Int: UInt64] = [:]
 
     /// Rounds closed by `nextAction` so far.
-    public private(set) var iteration: Int = 0
+    package private(set) var iteration: Int = 0
     /// The most recent round planned as a probe; 0 before the first.
-    public private(set) var lastProbe: Int = 0
+    package private(set) var lastProbe: Int = 0
     /// With `.external` switchover control: why the scheduler would switch over now (nil: it
     /// would not). Updated by every `nextAction`.
-    public private(set) var ready: SwitchoverReason?
-    public private(set) var history: [RoundRecord] = []
-    public private(set) var totalSentBytes: UInt64 = 0
-    public private(set) var totalWireBytes: UInt64 = 0
+    package private(set) var ready: SwitchoverReason?
+    package private(set) var history: [RoundRecord] = []
+    package private(set) var totalSentBytes: UInt64 = 0
+    package private(set) var totalWireBytes: UInt64 = 0
     /// The final decision, once made.
-    public private(set) var decision: Action?
+    package private(set) var decision: Action?
     /// Why the last judged round was considered non-converging, if it was.
-    public private(set) var nonConvergenceReason: String?
+    package private(set) var nonConvergenceReason: String?
 
     private var roundStart: Instant
     private var roundSentBytes: UInt64 = 0
     private var roundWireBytes: UInt64 = 0
 
-    public init(configuration: SchedulerConfiguration, start: Instant) {
+    package init(configuration: SchedulerConfiguration, start: Instant) {
         self.configuration = configuration.normalized
         self.start = start
         self.roundStart = start
@@ -104,12 +104,12 @@ public struct PrecopyScheduler: Sendable {
     // MARK: Inputs
 
     /// Registers a device whose switchover-ack is required.
-    public mutating func registerDevice(id: Int) {
+    package mutating func registerDevice(id: Int) {
         registeredDevices.insert(id)
     }
 
     /// The destination has loaded `deviceID`'s initial data.
-    public mutating func switchoverAcknowledged(deviceID: Int) {
+    package mutating func switchoverAcknowledged(deviceID: Int) {
         acknowledgedDevices.insert(deviceID)
     }
 
@@ -117,7 +117,7 @@ public struct PrecopyScheduler: Sendable {
     /// wire) in `duration`. Every round counts in the totals; from round 2 on it feeds
     /// `senderRate`, and `linkCapacity` too when it ran unthrottled (no `maxBandwidth`, or
     /// it was the last probe).
-    public mutating func recordRound(iteration: Int, bytes: UInt64, wireBytes: UInt64, duration: Duration) {
+    package mutating func recordRound(iteration: Int, bytes: UInt64, wireBytes: UInt64, duration: Duration) {
         roundSentBytes &+= bytes
         roundWireBytes &+= wireBytes
         totalSentBytes &+= bytes
@@ -135,7 +135,7 @@ public struct PrecopyScheduler: Sendable {
     /// throttle, not the destination); averaged per report with weight 1/2. Returns whether
     /// the sample was used.
     @discardableResult
-    public mutating func recordReceiverLoadRate(round: Int, bytesPerSecond: Double) -> Bool {
+    package mutating func recordReceiverLoadRate(round: Int, bytesPerSecond: Double) -> Bool {
         guard round > 1, isUnthrottled(round: round), bytesPerSecond.isFinite, bytesPerSecond >= 0 else { return false }
         if let old = receiverRate {
             receiverRate = old + 0.5 * (bytesPerSecond - old)
@@ -147,13 +147,13 @@ public struct PrecopyScheduler: Sendable {
 
     /// Replaces a fixed cost's default (or earlier measurement) with the
     /// most recent measurement.
-    public mutating func recordFixedCost(_ cost: FixedCost, _ duration: Duration) {
+    package mutating func recordFixedCost(_ cost: FixedCost, _ duration: Duration) {
         measuredFixedCosts[cost] = duration
     }
 
     /// A device's current dirty bytes (what its next round sends) and the bytes it can only
     /// send during stop-copy. Replaces the device's previous values.
-    public mutating func updateRemaining(deviceID: Int, dirtyBytes: UInt64, stopCopyOnlyBytes: UInt64 = 0) {
+    package mutating func updateRemaining(deviceID: Int, dirtyBytes: UInt64, stopCopyOnlyBytes: UInt64 = 0) {
         dirtyByDevice[deviceID] = dirtyBytes
         stopCopyOnlyByDevice[deviceID] = stopCopyOnlyBytes
     }
@@ -161,11 +161,11 @@ public struct PrecopyScheduler: Sendable {
     // MARK: Derived values
 
     /// The pre-copy throttle (bytes/s) of rounds that are not probes, if any.
-    public var precopyRateLimit: UInt64? { configuration.maxBandwidth }
+    package var precopyRateLimit: UInt64? { configuration.maxBandwidth }
 
     /// Effective bandwidth used for the prediction: min(link capacity, or
     /// the sender rate when no unthrottled sample exists; receiver rate).
-    public var bandwidthBytesPerSecond: Double? {
+    package var bandwidthBytesPerSecond: Double? {
         let send = linkCapacity ?? senderRate
         switch (send, receiverRate) {
         case let (s?, r?): return min(s, r)
@@ -175,12 +175,12 @@ public struct PrecopyScheduler: Sendable {
         }
     }
 
-    public var dirtyBytes: UInt64 { dirtyByDevice.values.reduce(0, &+) }
-    public var stopCopyOnlyBytes: UInt64 { stopCopyOnlyByDevice.values.reduce(0, &+) }
-    public var remainingBytes: UInt64 { dirtyBytes &+ stopCopyOnlyBytes }
+    package var dirtyBytes: UInt64 { dirtyByDevice.values.reduce(0, &+) }
+    package var stopCopyOnlyBytes: UInt64 { stopCopyOnlyByDevice.values.reduce(0, &+) }
+    package var remainingBytes: UInt64 { dirtyBytes &+ stopCopyOnlyBytes }
 
     /// Measured fixed costs, defaults where not yet measured.
-    public var fixedCosts: FixedCosts {
+    package var fixedCosts: FixedCosts {
         var c = configuration.defaultFixedCosts
         for (k, v) in measuredFixedCosts { c[k] = v }
         return c
@@ -188,7 +188,7 @@ public struct PrecopyScheduler: Sendable {
 
     /// Fixed costs + remaining / bandwidth; nil while bandwidth is unknown
     /// (or zero) and something remains.
-    public var predictedDowntime: Duration? {
+    package var predictedDowntime: Duration? {
         let fixed = fixedCosts.total
         let remaining = remainingBytes
         if remaining == 0 { return fixed }
@@ -197,7 +197,7 @@ public struct PrecopyScheduler: Sendable {
     }
 
     /// Registered devices whose ack is still missing (empty if not required).
-    public var pendingAcks: Set<Int> {
+    package var pendingAcks: Set<Int> {
         guard configuration.requireSwitchoverAck else { return [] }
         return registeredDevices.subtracting(acknowledgedDevices)
     }
@@ -206,13 +206,13 @@ public struct PrecopyScheduler: Sendable {
 
     /// The plan of round 1, the bulk copy, before any round has run: throttled to
     /// `maxBandwidth` (never a probe).
-    public func firstRound() -> RoundPlan {
+    package func firstRound() -> RoundPlan {
         plan(round: 1)
     }
 
     /// Closes the current round at `now` and decides what to do next; a non-terminal
     /// action carries the next round's plan.
-    public mutating func nextAction(now: Instant) -> Action {
+    package mutating func nextAction(now: Instant) -> Action {
         if let decision { return decision }
 
         // Close the round.

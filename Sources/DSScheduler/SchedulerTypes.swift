@@ -4,17 +4,17 @@
 
 /// A point in time on the caller's clock, in nanoseconds since an arbitrary
 /// origin. The scheduler never reads a clock; tests use a manual one.
-public struct Instant: Comparable, Hashable, Sendable, CustomStringConvertible {
-    public var nanoseconds: UInt64
+package struct Instant: Comparable, Hashable, Sendable, CustomStringConvertible {
+    package var nanoseconds: UInt64
 
-    public init(nanoseconds: UInt64) { self.nanoseconds = nanoseconds }
+    package init(nanoseconds: UInt64) { self.nanoseconds = nanoseconds }
 
-    public static let zero = Instant(nanoseconds: 0)
+    package static let zero = Instant(nanoseconds: 0)
 
-    public static func < (a: Instant, b: Instant) -> Bool { a.nanoseconds < b.nanoseconds }
+    package static func < (a: Instant, b: Instant) -> Bool { a.nanoseconds < b.nanoseconds }
 
     /// `instant + duration`, saturating at 0 and UInt64.max.
-    public static func + (a: Instant, d: Duration) -> Instant {
+    package static func + (a: Instant, d: Duration) -> Instant {
         let ns = d.dsNanoseconds
         if ns >= 0 {
             let (sum, o) = a.nanoseconds.addingReportingOverflow(UInt64(ns))
@@ -25,14 +25,14 @@ public struct Instant: Comparable, Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The signed duration from `b` to `a`.
-    public static func - (a: Instant, b: Instant) -> Duration {
+    package static func - (a: Instant, b: Instant) -> Duration {
         if a.nanoseconds >= b.nanoseconds {
             return .nanoseconds(Int64(clamping: a.nanoseconds - b.nanoseconds))
         }
         return .nanoseconds(-Int64(clamping: b.nanoseconds - a.nanoseconds))
     }
 
-    public var description: String { "t+\(formatDuration(.nanoseconds(Int64(clamping: nanoseconds))))" }
+    package var description: String { "t+\(formatDuration(.nanoseconds(Int64(clamping: nanoseconds))))" }
 }
 
 // MARK: - Policy and costs
@@ -134,18 +134,18 @@ public enum SwitchoverControl: String, Equatable, Hashable, Sendable, CaseIterab
 }
 
 /// How to run one pre-copy round: the session sends the round as planned.
-public struct RoundPlan: Equatable, Hashable, Sendable {
+package struct RoundPlan: Equatable, Hashable, Sendable {
     /// 1-based round number; pass it back to `recordRound` and with the round's load rates.
-    public var iteration: Int
+    package var iteration: Int
     /// Throttle in device bytes/s; nil = unthrottled.
-    public var rateLimit: UInt64?
+    package var rateLimit: UInt64?
     /// Sent unthrottled despite `maxBandwidth`, so that it samples the link capacity.
-    public var probe: Bool
+    package var probe: Bool
     /// The shortest the round may last: a round that ends sooner waits out the rest, so an
     /// idle device does not spin through rounds.
-    public var minimumDuration: Duration
+    package var minimumDuration: Duration
 
-    public init(iteration: Int, rateLimit: UInt64?, probe: Bool, minimumDuration: Duration) {
+    package init(iteration: Int, rateLimit: UInt64?, probe: Bool, minimumDuration: Duration) {
         self.iteration = iteration
         self.rateLimit = rateLimit
         self.probe = probe
@@ -154,7 +154,7 @@ public struct RoundPlan: Equatable, Hashable, Sendable {
 }
 
 /// What the session does after a round.
-public enum Action: Equatable, Sendable {
+package enum Action: Equatable, Sendable {
     /// Send another pre-copy round, as planned.
     case iterate(RoundPlan)
     /// Stop the source and copy the rest.
@@ -165,7 +165,7 @@ public enum Action: Equatable, Sendable {
     /// and ask again.
     case waitForSwitchoverAck(RoundPlan)
 
-    public var isTerminal: Bool {
+    package var isTerminal: Bool {
         switch self {
         case .switchover, .abort: return true
         case .iterate, .waitForSwitchoverAck: return false
@@ -173,7 +173,7 @@ public enum Action: Equatable, Sendable {
     }
 
     /// The next round's plan; nil once the decision is terminal.
-    public var roundPlan: RoundPlan? {
+    package var roundPlan: RoundPlan? {
         switch self {
         case .iterate(let plan), .waitForSwitchoverAck(let plan): return plan
         case .switchover, .abort: return nil
@@ -182,19 +182,19 @@ public enum Action: Equatable, Sendable {
 }
 
 /// One row of the per-round history, for reporting.
-public struct RoundRecord: Equatable, Sendable {
+package struct RoundRecord: Equatable, Sendable {
     /// 1-based round number.
-    public var iteration: Int
+    package var iteration: Int
     /// When the round ended (the `now` passed to `nextAction`).
-    public var endedAt: Instant
+    package var endedAt: Instant
     /// Device bytes sent during the round.
-    public var sentBytes: UInt64
+    package var sentBytes: UInt64
     /// Wire bytes (after compression/framing) sent during the round.
-    public var wireBytes: UInt64
+    package var wireBytes: UInt64
     /// Remaining bytes (dirty + stop-copy-only) at the end of the round.
-    public var remainingBytes: UInt64
+    package var remainingBytes: UInt64
     /// Predicted downtime at the end of the round; nil if bandwidth unknown.
-    public var predictedDowntime: Duration?
+    package var predictedDowntime: Duration?
     /// The action returned for this round.
-    public var action: Action
+    package var action: Action
 }

@@ -1,8 +1,8 @@
 import Glibc
 
 /// CLOCK_MONOTONIC as a Duration since boot.
-public enum Monotonic {
-    public static var now: Duration {
+package enum Monotonic {
+    package static var now: Duration {
         var ts = Glibc.timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return .seconds(ts.tv_sec) + .nanoseconds(ts.tv_nsec)
@@ -12,7 +12,7 @@ public enum Monotonic {
         return Glibc.timespec(tv_sec: Int(s), tv_nsec: Int(atto / 1_000_000_000))
     }
     /// Nanoseconds since boot, for the scheduler's `Instant`.
-    public static var nanoseconds: UInt64 {
+    package static var nanoseconds: UInt64 {
         var ts = Glibc.timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
@@ -20,15 +20,15 @@ public enum Monotonic {
 }
 
 extension Duration {
-    public var seconds: Double {
+    package var seconds: Double {
         let (s, atto) = components
         return Double(s) + Double(atto) / 1e18
     }
-    public var milliseconds: Double { seconds * 1000 }
+    package var milliseconds: Double { seconds * 1000 }
 }
 
 /// Sleeps the calling thread for `d` (nanosleep, resumed after a signal).
-public func sleep(for d: Duration) {
+package func sleep(for d: Duration) {
     guard d > .zero else { return }
     var ts = Monotonic.timespecAt(d)
     var rest = Glibc.timespec()

@@ -2,13 +2,13 @@ import Glibc
 
 /// A mutex with a condition variable (pthread). Used off the per-chunk fast path: round
 /// barriers, the ordered writer's turn-taking, session joins.
-public final class ConditionLock: @unchecked Sendable {
+package final class ConditionLock: @unchecked Sendable {
     // @unchecked: the pthread objects are heap-allocated once, never moved, and only touched
     // through pthread calls, which are thread-safe by contract.
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 
-    public init() {
+    package init() {
         pthread_mutex_init(mutex, nil)
         var attr = pthread_condattr_t()
         pthread_condattr_init(&attr)
@@ -22,7 +22,7 @@ public final class ConditionLock: @unchecked Sendable {
         cond.deallocate(); mutex.deallocate()
     }
 
-    public func withLock<T>(_ body: () throws -> T) rethrows -> T {
+    package func withLock<T>(_ body: () throws -> T) rethrows -> T {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body()
@@ -30,7 +30,7 @@ public final class ConditionLock: @unchecked Sendable {
 
     /// Runs `body` under the lock if the lock is free now; nil (without running it) when another
     /// thread holds it. For best-effort work that must never wait (an abort's farewell).
-    public func withLockIfAvailable<T>(_ body: () throws -> T) rethrows -> T? {
+    package func withLockIfAvailable<T>(_ body: () throws -> T) rethrows -> T? {
         guard pthread_mutex_trylock(mutex) == 0 else { return nil }
         defer { pthread_mutex_unlock(mutex) }
         return try body()
@@ -38,7 +38,7 @@ public final class ConditionLock: @unchecked Sendable {
 
     /// Waits (the lock held) until `predicate` is true or `timeout` passes; returns the
     /// predicate's last value. Call inside `withLock`.
-    public func wait(until predicate: () -> Bool, timeout: Duration?) -> Bool {
+    package func wait(until predicate: () -> Bool, timeout: Duration?) -> Bool {
         let deadline = timeout.map { Monotonic.now + $0 }
         while !predicate() {
             if let deadline {
@@ -53,5 +53,5 @@ public final class ConditionLock: @unchecked Sendable {
         return true
     }
 
-    public func broadcast() { pthread_cond_broadcast(cond) }
+    package func broadcast() { pthread_cond_broadcast(cond) }
 }

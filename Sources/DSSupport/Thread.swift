@@ -5,13 +5,13 @@ import Glibc
 ///
 /// Every thread the library starts has a name of the form `ds-…` (`ds-send-3`, `ds-feedback`),
 /// so an embedder sees them in `top -H` and in a debugger.
-public final class OSThread: @unchecked Sendable {
+package final class OSThread: @unchecked Sendable {
     // @unchecked: `tid` is written once by pthread_create before any other access; `body`,
     // `name` and `faults` are immutable.
     private var tid = pthread_t()
     private let body: () -> Void
     /// The thread's name as the kernel shows it (at most 15 bytes: longer names are cut).
-    public let name: String
+    package let name: String
     /// The creating thread's injected resource faults (tests), inherited by this thread.
     private let faults: ResourceFaults?
 
@@ -22,7 +22,7 @@ public final class OSThread: @unchecked Sendable {
     /// - Throws: the error `pthread_create` returned (EAGAIN when the process or the system is
     ///   out of threads, ENOMEM), never a trap. The body has not run then.
     /// The corresponding C function is `pthread_create`, then `pthread_setname_np` on the thread.
-    public init(name: String, _ body: @escaping () -> Void) throws(Errno) {
+    package init(name: String, _ body: @escaping () -> Void) throws(Errno) {
         self.name = Self.kernelName(name)
         self.body = body
         faults = ResourceFaults.current
@@ -46,7 +46,7 @@ public final class OSThread: @unchecked Sendable {
         }
     }
 
-    public func join() { pthread_join(tid, nil) }
+    package func join() { pthread_join(tid, nil) }
 
     /// glibc's `pthread_setname_np`, which Swift's Glibc module does not declare (it needs
     /// `_GNU_SOURCE`); looked up once. Naming is best effort: nil leaves threads unnamed.

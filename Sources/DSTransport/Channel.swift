@@ -5,28 +5,28 @@ import DSCodec
 import DSSupport
 
 /// Counters one channel keeps; merged at the end.
-public struct ChannelStats: Sendable {
-    public var chunks: UInt64 = 0
-    public var rawBytes: UInt64 = 0
+package struct ChannelStats: Sendable {
+    package var chunks: UInt64 = 0
+    package var rawBytes: UInt64 = 0
     /// Bytes on the socket: headers, payloads, control frames.
-    public var wireBytes: UInt64 = 0
-    public var digest = TransferDigest()
-    public init() {}
-    public mutating func merge(_ o: ChannelStats) {
+    package var wireBytes: UInt64 = 0
+    package var digest = TransferDigest()
+    package init() {}
+    package mutating func merge(_ o: ChannelStats) {
         chunks += o.chunks; rawBytes += o.rawBytes; wireBytes += o.wireBytes; digest.merge(o.digest)
     }
 }
 
 /// A frame received on a channel. Data payloads are decoded and verified; `bytes` points into
 /// the channel's pool (`slot`) and is valid until the next `receive`.
-public struct ReceivedFrame {
-    public var header: FrameHeader
+package struct ReceivedFrame {
+    package var header: FrameHeader
     /// The decoded payload of a data frame (empty for control frames).
-    public var bytes: UnsafeRawBufferPointer
+    package var bytes: UnsafeRawBufferPointer
     /// The pool slot holding `bytes` (for fixed writes).
-    public var slot: Int
+    package var slot: Int
     /// A control frame's payload.
-    public var control: [UInt8]
+    package var control: [UInt8]
 }
 
 /// One channel: one thread's ring, one connection, a two-slot pool and an LZ4 state.
@@ -34,25 +34,25 @@ public struct ReceivedFrame {
 /// Create and use it on one thread. Memory is fixed at creation: slot 0 takes reads (sender) or
 /// received payloads (receiver), slot 1 takes compressed (sender) or decoded (receiver) bytes.
 /// Nothing is allocated per chunk.
-public final class Channel {
-    public let index: Int
+package final class Channel {
+    package let index: Int
     /// The socket, its TLS stream, send turn and guard; the channel sends through it.
-    public let connection: Connection
-    public let ring: Ring
-    public let pool: BufferPool
-    public let chunkSize: Int
-    public let timeout: Duration
+    package let connection: Connection
+    package let ring: Ring
+    package let pool: BufferPool
+    package let chunkSize: Int
+    package let timeout: Duration
     private let encoder: ChunkEncoder
-    public var stats = ChannelStats()
+    package var stats = ChannelStats()
     /// Slot holding raw input (sender) or received payload (receiver).
-    public let inSlot: Int
+    package let inSlot: Int
     /// Slot holding compressed output (sender) or decoded output (receiver).
-    public let outSlot: Int
+    package let outSlot: Int
     /// The largest chunk the peer may send (the session's chunk size).
-    public var maxChunk: Int
+    package var maxChunk: Int
     /// After a failed send, look for an error frame the peer left (off when another thread
     /// reads this socket, as the migration source's feedback reader does on channel 0).
-    public var peekPeerErrors = true
+    package var peekPeerErrors = true
     /// The connection's TLS stream (nil: plaintext, the ring's send/recv straight on the socket).
     package let secure: SecureStream?
 
@@ -62,7 +62,7 @@ public final class Channel {
     ///   - ring: this thread's ring; the channel registers its pool with it.
     /// - Throws: `.localIO` when its buffers (two slots of about `chunkSize`, an LZ4 state)
     ///   cannot be allocated; never a trap.
-    public init(index: Int, connection: Connection, ring: Ring, chunkSize: Int, compression: Bool, acceleration: Int,
+    package init(index: Int, connection: Connection, ring: Ring, chunkSize: Int, compression: Bool, acceleration: Int,
                 timeout: Duration, warn: (String) -> Void = { _ in }) throws(TransferError) {
         self.index = index
         self.connection = connection
@@ -84,7 +84,7 @@ public final class Channel {
     }
 
     /// The payload area to read a chunk into before `sendChunk`.
-    public var readBuffer: UnsafeMutableRawBufferPointer {
+    package var readBuffer: UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(rebasing: pool.payload(inSlot)[0..<chunkSize])
     }
 
@@ -92,7 +92,7 @@ public final class Channel {
 
     /// Encodes and sends the `length` bytes at the start of `readBuffer` as one data frame.
     /// Sends straight from the read slot when the chunk does not shrink.
-    public func sendChunk(type: FrameType, stream: UInt16 = 0, position: UInt64, length: Int, digestIndex: UInt64,
+    package func sendChunk(type: FrameType, stream: UInt16 = 0, position: UInt64, length: Int, digestIndex: UInt64,
                           flags: FrameFlags = [], aux: UInt32 = 0) throws(TransferError) {
         let raw = UnsafeRawBufferPointer(rebasing: pool.payload(inSlot)[0..<length])
         let out = pool.payload(outSlot)
@@ -114,7 +114,7 @@ public final class Channel {
     }
 
     /// Sends a control frame (header, then payload, one send in flight at a time).
-    public func sendControl(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0,
+    package func sendControl(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0,
                             payload: [UInt8] = []) throws(TransferError) {
         let frame = controlFrame(type, stream: stream, aux: aux, position: position, payload: payload)
         connection.sendTurn.beginChannelSend()
@@ -181,7 +181,7 @@ public final class Channel {
     /// Receives the next frame: validates the header before anything else, bounds every
     /// length, then decodes and verifies data payloads. `keepalive` frames are skipped here,
     /// between any two frames: each restarts the stall timeout.
-    public func receive(timeout: Duration? = nil) throws(TransferError) -> ReceivedFrame {
+    package func receive(timeout: Duration? = nil) throws(TransferError) -> ReceivedFrame {
         let hbuf = pool.header(inSlot)
         var header: FrameHeader
         repeat {
@@ -240,7 +240,7 @@ public final class Channel {
     }
 
     /// Fails with the message of an `error` frame, or a protocol error for an unexpected type.
-    public static func unexpected(_ frame: ReceivedFrame, expecting: String, channel: Int) -> TransferError {
+    package static func unexpected(_ frame: ReceivedFrame, expecting: String, channel: Int) -> TransferError {
         if frame.header.type == .error || frame.header.type == .reject,
            let m = try? ErrorMessage.decode(frame.control) {
             return TransferError(.remote, m.message)
@@ -250,7 +250,7 @@ public final class Channel {
 }
 
 /// A whole control frame, header and payload: the one place control frames are built.
-public func controlFrame(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0,
+package func controlFrame(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0, position: UInt64 = 0,
                          payload: [UInt8] = []) -> [UInt8] {
     precondition(payload.count <= WireLimits.maxControlPayload)
     let header = FrameHeader(type: type, stream: stream, rawLength: UInt32(payload.count), wireLength: UInt32(payload.count),
@@ -265,7 +265,7 @@ public func controlFrame(_ type: FrameType, stream: UInt16 = 0, aux: UInt32 = 0,
 
 extension ErrorMessage {
     /// This message as a whole `error` (or `reject`) frame.
-    public func frame(type: FrameType = .error) -> [UInt8] { controlFrame(type, payload: encoded()) }
+    package func frame(type: FrameType = .error) -> [UInt8] { controlFrame(type, payload: encoded()) }
 
     /// An `accept` frame (empty payload).
     package static let acceptFrame: [UInt8] = controlFrame(.accept)
@@ -273,7 +273,7 @@ extension ErrorMessage {
 
 extension AbortSignal {
     /// A session's abort signal whose farewell tells the peer "the `side` failed: why".
-    public convenience init(side: String) {
+    package convenience init(side: String) {
         self.init(farewell: { ErrorMessage(code: 1, message: "the \(side) failed: \($0.message)").frame() })
     }
 }

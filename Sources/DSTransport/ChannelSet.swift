@@ -6,7 +6,7 @@ import DSSupport
 
 /// Opens the N channels of a session, one `WorkerGroup` thread each: shared by point-to-point
 /// transfers and migrations.
-public enum ChannelSet {
+package enum ChannelSet {
     /// Sender side: each thread makes its ring, connects, sends its preamble and waits for the
     /// receiver's `accept`. The caller closes `connections` (indexed by channel) after shutting
     /// the group down. Each connection is watched by `abort`.
@@ -19,7 +19,7 @@ public enum ChannelSet {
     /// session. Plaintext to a non-loopback address is refused unless `options.allowInsecure`.
     /// Every channel's ring runs on `backend` (the session's: `IOBackend.resolve`). The threads
     /// are named `ds-send-N` (`ds-recv-N` for `serve`).
-    public static func connect(to endpoint: Endpoint, options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
+    package static func connect(to endpoint: Endpoint, options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
                                abort: AbortSignal, backend: IOBackendKind,
                                warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (group: WorkerGroup<Channel>, connections: [Connection]) {
         try options.checkPlaintext(endpoint)
@@ -33,7 +33,7 @@ public enum ChannelSet {
     /// first). The session takes them: they are closed with the connections, or here on failure.
     /// Plaintext needs every peer to be local (loopback or a Unix socket) unless
     /// `options.allowInsecure`.
-    public static func connect(adopting fds: [Int32], options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
+    package static func connect(adopting fds: [Int32], options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
                                abort: AbortSignal, backend: IOBackendKind,
                                warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (group: WorkerGroup<Channel>, connections: [Connection]) {
         let adopted = fds.map { Connection(fd: $0) }
@@ -111,7 +111,7 @@ public enum ChannelSet {
 
     /// Receiver side: one thread per accepted connection, each with its ring and channel. Each
     /// connection is watched by `abort`; the caller closes them.
-    public static func serve(_ session: SessionInfo, connections: [Connection], options: TransferOptions, abort: AbortSignal,
+    package static func serve(_ session: SessionInfo, connections: [Connection], options: TransferOptions, abort: AbortSignal,
                              backend: IOBackendKind, warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> WorkerGroup<Channel> {
         for c in connections { abort.watch(c) }
         return try WorkerGroup<Channel>(count: session.channelCount, name: "ds-recv", abort: abort) { (i) throws(TransferError) in

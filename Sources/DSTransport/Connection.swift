@@ -36,24 +36,24 @@ package enum SendMode: Sendable {
 /// Every send goes through `send(_:timeout:ring:mode:)`, the one send-within-a-deadline funnel:
 /// through the TLS stream when there is one, and in any case through `SocketSend.sendAll`, where
 /// a `FaultPlan` (`faults`) or the ring's `FaultInjector` can inject faults.
-public final class Connection: Sendable {
+package final class Connection: Sendable {
     // Sendable: every stored property is immutable or thread-safe by itself. The TLS stream is
     // stored at most once (`startTLS`, before the connection's first frame) and locks itself;
     // the send turn and the guard are atomics; `closed` is under its mutex, which `close` and
     // `shutdown` both take, so the fd is closed exactly once and never shut down after that
     // (its number may belong to another socket by then).
-    public let fd: Int32
+    package let fd: Int32
     /// Who sends now: the channel's thread or the keepalive pacer.
-    public let sendTurn = SendTurn()
+    package let sendTurn = SendTurn()
     /// Set while a frame is half sent on the socket (then no farewell may be sent).
-    public let socketGuard = SocketGuard()
+    package let socketGuard = SocketGuard()
     /// Faults to inject into this connection's sends (tests); nil in production.
     package let faults: FaultPlan?
     private let stream = AtomicLazyReference<SecureStream>()
     private let closed = Mutex(false)
 
     /// Adopts the connected socket `fd`: the connection closes it.
-    public convenience init(fd: Int32) { self.init(fd: fd, faults: nil) }
+    package convenience init(fd: Int32) { self.init(fd: fd, faults: nil) }
 
     /// Adopts `fd`, with `faults` injected into every send on it (TLS flights included; a ring
     /// used for a send applies its own injector as well).
@@ -77,7 +77,7 @@ public final class Connection: Sendable {
     }
 
     /// Closes the socket, once: later calls, and deinit, do nothing.
-    public func close() {
+    package func close() {
         closed.withLock { done in
             guard !done else { return }
             done = true
@@ -86,11 +86,11 @@ public final class Connection: Sendable {
     }
 
     /// Whether `close` has run.
-    public var isClosed: Bool { closed.withLock { $0 } }
+    package var isClosed: Bool { closed.withLock { $0 } }
 
     /// Shuts the socket down (both ways by default), which wakes every thread blocked on it.
     /// Does nothing once the connection is closed.
-    public func shutdown(_ how: Int32 = Int32(SHUT_RDWR)) {
+    package func shutdown(_ how: Int32 = Int32(SHUT_RDWR)) {
         closed.withLock { done in
             if !done { _ = Glibc.shutdown(fd, how) }
         }
@@ -187,12 +187,12 @@ public final class Connection: Sendable {
 
 /// Who sends on one socket right now: the channel's own thread (a frame) or the keepalive
 /// pacer, never both, so a keepalive never lands inside a frame.
-public final class SendTurn: Sendable {
+package final class SendTurn: Sendable {
     private static let idle = 0, channel = 1, pacer = 2, retired = 3
     private let state = Atomic<Int>(0)
     /// CLOCK_MONOTONIC nanoseconds of the end of the last send on the socket.
     private let lastSend = Atomic<UInt64>(Monotonic.nanoseconds)
-    public init() {}
+    package init() {}
 
     /// The channel's thread takes the socket for one frame (waits out a keepalive in flight:
     /// 40 bytes, non-blocking, so microseconds).
@@ -211,7 +211,7 @@ public final class SendTurn: Sendable {
     }
 
     /// No keepalive after this (the channel sent its last data frame and its end).
-    public func retire() {
+    package func retire() {
         while true {
             let s = state.load(ordering: .acquiring)
             if s == Self.retired { return }
@@ -235,11 +235,11 @@ public final class SendTurn: Sendable {
 /// Whether a frame is half sent on a connection (then no farewell may be sent: it would land
 /// inside that frame). Set and cleared by `Connection.send`; a send that fails half way leaves
 /// it set.
-public final class SocketGuard: Sendable {
+package final class SocketGuard: Sendable {
     private let sending = Atomic<Bool>(false)
     init() {}
-    public var midFrame: Bool { sending.load(ordering: .acquiring) }
-    public func setMidFrame(_ v: Bool) { sending.store(v, ordering: .releasing) }
+    package var midFrame: Bool { sending.load(ordering: .acquiring) }
+    package func setMidFrame(_ v: Bool) { sending.store(v, ordering: .releasing) }
 }
 
 extension ConnectionFailure {

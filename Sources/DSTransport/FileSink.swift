@@ -6,15 +6,15 @@ import DSSupport
 
 /// Where a receiver writes: a regular file (through `FILE.partial`, renamed only once the whole
 /// transfer is verified), a device written in place, or stdout (`-`).
-public final class FileSink: @unchecked Sendable {
+package final class FileSink: @unchecked Sendable {
     // @unchecked: `fd`, paths and flags are immutable after init; `next` and `covered` are
     // guarded by `turn`.
-    public let path: String
-    public let fd: Int32
+    package let path: String
+    package let fd: Int32
     /// The file written until the transfer is verified (nil when writing in place).
-    public let partialPath: String?
+    package let partialPath: String?
     /// Whether writes may go at offsets (else they go in order, by chunk index).
-    public let seekable: Bool
+    package let seekable: Bool
     private let ownsFD: Bool
     private let turn = ConditionLock()
     private var next: UInt64 = 0
@@ -38,7 +38,7 @@ public final class FileSink: @unchecked Sendable {
     /// file system's free space fails now, before any file is created, and the space is
     /// preallocated (`reserveOnce`) only when the first verified data frame arrives — a lone
     /// hostile preamble reserves nothing.
-    public init(path: String, size: UInt64?) throws(TransferError) {
+    package init(path: String, size: UInt64?) throws(TransferError) {
         self.path = path
         if path == "-" {
             fd = 1; ownsFD = false; partialPath = nil; seekable = false; reserveSize = nil
@@ -170,7 +170,7 @@ public final class FileSink: @unchecked Sendable {
     }
 
     /// Removes the partial file after a failure: a truncated file never sits under FILE's name.
-    public func discard() {
+    package func discard() {
         guard !finished, let partial = partialPath else { return }
         unlink(partial)
         finished = true

@@ -6,14 +6,14 @@ import DSCodec
 import DSSupport
 
 /// Where a sender's bytes come from.
-public final class TransferSource: @unchecked Sendable {
+package final class TransferSource: @unchecked Sendable {
     // @unchecked: `fd`, `mode`, `size` are immutable; the ordered reader's position is guarded
     // by `lock`; `nextChunk` is atomic.
-    public let fd: Int32
-    public let mode: TransferMode
+    package let fd: Int32
+    package let mode: TransferMode
     /// Total bytes (addressable), or nil for a stream.
-    public let size: UInt64?
-    public let name: String
+    package let size: UInt64?
+    package let name: String
     private let ownsFD: Bool
     private let nextChunk = Atomic<UInt64>(0)
     private let lock = ConditionLock()
@@ -22,7 +22,7 @@ public final class TransferSource: @unchecked Sendable {
 
     /// Opens `path` (`-` for stdin). Regular files and block devices are addressable; pipes,
     /// character devices and stdin are ordered streams.
-    public init(path: String) throws(TransferError) {
+    package init(path: String) throws(TransferError) {
         name = path
         if path == "-" {
             fd = 0; ownsFD = false
@@ -112,8 +112,8 @@ public final class TransferSource: @unchecked Sendable {
 /// Threading: one `WorkerGroup` thread per connection; each owns a ring, a two-slot registered
 /// pool and an LZ4 state, and runs read → hash/compress → send for the chunks it claims. The
 /// caller's thread only sends the end-of-stream totals on channel 0 and waits for the ack.
-public enum TransferSender {
-    public static func send(_ source: TransferSource, to endpoint: Endpoint, options: TransferOptions,
+package enum TransferSender {
+    package static func send(_ source: TransferSource, to endpoint: Endpoint, options: TransferOptions,
                             progress: TransferProgress = TransferProgress(),
                             warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) -> TransferReport {
         let start = Monotonic.now

@@ -8,7 +8,7 @@ import DSSupport
 /// is idle (never inside a frame, never concurrently with the channel's thread), through the
 /// connection's funnel in `.ifRoom` mode: only when the socket has room for it at once (a full
 /// socket buffer means the receiver has data to read anyway).
-public final class KeepalivePacer: @unchecked Sendable {
+package final class KeepalivePacer: @unchecked Sendable {
     // @unchecked: `entries` and `stopped` are guarded by `lock`; the thread is joined in `stop`.
     private let lock = ConditionLock()
     private var entries: [Connection] = []
@@ -20,11 +20,11 @@ public final class KeepalivePacer: @unchecked Sendable {
 
     /// The idle time after which a channel sends a keepalive: 250 ms, or a quarter of `timeout`
     /// if that is less (well under any receiver's stall timeout of a second or more).
-    public static func interval(timeout: Duration) -> Duration { min(.milliseconds(250), timeout / 4) }
+    package static func interval(timeout: Duration) -> Duration { min(.milliseconds(250), timeout / 4) }
 
     /// Starts the pacing thread, `ds-keepalive`.
     /// - Throws: `.localIO` when the thread cannot be started.
-    public init(interval: Duration, abort: AbortSignal) throws(TransferError) {
+    package init(interval: Duration, abort: AbortSignal) throws(TransferError) {
         self.interval = interval
         self.abort = abort
         do { thread = try OSThread(name: "ds-keepalive") { [self] in run() } } catch {
@@ -35,12 +35,12 @@ public final class KeepalivePacer: @unchecked Sendable {
     deinit { stop() }
 
     /// Starts pacing `connection` (a channel's); its sends take `connection.sendTurn`.
-    public func add(_ connection: Connection) {
+    package func add(_ connection: Connection) {
         lock.withLock { entries.append(connection) }
     }
 
     /// Stops and joins the thread. Idempotent.
-    public func stop() {
+    package func stop() {
         let t = lock.withLock { () -> OSThread? in
             stopped = true
             lock.broadcast()

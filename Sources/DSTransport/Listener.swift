@@ -4,13 +4,13 @@ import DSWire
 import DSSupport
 
 /// What the first valid preamble establishes.
-public struct SessionInfo: Sendable {
-    public var id: SessionID
-    public var mode: TransferMode
-    public var channelCount: Int
-    public var chunkSize: Int
-    public var totalSize: UInt64?
-    public var features: FeatureBits
+package struct SessionInfo: Sendable {
+    package var id: SessionID
+    package var mode: TransferMode
+    package var channelCount: Int
+    package var chunkSize: Int
+    package var totalSize: UInt64?
+    package var features: FeatureBits
 }
 
 /// Accepts the N connections of one session on a listening socket, on its own thread and ring.
@@ -34,14 +34,14 @@ public struct SessionInfo: Sendable {
 /// This file holds the listener's life (accepting, the reader threads, handing the session
 /// out, stopping); `Listener+Joining.swift` what happens to one connection (TLS, preamble,
 /// token, the session's checks, and turning strangers away).
-public final class SessionListener: @unchecked Sendable {
+package final class SessionListener: @unchecked Sendable {
     // @unchecked: `joined`, `session`, `failure`, `stopping`, `handedOut`, `sessionToken`,
     // `pending`, `finished`, `reserved` and the counters are guarded by `lock`; the listening fd,
     // `security`, `timeout`, `backend` and `warn` are immutable. (Internal, not private: the
     // joining half in `Listener+Joining.swift` uses them.)
-    public let fd: Int32
-    public let port: UInt16
-    public let endpoint: Endpoint
+    package let fd: Int32
+    package let port: UInt16
+    package let endpoint: Endpoint
     let lock = ConditionLock()
     var session: SessionInfo?
     var joined: [Int: Connection] = [:]
@@ -57,14 +57,14 @@ public final class SessionListener: @unchecked Sendable {
     private let backend: IOBackendKind
     let warn: @Sendable (String) -> Void
     /// Connections rejected so far (tests read it).
-    public internal(set) var rejectedCount = 0
+    package internal(set) var rejectedCount = 0
     /// The server side's TLS context (nil: plaintext).
     let security: SecurityContext?
     /// The session token exported from channel 0's TLS connection.
     var sessionToken: [UInt8]?
     /// The most connections whose preamble is read at once: a whole session's channels (which
     /// arrive together once channel 0 is accepted) and a few strangers besides.
-    public static let maxPending = Int(WireLimits.maxChannels) + 16
+    package static let maxPending = Int(WireLimits.maxChannels) + 16
     /// Connections whose preamble is being read, by id: the reading thread, and the connection
     /// while that thread still owns it (nil once it closed it or handed it on).
     private var pending: [Int: (thread: OSThread?, connection: Connection?)] = [:]
@@ -74,19 +74,19 @@ public final class SessionListener: @unchecked Sendable {
     /// Channel indexes claimed by a connection whose `accept` is being sent.
     var reserved: Set<Int> = []
     /// Connections whose preamble is being read now (tests read it).
-    public var pendingCount: Int { lock.withLock { pending.count - finished.count } }
+    package var pendingCount: Int { lock.withLock { pending.count - finished.count } }
     /// Connections dropped so far for sending nothing, or for exceeding `maxPending`.
-    public internal(set) var droppedCount = 0
+    package internal(set) var droppedCount = 0
 
     /// Listens with `options`' timeout, backend and security; refuses plaintext on a
     /// non-loopback address unless `options.allowInsecure`.
-    public convenience init(endpoint: Endpoint, options: TransferOptions,
+    package convenience init(endpoint: Endpoint, options: TransferOptions,
                             warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         try options.checkPlaintext(endpoint)
         try self.init(endpoint: endpoint, timeout: options.timeout, backend: options.backend, security: options.security, warn: warn)
     }
 
-    public init(endpoint: Endpoint, timeout: Duration, backend: IOBackendKind? = nil, security: SecurityOptions? = nil,
+    package init(endpoint: Endpoint, timeout: Duration, backend: IOBackendKind? = nil, security: SecurityOptions? = nil,
                 warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         self.security = try security.map { (o) throws(TransferError) in try SecurityContext(o, server: true) }
         (fd, port) = try Sockets.listen(endpoint)
@@ -101,7 +101,7 @@ public final class SessionListener: @unchecked Sendable {
     /// expects (the sender's channel 0 must be among them). It takes them: they are closed with
     /// the session's connections, or by `stop` when no session took them. Plaintext needs every
     /// peer to be local (loopback or a Unix socket) unless `options.allowInsecure`.
-    public init(adopting fds: [Int32], options: TransferOptions,
+    package init(adopting fds: [Int32], options: TransferOptions,
                 warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         let connections = fds.map { Connection(fd: $0) }
         do {
@@ -127,7 +127,7 @@ public final class SessionListener: @unchecked Sendable {
     /// Starts accepting on a background thread, `ds-accept` (or admits the handed-in sockets);
     /// each connection's preamble is read on a short-lived thread of its own, `ds-preamble`.
     /// - Throws: `.localIO` when the thread cannot be started.
-    public func start() throws(TransferError) {
+    package func start() throws(TransferError) {
         if fd < 0 {
             for c in lock.withLock({ defer { adopted = [] }; return adopted }) { admit(c) }
             return
@@ -139,7 +139,7 @@ public final class SessionListener: @unchecked Sendable {
 
     /// Waits until every channel of the session has joined.
     /// - Returns: the session and its connections by channel index (the caller closes them).
-    public func waitForSession(timeout: Duration?) throws(TransferError) -> (SessionInfo, [Connection]) {
+    package func waitForSession(timeout: Duration?) throws(TransferError) -> (SessionInfo, [Connection]) {
         var result: (SessionInfo, [Connection])?
         var err: TransferError?
         lock.withLock {
@@ -167,12 +167,12 @@ public final class SessionListener: @unchecked Sendable {
     }
 
     /// Ends a `waitForSession` now with `error` (the caller cancelled); later waits fail too.
-    public func fail(_ error: TransferError) {
+    package func fail(_ error: TransferError) {
         lock.withLock { if failure == nil { failure = error }; lock.broadcast() }
     }
 
     /// Stops accepting and joins the threads. Idempotent.
-    public func stop() {
+    package func stop() {
         lock.withLock { stopping = true }
         if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
         for c in lock.withLock({ defer { adopted = [] }; return adopted }) { c.close() }

@@ -45,10 +45,10 @@ public struct Endpoint: Sendable, CustomStringConvertible {
 }
 
 /// Socket set-up helpers (plain syscalls: set-up is not the data path).
-public enum Sockets {
+package enum Sockets {
     /// Connects a new TCP socket through `ring` (IORING_OP_CONNECT); the caller wraps it in a
     /// `Connection`, which closes it.
-    public static func connect(_ endpoint: Endpoint, ring: Ring, timeout: Duration) throws(TransferError) -> Int32 {
+    package static func connect(_ endpoint: Endpoint, ring: Ring, timeout: Duration) throws(TransferError) -> Int32 {
         var (storage, length, family) = try endpoint.resolve()
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw TransferError(.connect, "socket() failed: \(Errno.current)") }
@@ -69,7 +69,7 @@ public enum Sockets {
     /// Checks sockets handed in by the caller: `count` of them, each an open stream socket,
     /// and, for plaintext without `allowInsecure`, each with a local peer (loopback or a Unix
     /// socket): other hosts get TLS.
-    public static func checkAdopted(_ fds: [Int32], count: Int, options: TransferOptions) throws(TransferError) {
+    package static func checkAdopted(_ fds: [Int32], count: Int, options: TransferOptions) throws(TransferError) {
         guard fds.count == count else {
             throw TransferError(.usage, "\(fds.count) sockets were handed in for a \(count)-connection session", hint: "hand in one connected socket per connection")
         }
@@ -87,7 +87,7 @@ public enum Sockets {
     }
 
     /// Whether `fd`'s peer is on this host: a Unix socket, or a loopback address.
-    public static func isLocalPeer(_ fd: Int32) -> Bool {
+    package static func isLocalPeer(_ fd: Int32) -> Bool {
         var storage = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let rc = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) } }
@@ -109,13 +109,13 @@ public enum Sockets {
     /// Socket options for data channels. Timeouts are per call (`Ring.perform(_:timeout:)`:
     /// io_uring waits with a deadline, the blocking backend polls), not SO_RCVTIMEO, so a call
     /// that asks for a longer wait (the ack after an fsync) gets it.
-    public static func configure(_ fd: Int32) {
+    package static func configure(_ fd: Int32) {
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))  // fails harmlessly on a Unix socket
     }
 
     /// A listening socket on `endpoint` (port 0 picks a free port); returns it and the real port.
-    public static func listen(_ endpoint: Endpoint) throws(TransferError) -> (fd: Int32, port: UInt16) {
+    package static func listen(_ endpoint: Endpoint) throws(TransferError) -> (fd: Int32, port: UInt16) {
         var (storage, length, family) = try endpoint.resolve()
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw TransferError(.localIO, "socket() failed: \(Errno.current)") }

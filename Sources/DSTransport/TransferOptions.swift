@@ -51,33 +51,33 @@ public struct TransferOptions: Sendable {
 }
 
 /// What a finished (or failed) transfer reports.
-public struct TransferReport: Sendable {
-    public var completed: Bool
-    public var error: TransferError?
+package struct TransferReport: Sendable {
+    package var completed: Bool
+    package var error: TransferError?
     /// Raw bytes moved.
-    public var bytes: UInt64 = 0
+    package var bytes: UInt64 = 0
     /// Bytes on the wire (headers, payloads, control).
-    public var wireBytes: UInt64 = 0
-    public var chunks: UInt64 = 0
-    public var elapsed: Duration = .zero
-    public var connections: Int
-    public var compression: Bool
+    package var wireBytes: UInt64 = 0
+    package var chunks: UInt64 = 0
+    package var elapsed: Duration = .zero
+    package var connections: Int
+    package var compression: Bool
     /// The transfer digest (hex), equal at both ends for a complete transfer.
-    public var digest: UInt64?
+    package var digest: UInt64?
     /// The backend the channels' rings ran on (before any ran: the one the session chose).
-    public var backend: IOBackendKind
-    public var throughput: Double { elapsed > .zero ? Double(bytes) / elapsed.seconds : 0 }
+    package var backend: IOBackendKind
+    package var throughput: Double { elapsed > .zero ? Double(bytes) / elapsed.seconds : 0 }
 }
 
 /// Live progress, readable from any thread (for progress lines).
-public final class TransferProgress: Sendable {
+package final class TransferProgress: Sendable {
     private let _bytes = Atomic<UInt64>(0)
     private let _wire = Atomic<UInt64>(0)
-    public let total = Atomic<UInt64>(UInt64.max)
-    public init() {}
-    public var bytes: UInt64 { _bytes.load(ordering: .relaxed) }
-    public var wireBytes: UInt64 { _wire.load(ordering: .relaxed) }
-    public func add(bytes: UInt64, wire: UInt64) {
+    package let total = Atomic<UInt64>(UInt64.max)
+    package init() {}
+    package var bytes: UInt64 { _bytes.load(ordering: .relaxed) }
+    package var wireBytes: UInt64 { _wire.load(ordering: .relaxed) }
+    package func add(bytes: UInt64, wire: UInt64) {
         _bytes.add(bytes, ordering: .relaxed)
         _wire.add(wire, ordering: .relaxed)
     }

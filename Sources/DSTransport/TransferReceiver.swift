@@ -13,14 +13,14 @@ import DSSupport
 /// chunk's offset (or in order, for streams and unseekable outputs). Nothing is reported
 /// complete — and `FILE.partial` is not renamed to `FILE` — until every chunk is covered, the
 /// totals and digest match the sender's end-of-stream, and the data is fsynced.
-public final class TransferReceiver {
-    public let listener: SessionListener
-    public let options: TransferOptions
-    public let progress = TransferProgress()
+package final class TransferReceiver {
+    package let listener: SessionListener
+    package let options: TransferOptions
+    package let progress = TransferProgress()
     private let warn: @Sendable (String) -> Void
 
     /// Binds `endpoint` (port 0 picks one: see `listener.endpoint`) and starts accepting.
-    public init(listen endpoint: Endpoint, options: TransferOptions,
+    package init(listen endpoint: Endpoint, options: TransferOptions,
                 warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         try options.validate()
         self.options = options
@@ -31,7 +31,7 @@ public final class TransferReceiver {
 
     /// Receives one transfer into `output` (a path, or `-` for stdout).
     /// - Parameter acceptTimeout: how long to wait for a sender (nil: forever).
-    public func receive(output: String, acceptTimeout: Duration? = nil) -> TransferReport {
+    package func receive(output: String, acceptTimeout: Duration? = nil) -> TransferReport {
         let backend = IOBackend.resolve(options.backend, warn: warn)
         var report = TransferReport(completed: false, connections: 0, compression: false, backend: backend)
         var start = Monotonic.now

@@ -3,7 +3,7 @@ import DSSupport
 
 /// The first error of a session, and the connections to shut down when it happens so that every
 /// other thread blocked on one of them returns at once.
-public final class AbortSignal: @unchecked Sendable {
+package final class AbortSignal: @unchecked Sendable {
     // @unchecked: all state is guarded by `lock`.
     private let lock = ConditionLock()
     private var first: TransferError?
@@ -13,14 +13,14 @@ public final class AbortSignal: @unchecked Sendable {
     /// down, so the peer learns why: an `error` frame.
     private let farewell: (@Sendable (TransferError) -> [UInt8])?
 
-    public init(farewell: (@Sendable (TransferError) -> [UInt8])? = nil) { self.farewell = farewell }
+    package init(farewell: (@Sendable (TransferError) -> [UInt8])? = nil) { self.farewell = farewell }
 
-    public var error: TransferError? { lock.withLock { first } }
-    public var isAborted: Bool { error != nil }
+    package var error: TransferError? { lock.withLock { first } }
+    package var isAborted: Bool { error != nil }
 
     /// Adds a connection to tell and shut down on abort (and shuts it down now if already
     /// aborted). The farewell is skipped while its `socketGuard` says a frame is half sent.
-    public func watch(_ connection: Connection) {
+    package func watch(_ connection: Connection) {
         let aborted = lock.withLock { () -> Bool in connections.append(connection); return first != nil }
         if aborted { connection.shutdown() }
     }
@@ -28,7 +28,7 @@ public final class AbortSignal: @unchecked Sendable {
     /// Registers `wake`, called once on abort: it must wake threads waiting on conditions of
     /// their own (ordered-write turnstiles, round barriers) so they see the abort at once.
     /// Called immediately if the session has already aborted.
-    public func onAbort(_ wake: @escaping @Sendable () -> Void) {
+    package func onAbort(_ wake: @escaping @Sendable () -> Void) {
         let aborted = lock.withLock { () -> Bool in
             if first == nil { wakers.append(wake) }
             return first != nil
@@ -39,7 +39,7 @@ public final class AbortSignal: @unchecked Sendable {
     /// Records `error` if it is the first, then shuts every watched socket down.
     /// - Returns: true if this was the first error.
     @discardableResult
-    public func abort(_ error: TransferError) -> Bool {
+    package func abort(_ error: TransferError) -> Bool {
         let (isFirst, watched) = lock.withLock { () -> (Bool, [Connection]) in
             guard first == nil else { return (false, []) }
             first = error
@@ -60,7 +60,7 @@ public final class AbortSignal: @unchecked Sendable {
     /// Records the first error without shutting sockets (the caller still wants to tell the
     /// peer why before closing).
     @discardableResult
-    public func record(_ error: TransferError) -> Bool {
+    package func record(_ error: TransferError) -> Bool {
         let isFirst = lock.withLock { () -> Bool in
             guard first == nil else { return false }
             first = error
@@ -72,7 +72,7 @@ public final class AbortSignal: @unchecked Sendable {
     }
 
     /// Shuts every watched connection down.
-    public func shutdownAll() {
+    package func shutdownAll() {
         for c in lock.withLock({ connections }) { c.shutdown() }
     }
 }
@@ -82,10 +82,10 @@ public final class AbortSignal: @unchecked Sendable {
 /// Work is dispatched per transfer phase (connect, a round of chunks, end of stream), never per
 /// chunk: `run` hands every thread the same job and waits for all of them. The first error
 /// aborts the session (`AbortSignal`) and is what `run` throws.
-public final class WorkerGroup<Context>: @unchecked Sendable {
+package final class WorkerGroup<Context>: @unchecked Sendable {
     // @unchecked: `job`, `generation`, `pending`, `stopping` are guarded by `lock`; each
     // `Context` is created, used and destroyed on its own thread only.
-    public typealias Job = (Int, Context) throws(TransferError) -> Void
+    package typealias Job = (Int, Context) throws(TransferError) -> Void
     private let lock = ConditionLock()
     private var job: Job?
     private var target: Int?
@@ -93,13 +93,13 @@ public final class WorkerGroup<Context>: @unchecked Sendable {
     private var pending = 0
     private var stopping = false
     private var threads: [OSThread] = []
-    public let abort: AbortSignal
-    public let count: Int
+    package let abort: AbortSignal
+    package let count: Int
 
     /// Starts `count` threads, named `name-0`, `name-1`...; each makes its context with `make`
     /// on itself. If a thread cannot be started, or any `make` fails, the group is aborted, the
     /// threads already started are joined, and the error thrown.
-    public init(count: Int, name: String, abort: AbortSignal,
+    package init(count: Int, name: String, abort: AbortSignal,
                 make: @escaping (Int) throws(TransferError) -> Context) throws(TransferError) {
         self.count = count
         self.abort = abort
@@ -146,7 +146,7 @@ public final class WorkerGroup<Context>: @unchecked Sendable {
     }
 
     /// Runs `job` on every thread (or only on `only`) and waits for all of them.
-    public func run(only: Int? = nil, _ job: @escaping Job) throws(TransferError) {
+    package func run(only: Int? = nil, _ job: @escaping Job) throws(TransferError) {
         if let e = abort.error { throw e }
         lock.withLock {
             self.job = job
@@ -161,7 +161,7 @@ public final class WorkerGroup<Context>: @unchecked Sendable {
     }
 
     /// Stops and joins the threads. Idempotent.
-    public func shutdown() {
+    package func shutdown() {
         let ts = lock.withLock { () -> [OSThread] in
             stopping = true
             lock.broadcast()

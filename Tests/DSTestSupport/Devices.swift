@@ -5,7 +5,7 @@ import DSDevices
 
 /// Runs `body` and checks it throws a `DeviceError` with `code` (and a message containing `contains`).
 @discardableResult
-public func expectError(_ code: DeviceError.Code, _ contains: String? = nil,
+package func expectError(_ code: DeviceError.Code, _ contains: String? = nil,
                         sourceLocation: SourceLocation = #_sourceLocation,
                         _ body: () throws -> Void) -> DeviceError? {
     do {
@@ -25,10 +25,10 @@ public func expectError(_ code: DeviceError.Code, _ contains: String? = nil,
     }
 }
 
-public func sleepMs(_ ms: Int) { usleep(useconds_t(ms * 1000)) }
+package func sleepMs(_ ms: Int) { usleep(useconds_t(ms * 1000)) }
 
 /// Copies the given chunks from an addressable source to an addressable destination with pread/pwrite.
-public func copyChunks(_ chunks: [UInt64], from src: any AddressableDevice, to dst: any AddressableDevice) throws -> Int {
+package func copyChunks(_ chunks: [UInt64], from src: any AddressableDevice, to dst: any AddressableDevice) throws -> Int {
     let sfd = try src.dataFD(for: .save)
     let dfd = try dst.dataFD(for: .load)
     let chunk = src.trackingChunkSize
@@ -48,7 +48,7 @@ public func copyChunks(_ chunks: [UInt64], from src: any AddressableDevice, to d
 }
 
 /// Reads a stream device until `read` returns 0, with a buffer of `bufferSize` bytes.
-public func drain(_ dev: any StreamDevice, bufferSize: Int) throws -> [UInt8] {
+package func drain(_ dev: any StreamDevice, bufferSize: Int) throws -> [UInt8] {
     var out: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: bufferSize)
     while true {
@@ -60,9 +60,9 @@ public func drain(_ dev: any StreamDevice, bufferSize: Int) throws -> [UInt8] {
 }
 
 /// A small seeded RNG for test splits.
-public struct TestRNG {
-    public var s: UInt64
-    public init(_ seed: UInt64) { s = seed | 1 }
-    public mutating func next() -> UInt64 { s ^= s >> 12; s ^= s << 25; s ^= s >> 27; return s &* 0x2545_F491_4F6C_DD1D }
-    public mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+package struct TestRNG {
+    package var s: UInt64
+    package init(_ seed: UInt64) { s = seed | 1 }
+    package mutating func next() -> UInt64 { s ^= s >> 12; s ^= s << 25; s ^= s >> 27; return s &* 0x2545_F491_4F6C_DD1D }
+    package mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
 }

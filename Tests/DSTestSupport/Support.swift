@@ -6,12 +6,12 @@ import DSCodec
 import DSTransport
 import DSSupport
 
-public func tmpPath(_ name: String) -> String {
+package func tmpPath(_ name: String) -> String {
     "/tmp/dstransport-\(getpid())-\(UInt32.random(in: 0...UInt32.max))-\(name)"
 }
 
 /// Seeded bytes with mixed compressibility: zero runs, a counter pattern, random.
-public func testData(_ count: Int, seed: UInt64) -> [UInt8] {
+package func testData(_ count: Int, seed: UInt64) -> [UInt8] {
     var s = seed &* 0x9E37_79B9_7F4A_7C15 | 1
     var out = [UInt8](repeating: 0, count: count)
     var i = 0
@@ -30,17 +30,17 @@ public func testData(_ count: Int, seed: UInt64) -> [UInt8] {
     return out
 }
 
-public func writeFile(_ path: String, _ bytes: [UInt8]) {
+package func writeFile(_ path: String, _ bytes: [UInt8]) {
     _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
 }
 
-public func readFile(_ path: String) -> [UInt8]? {
+package func readFile(_ path: String) -> [UInt8]? {
     FileManager.default.contents(atPath: path).map { [UInt8]($0) }
 }
 
-public func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+package func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
-public func options(connections: Int = 2, compression: Bool = true, chunk: Int = 64 << 10, timeout: Duration = .seconds(5),
+package func options(connections: Int = 2, compression: Bool = true, chunk: Int = 64 << 10, timeout: Duration = .seconds(5),
              backend: IOBackendKind? = nil) -> TransferOptions {
     var o = TransferOptions()
     o.connections = connections
@@ -52,7 +52,7 @@ public func options(connections: Int = 2, compression: Bool = true, chunk: Int =
 }
 
 /// Runs a receiver on a thread and a sender here; returns both reports.
-public func transfer(source: String, output: String, options: TransferOptions, to endpoint: Endpoint? = nil,
+package func transfer(source: String, output: String, options: TransferOptions, to endpoint: Endpoint? = nil,
               receiverOptions: TransferOptions? = nil) throws -> (sent: TransferReport, received: TransferReport) {
     let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: receiverOptions ?? options, warn: { _ in })
     nonisolated(unsafe) var received: TransferReport?
@@ -65,13 +65,13 @@ public func transfer(source: String, output: String, options: TransferOptions, t
 
 /// A one-connection TCP proxy that forwards both ways and lets a test corrupt, truncate or
 /// cut the client → server byte stream.
-public final class FaultProxy: @unchecked Sendable {
-    public enum Fault: Sendable { case none, flip(at: Int), truncate(after: Int), kill(after: Int), flipAfterSwitchover, truncateAfterSwitchover }
-    public let listenFD: Int32
-    public let port: UInt16
+package final class FaultProxy: @unchecked Sendable {
+    package enum Fault: Sendable { case none, flip(at: Int), truncate(after: Int), kill(after: Int), flipAfterSwitchover, truncateAfterSwitchover }
+    package let listenFD: Int32
+    package let port: UInt16
     private var thread: OSThread?
 
-    public init(to target: Endpoint, fault: Fault) throws {
+    package init(to target: Endpoint, fault: Fault) throws {
         (listenFD, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
         let lfd = listenFD
         thread = try OSThread(name: "ds-test") {
@@ -135,12 +135,12 @@ public final class FaultProxy: @unchecked Sendable {
         }
     }
 
-    public var endpoint: Endpoint { Endpoint(host: "127.0.0.1", port: port) }
-    public func join() { thread?.join(); close(listenFD) }
+    package var endpoint: Endpoint { Endpoint(host: "127.0.0.1", port: port) }
+    package func join() { thread?.join(); close(listenFD) }
 }
 
 /// Connects a raw TCP socket to `endpoint`.
-public func rawConnect(_ endpoint: Endpoint) -> Int32 {
+package func rawConnect(_ endpoint: Endpoint) -> Int32 {
     let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET); addr.sin_port = endpoint.port.bigEndian
@@ -149,11 +149,11 @@ public func rawConnect(_ endpoint: Endpoint) -> Int32 {
     return s
 }
 
-public func sendRaw(_ fd: Int32, _ bytes: [UInt8]) {
+package func sendRaw(_ fd: Int32, _ bytes: [UInt8]) {
     _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
 }
 
-public func frameBytes(_ h: FrameHeader, payload: [UInt8] = []) -> [UInt8] {
+package func frameBytes(_ h: FrameHeader, payload: [UInt8] = []) -> [UInt8] {
     var b = [UInt8](repeating: 0, count: FrameHeader.size)
     b.withUnsafeMutableBytes { h.encode(into: $0) }
     return b + payload
@@ -189,5 +189,5 @@ struct FrameTracker {
 
 extension ErrorMessage {
     /// An `accept` frame, for tests that play a receiver by hand.
-    public static var acceptFrameForTests: [UInt8] { acceptFrame }
+    package static var acceptFrameForTests: [UInt8] { acceptFrame }
 }

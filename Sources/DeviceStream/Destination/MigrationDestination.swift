@@ -43,9 +43,9 @@ public final class MigrationDestination: @unchecked Sendable {
 
     /// Binds `endpoint` (port 0 picks one: `listener.endpoint`) and starts accepting.
     public convenience init(listen endpoint: Endpoint, devices: [any MigratableDevice], options: TransferOptions,
-                            warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+                            warn: (@Sendable (String) -> Void)? = nil) throws(TransferError) {
         try options.validate()
-        try self.init(SessionListener(endpoint: endpoint, options: options, warn: warn), devices: devices, factory: nil,
+        try self.init(SessionListener(endpoint: endpoint, options: options, warn: warn ?? { printWarning($0) }), devices: devices, factory: nil,
                       options: options, warn: warn)
     }
 
@@ -53,9 +53,9 @@ public final class MigrationDestination: @unchecked Sendable {
     /// `makeDevice` at load setup, once the source's headers give their sizes (a file
     /// destination needs one).
     public convenience init(listen endpoint: Endpoint, deviceCount: Int, makeDevice: @escaping DeviceFactory, options: TransferOptions,
-                            warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+                            warn: (@Sendable (String) -> Void)? = nil) throws(TransferError) {
         try options.validate()
-        try self.init(SessionListener(endpoint: endpoint, options: options, warn: warn), devices: [],
+        try self.init(SessionListener(endpoint: endpoint, options: options, warn: warn ?? { printWarning($0) }), devices: [],
                       factory: (deviceCount, makeDevice), options: options, warn: warn)
     }
 
@@ -65,17 +65,17 @@ public final class MigrationDestination: @unchecked Sendable {
     /// here, if this throws). Plaintext needs every peer to be local unless
     /// `options.allowInsecure`.
     public convenience init(adopting sockets: [Int32], devices: [any MigratableDevice], options: TransferOptions,
-                            warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
-        try self.init(SessionListener(adopting: sockets, options: options, warn: warn), devices: devices, factory: nil,
+                            warn: (@Sendable (String) -> Void)? = nil) throws(TransferError) {
+        try self.init(SessionListener(adopting: sockets, options: options, warn: warn ?? { printWarning($0) }), devices: devices, factory: nil,
                       options: options, warn: warn)
     }
 
     private init(_ listener: SessionListener, devices: [any MigratableDevice], factory: (count: Int, make: DeviceFactory)?,
-                 options: TransferOptions, warn: @escaping @Sendable (String) -> Void) throws(TransferError) {
+                 options: TransferOptions, warn: (@Sendable (String) -> Void)?) throws(TransferError) {
         self.devices = devices
         self.factory = factory
         self.options = options
-        self.warn = warn
+        self.warn = warn ?? { printWarning($0) }
         self.listener = listener
         try listener.start()
     }

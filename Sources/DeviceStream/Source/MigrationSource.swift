@@ -26,10 +26,10 @@ public final class MigrationSource: Sendable {
     ///   - warn: where warnings go (they also arrive as `.warning` events); the default prints
     ///     them on stderr.
     public init(devices: [any MigratableDevice], configuration: MigrationConfiguration,
-                warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) {
+                warn: (@Sendable (String) -> Void)? = nil) {
         self.devices = devices
         self.configuration = configuration
-        self.warn = warn
+        self.warn = warn ?? { printWarning($0) }
     }
 
     /// Migrates every device to the destination listening at `endpoint`, dialing
