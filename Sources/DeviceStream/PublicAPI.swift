@@ -2,6 +2,7 @@ import DSTransport
 import DSScheduler
 import DSDevices
 import DSRing
+import DSSupport
 
 // The embedding API: what `import DeviceStream` shows. The sessions, their configuration,
 // events, statistics and reports are declared in this module; the names below come from the
@@ -50,6 +51,8 @@ public typealias VFIOMigrationFlags = DSDevices.VFIOMigrationFlags
 public typealias VFIODevice = DSDevices.VFIODevice
 /// A plain file or block device as migration state.
 public typealias FileDevice = DSDevices.FileDevice
+/// Whether a device made from the VMM's fd closes it (`.owned`) or leaves it (`.borrowed`).
+public typealias FDOwnership = DSSupport.FDOwnership
 
 extension MigrationError {
     /// The device error underneath, when a device failed (its `code` says how).

@@ -107,6 +107,8 @@ import Foundation
         let _: DeviceDataKind = vfio.dataKind
         let _: PrecopyInfo = try vfio.precopyInfo()
         let _: SwitchoverCostEstimate? = vfio.switchoverCostEstimate
+        let borrowed = try VFIODevice(fd: 3, ownership: FDOwnership.borrowed, name: "gpu0")
+        borrowed.close()
         let file: any AddressableDevice = try FileDevice(sourcePath: "/nonexistent")
         _ = try file.dataFD(for: DeviceAccess.save)
     }
