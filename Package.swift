@@ -26,6 +26,9 @@ let package = Package(
         // The fixtures, as a product only so the Benchmarks package can fill chunks with them;
         // embedders never need it.
         .library(name: "DSSimulation", targets: ["DSSimulation"]),
+        // The C ABI (devicestream.h): build it with `Tests/CABI/build-library.sh`, which links the
+        // Swift runtime in statically and sets the SONAME.
+        .library(name: "devicestream", type: .dynamic, targets: ["DeviceStreamC"]),
         .executable(name: "devstream", targets: ["devstream"]),
         .executable(name: "stream-bench", targets: ["stream-bench"]),
     ],
@@ -56,6 +59,11 @@ let package = Package(
             "DeviceStream", "DSSimulation", "DSCLISupport", "DSSupport", "DSWire", "DSCodec", "DSRing", "DSTransport", "DSDevices", "DSScheduler",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // The C ABI: the header (the contract) as a C target, and its Swift implementation.
+        .target(name: "CDeviceStream"),
+        .target(name: "DeviceStreamC", dependencies: [
+            "CDeviceStream", "DeviceStream", "DSSimulation", "DSSupport", "DSTransport", "DSDevices", "DSScheduler",
+        ], exclude: ["devicestream.map"]),
         // The README's embedding example, one program per role; they import DeviceStream only.
         .executableTarget(name: "example-source", dependencies: ["DeviceStream"]),
         .executableTarget(name: "example-destination", dependencies: ["DeviceStream"]),

@@ -1,0 +1,91 @@
+import Glibc
+import CDeviceStream
+import DeviceStream
+import DSSupport
+import DSTransport
+import DSDevices
+
+/// Runs one session on its own thread ("ds-session") and hands its report to `wait`.
+final class SessionRunner: @unchecked Sendable {
+    // @unchecked: every field is guarded by `lock`; the thread is joined once, by whoever first
+    // sees the report (wait or free).
+    private let lock = ConditionLock()
+    private var thread: OSThread?
+    private var result: MigrationReport?
+    private var started = false
+
+    var isStarted: Bool { lock.withLock { started } }
+
+    /// Starts `body` on a new thread; fails when a session was already started here.
+    func start(_ body: @escaping @Sendable () -> MigrationReport) throws(TransferError) {
+        let first = lock.withLock { () -> Bool in defer { started = true }; return !started }
+        guard first else { throw TransferError(.usage, "a session handle runs one session; this one has started already") }
+        do {
+            let t = try OSThread(name: "ds-session") { [self] in
+                let r = body()
+                lock.withLock { result = r; lock.broadcast() }
+            }
+            lock.withLock { thread = t }
+        } catch {
+            throw TransferError(.localIO, "cannot start the session thread: \(error)", hint: "the process is out of threads or memory")
+        }
+    }
+
+    /// The report once the session ended within `timeout` (nil: forever), its threads joined.
+    func wait(timeout: Duration?) -> MigrationReport? {
+        let done = lock.withLock { lock.wait(until: { result != nil }, timeout: timeout) }
+        guard done else { return nil }
+        let t = lock.withLock { () -> OSThread? in defer { thread = nil }; return thread }
+        t?.join()
+        return lock.withLock { result }
+    }
+
+    var report: MigrationReport? { lock.withLock { result } }
+}
+
+/// `ds_source`.
+final class SourceBox {
+    let source: MigrationSource
+    let runner = SessionRunner()
+    init(_ source: MigrationSource) { self.source = source }
+    deinit {
+        if runner.isStarted {
+            source.cancel()
+            _ = runner.wait(timeout: nil)
+        }
+    }
+}
+
+/// `ds_dest`: the destination session is made when it listens or gets its sockets.
+final class DestBox {
+    let devices: [any MigratableDevice]
+    let options: OptionsBox
+    var destination: MigrationDestination?
+    let runner = SessionRunner()
+    init(devices: [any MigratableDevice], options: OptionsBox) { self.devices = devices; self.options = options }
+    deinit {
+        if runner.isStarted {
+            destination?.cancel()
+            _ = runner.wait(timeout: nil)
+        }
+    }
+
+    func begin(_ d: MigrationDestination, sink: EventSink) throws(TransferError) {
+        d.resumeHold = options.resumeHold
+        destination = d
+        try runner.start { d.run(acceptTimeout: nil) { sink.send($0) } }
+    }
+}
+
+/// Waits for a session and reports the C way: 0 completed, -1 failed (with `err`), 1 running.
+func waitResult(_ runner: SessionRunner, _ timeoutNs: UInt64, _ err: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+    guard runner.isStarted else {
+        fail(err, DS_ERR_STATE, "the session was never started", hint: "call connect, listen or attach_fds first")
+        return -1
+    }
+    let timeout: Duration? = timeoutNs == UInt64.max ? nil : .nanoseconds(Int64(clamping: timeoutNs))
+    guard let r = runner.wait(timeout: timeout) else { return 1 }
+    if r.completed { return 0 }
+    fail(err, r.error ?? TransferError(.remote, "the migration failed"))
+    return -1
+}
