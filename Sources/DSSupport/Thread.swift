@@ -48,6 +48,9 @@ package final class OSThread: @unchecked Sendable {
 
     package func join() { pthread_join(tid, nil) }
 
+    /// Lets the thread end on its own (no `join` will follow); its resources go when it returns.
+    package func detach() { pthread_detach(tid) }
+
     /// glibc's `pthread_setname_np`, which Swift's Glibc module does not declare (it needs
     /// `_GNU_SOURCE`); looked up once. Naming is best effort: nil leaves threads unnamed.
     private static let setName: (@convention(c) (pthread_t, UnsafePointer<CChar>) -> Int32)? = {

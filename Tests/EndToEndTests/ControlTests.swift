@@ -219,3 +219,33 @@ import DSScheduler
         }
     }
 }
+
+/// The async faces of the blocking calls: the sessions run off the cooperative pool, and a
+/// cancelled task cancels its session.
+@Suite(.serialized) struct AsyncSessionTests {
+    @Test func asyncMigrationCompletes() async throws {
+        let src = try SimulatedDevice(size: 4 << 20, dirtyRate: 1 << 20, seed: 5)
+        let dst = try SimulatedDevice(destinationSize: 4 << 20)
+        defer { src.close(); dst.close() }
+        let config = migrationConfig()
+        let destination = try MigrationDestination(listen: Endpoint(host: "127.0.0.1", port: 0), devices: [dst],
+                                                   options: config.transfer, warn: { _ in })
+        async let d = destination.run(acceptTimeout: .seconds(10))
+        let s = await MigrationSource(devices: [src], configuration: config, warn: { _ in }).migrate(to: destination.endpoint)
+        let dr = await d
+        #expect(s.completed && dr.completed, "\(String(describing: s.error)) \(String(describing: dr.error))")
+        #expect(try src.digest() == dst.digest())
+    }
+
+    @Test func cancellingTheTaskCancelsTheWaitingDestination() async throws {
+        let dst = try SimulatedDevice(destinationSize: 1 << 20)
+        defer { dst.close() }
+        let destination = try MigrationDestination(listen: Endpoint(host: "127.0.0.1", port: 0), devices: [dst],
+                                                   options: migrationConfig().transfer, warn: { _ in })
+        let task = Task { await destination.run(acceptTimeout: .seconds(30)) }
+        try await Task.sleep(for: .milliseconds(100))
+        task.cancel()
+        let r = await task.value
+        #expect(r.error?.code == .cancelled, "\(String(describing: r.error))")
+    }
+}
