@@ -266,7 +266,8 @@ extension ConnectionFailure {
     /// gets the same advice as a failed handshake.
     func transferError(_ doing: String, channel: Int, stream: SecureStream) -> TransferError {
         if case .tls(let r) = self, r.contains("alert") {
-            return TransferError(.rejected, "\(doing) on channel \(channel): the peer ended the TLS session: \(stream.context.hint(r)) (\(r))")
+            let (why, hint) = stream.context.explain(r)
+            return TransferError(.rejected, "\(doing) on channel \(channel): the peer ended the TLS session: \(why) (\(r))", hint: hint)
         }
         return transferError(doing, channel: channel)
     }

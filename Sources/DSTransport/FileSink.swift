@@ -81,7 +81,8 @@ package final class FileSink: @unchecked Sendable {
     /// Refuses a claimed size the file system holding `path` cannot take (statvfs of its directory).
     static func checkFreeSpace(path: String, size: UInt64) throws(TransferError) {
         guard let available = FileSystem.availableBytes(nearPath: path), size > available else { return }
-        throw TransferError(.localIO, "the sender's transfer has \(size) bytes but only \(available) are free in '\(FileSystem.directory(of: path))'; nothing was written: free space or give an --output on a larger file system")
+        throw TransferError(.localIO, "the sender's transfer has \(size) bytes but only \(available) are free in '\(FileSystem.directory(of: path))'; nothing was written: free space, or write the output on a larger file system",
+                            hint: "give an --output on a larger file system")
     }
 
     /// Preallocates the whole output once, after the first verified data frame (so a full disk

@@ -19,12 +19,13 @@ extension SessionListener {
             case .other:
                 break
             case .plaintextPreamble:
-                refuseStranger(conn, id: id, "the sender at \(who) is not using TLS (a plaintext devstream sender); this receiver requires TLS: give the sender the same --psk-file or --tls-cert/--tls-key/--tls-ca options",
+                refuseStranger(conn, id: id, "the sender at \(who) is not using TLS (a plaintext devstream sender); this receiver requires TLS: give the sender the same pre-shared key or certificates",
+                               hint: "give the sender the same --psk-file or --tls-cert/--tls-key/--tls-ca options",
                                code: .rejected, ring: ring, tellPeer: true)
                 return
             }
             do { try conn.startTLS(security, ring: ring, timeout: wait, peer: who) } catch {
-                refuseStranger(conn, id: id, error.message, code: error.code)
+                refuseStranger(conn, id: id, error.message, hint: error.hint, code: error.code)
                 return
             }
         }
@@ -48,7 +49,8 @@ extension SessionListener {
             preamble = try buf.withUnsafeBytes { try Preamble.decode($0) }
         } catch {
             if stream == nil && n >= 3 && buf[0] == 0x16 && buf[1] == 0x03 {
-                refuseStranger(conn, id: id, "the sender at \(who) speaks TLS, but this receiver has no TLS options: pass the sender's --psk-file, or --tls-cert/--tls-key/--tls-ca", code: .rejected)
+                refuseStranger(conn, id: id, "the sender at \(who) speaks TLS, but this receiver has no security options: give it the sender's pre-shared key, or certificates",
+                               hint: "pass the sender's --psk-file, or --tls-cert/--tls-key/--tls-ca", code: .rejected)
             } else {
                 refuseStranger(conn, id: id, "the connection from \(who) is not a devstream sender (\(error))")
             }
@@ -135,7 +137,9 @@ extension SessionListener {
 
     /// A connection that is not a (matching) devstream sender: fails the receive if no session
     /// has started (it handles one transfer), else is logged and dropped.
-    private func refuseStranger(_ conn: Connection, id: Int, _ message: String, code: TransferError.Code = .protocolViolation,
+    /// The peer (with `tellPeer`) and the warning get `message` only; `hint` (which may name
+    /// the CLI's flags) goes with the receive's failure.
+    private func refuseStranger(_ conn: Connection, id: Int, _ message: String, hint: String? = nil, code: TransferError.Code = .protocolViolation,
                                 ring: Ring? = nil, tellPeer: Bool = false) {
         if tellPeer, let ring {
             // Said in plaintext: the peer speaks plaintext devstream. Read its preamble first:
@@ -151,7 +155,7 @@ extension SessionListener {
         let fatal = lock.withLock { () -> Bool in
             rejectedCount += 1
             guard session == nil, !stopping else { return false }
-            failure = TransferError(code, message + "; no transfer took place")
+            failure = TransferError(code, message + "; no transfer took place", hint: hint)
             lock.broadcast()
             return true
         }

@@ -121,19 +121,23 @@ package final class SecureStream: @unchecked Sendable {
                 let n: Int
                 do { n = try fill(ring: ring, timeout: timeout) } catch { throw handshakeFailure(error, what, timeout) }
                 if n == 0 {
-                    throw TransferError(.peerClosed, "\(what) failed: the peer closed the connection during the handshake (it refused our credentials, or it is not a TLS devstream): \(context.isServer ? "give the sender" : "check that the receiver has") the same --psk-file, or certificates from the same --tls-ca")
+                    throw TransferError(.peerClosed, "\(what) failed: the peer closed the connection during the handshake (it refused our credentials, or it is not a TLS devstream peer): \(context.isServer ? "give the sender" : "check that the receiver has") the same pre-shared key, or certificates from the same CA",
+                                        hint: "the same --psk-file, or certificates from the same --tls-ca, at both ends")
                 }
             case SSL_ERROR_WANT_WRITE:
                 continue
             default:
                 if context.isServer && startsWithPlaintextPreamble {
-                    throw TransferError(.rejected, "the sender at \(peer) is not using TLS (a plaintext devstream sender); this receiver requires TLS: give the sender the same --psk-file or --tls-* options")
+                    throw TransferError(.rejected, "the sender at \(peer) is not using TLS (a plaintext devstream sender); this receiver requires TLS: give the sender the same pre-shared key or certificates",
+                                        hint: "give the sender the same --psk-file or --tls-* options")
                 }
-                throw TransferError(.rejected, "\(what) failed: \(context.hint(reasons)) (\(reasons))")
+                let (why, hint) = context.explain(reasons)
+                throw TransferError(.rejected, "\(what) failed: \(why) (\(reasons))", hint: hint)
             }
         }
         if case .psk = context.options.mode, SSL_session_reused(ssl) != 1 {
-            throw TransferError(.rejected, "\(what) did not use the pre-shared key; refusing the session: both ends need the same --psk-file")
+            throw TransferError(.rejected, "\(what) did not use the pre-shared key; refusing the session: both ends need the same key",
+                                hint: "give both ends the same --psk-file")
         }
         var out = [UInt8](repeating: 0, count: SecurityContext.tokenLength)
         let label = SecurityContext.sessionLabel
@@ -156,11 +160,13 @@ package final class SecureStream: @unchecked Sendable {
         case .socket(let e) where e == .timedOut:
             return TransferError(.timeout, "\(what) timed out: no reply within \(timeout); is the peer a devstream \(context.isServer ? "sender" : "receiver") with TLS options?")
         case .socket(let e) where e == .connectionReset || e == .brokenPipe:
-            return TransferError(.peerClosed, "\(what) failed: the peer closed the connection (\(e)); it refused our credentials or does not speak TLS: use the same --psk-file, or certificates from the same --tls-ca, at both ends")
+            return TransferError(.peerClosed, "\(what) failed: the peer closed the connection (\(e)); it refused our credentials or does not speak TLS: use the same pre-shared key, or certificates from the same CA, at both ends",
+                                 hint: "the same --psk-file, or certificates from the same --tls-ca, at both ends")
         case .socket(let e):
             return TransferError(.peerClosed, "\(what) failed: \(e)")
         case .tls(let r):
-            return TransferError(.rejected, "\(what) failed: \(context.hint(r)) (\(r))")
+            let (why, hint) = context.explain(r)
+            return TransferError(.rejected, "\(what) failed: \(why) (\(r))", hint: hint)
         }
     }
 

@@ -27,7 +27,8 @@ public struct SecurityOptions: Sendable, Equatable {
     /// (`openssl rand -hex 32 > key` makes one.)
     public static func pskFile(_ path: String) throws(TransferError) -> SecurityOptions {
         guard let raw = readSmallFile(path) else {
-            throw TransferError(.usage, "--psk-file \(path): cannot read it (\(Errno.current)); make one with `openssl rand -hex 32 > \(path)`")
+            throw TransferError(.usage, "the PSK file \(path) cannot be read (\(Errno.current)); give a readable file that holds the key",
+                                hint: "make one with `openssl rand -hex 32 > \(path)` and pass it with --psk-file")
         }
         let text = raw.filter { !($0 == 0x20 || $0 == 0x0a || $0 == 0x0d || $0 == 0x09) }
         let isHex = !text.isEmpty && text.count % 2 == 0 && text.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x66) }
@@ -42,7 +43,8 @@ public struct SecurityOptions: Sendable, Equatable {
             key = raw
         }
         guard key.count >= minimumKeyLength else {
-            throw TransferError(.usage, "--psk-file \(path): the key is \(key.count) bytes (\(isHex ? "hex" : "raw")); at least \(minimumKeyLength) are needed, e.g. `openssl rand -hex 32 > \(path)`")
+            throw TransferError(.usage, "the PSK file \(path) holds a \(key.count)-byte key (\(isHex ? "hex" : "raw")); at least \(minimumKeyLength) bytes are needed: give a longer key",
+                                hint: "make one with `openssl rand -hex 32 > \(path)` and pass it with --psk-file")
         }
         return SecurityOptions(.psk(key: key))
     }
@@ -161,26 +163,30 @@ package final class SecurityContext: @unchecked Sendable {
                     throw TransferError(.localIO, "cannot select the AES-GCM suites: \(SecureStream.openSSLErrors())")
                 }
                 if server && (cert == nil || key == nil) {
-                    throw TransferError(.usage, "a TLS receiver needs --tls-cert and --tls-key (and --tls-ca)")
+                    throw TransferError(.usage, "a TLS receiver needs a certificate and its private key (SecurityOptions.Mode.x509's certificate and privateKey)",
+                                        hint: "--tls-cert and --tls-key (and --tls-ca)")
                 }
                 if let cert {
-                    try Self.checkReadable(cert, option: "--tls-cert")
+                    try Self.checkReadable(cert, what: "the certificate file", option: "--tls-cert")
                     guard SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 else {
-                        throw TransferError(.usage, "--tls-cert \(cert): not a PEM certificate (\(SecureStream.openSSLErrors()))")
+                        throw TransferError(.usage, "the certificate file \(cert) holds no PEM certificate (\(SecureStream.openSSLErrors()))",
+                                            hint: "--tls-cert")
                     }
                 }
                 if let key {
-                    try Self.checkReadable(key, option: "--tls-key")
+                    try Self.checkReadable(key, what: "the private key file", option: "--tls-key")
                     guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 else {
-                        throw TransferError(.usage, "--tls-key \(key): not a PEM private key (\(SecureStream.openSSLErrors()))")
+                        throw TransferError(.usage, "the private key file \(key) holds no PEM private key (\(SecureStream.openSSLErrors()))",
+                                            hint: "--tls-key")
                     }
                     guard SSL_CTX_check_private_key(ctx) == 1 else {
-                        throw TransferError(.usage, "--tls-key \(key) does not belong to the certificate in --tls-cert \(cert ?? "-")")
+                        throw TransferError(.usage, "the private key in \(key) does not belong to the certificate in \(cert ?? "-"): give the key of that certificate",
+                                            hint: "--tls-key must be the key of --tls-cert")
                     }
                 }
-                try Self.checkReadable(ca, option: "--tls-ca")
+                try Self.checkReadable(ca, what: "the CA file", option: "--tls-ca")
                 guard SSL_CTX_load_verify_locations(ctx, ca, nil) == 1 else {
-                    throw TransferError(.usage, "--tls-ca \(ca): cannot load CA certificates (\(SecureStream.openSSLErrors()))")
+                    throw TransferError(.usage, "cannot load CA certificates from \(ca) (\(SecureStream.openSSLErrors()))", hint: "--tls-ca")
                 }
                 SSL_CTX_set_verify(ctx, server ? ds_verify_peer_required() : ds_verify_peer(), nil)
             }
@@ -192,9 +198,11 @@ package final class SecurityContext: @unchecked Sendable {
         self.psk = psk
     }
 
-    private static func checkReadable(_ path: String, option: String) throws(TransferError) {
+    /// Refuses a file this process cannot read: `what` names it in the message, `option` (a
+    /// CLI flag) in the hint.
+    private static func checkReadable(_ path: String, what: String, option: String) throws(TransferError) {
         guard access(path, R_OK) == 0 else {
-            throw TransferError(.usage, "\(option) \(path): cannot read it (\(Errno.current))")
+            throw TransferError(.usage, "\(what) \(path) cannot be read (\(Errno.current))", hint: option)
         }
     }
 
@@ -206,34 +214,47 @@ package final class SecurityContext: @unchecked Sendable {
         }
     }
 
-    /// What the user should check for a handshake failure whose OpenSSL reasons are `reasons`.
-    func hint(_ reasons: String) -> String {
+    /// Why a handshake whose OpenSSL reasons are `reasons` failed and what to check: the
+    /// message in library terms, the hint with the CLI's flags.
+    func explain(_ reasons: String) -> (message: String, hint: String) { Self.explain(reasons, mode: options.mode) }
+
+    /// `explain(_:)` for an end whose security is `mode`.
+    static func explain(_ reasons: String, mode: SecurityOptions.Mode) -> (message: String, hint: String) {
         let r = reasons.lowercased()
-        if case .psk = options.mode, r.contains("certificate") {
-            return "the peer uses certificates (--tls-*) and this end a PSK (--psk-file): give both ends the same kind"
+        if case .psk = mode, r.contains("certificate") {
+            return ("the peer uses certificates and this end a pre-shared key: give both ends the same kind of security",
+                    "--psk-file at both ends, or --tls-cert/--tls-key/--tls-ca at both ends")
         }
         if r.contains("wrong version number") || r.contains("packet length too long") || r.contains("record layer failure")
             || r.contains("http request") {
-            return "the peer does not speak TLS (a plaintext devstream?): give both ends the same --psk-file or --tls-* options"
+            return ("the peer does not speak TLS (a plaintext devstream peer?): give both ends the same security options",
+                    "give both ends the same --psk-file or --tls-* options")
         }
         if r.contains("binder") || r.contains("decrypt error") || r.contains("bad record mac") || r.contains("decryption failed")
             || r.contains("illegal parameter") {
-            if case .psk = options.mode { return "the pre-shared keys differ: both ends need the same --psk-file" }
+            if case .psk = mode {
+                return ("the pre-shared keys differ: both ends need the same key", "give both ends the same --psk-file")
+            }
         }
         if r.contains("certificate verify failed") {
-            return "the peer's certificate does not verify against --tls-ca"
+            return ("the peer's certificate does not verify against this end's CA certificates",
+                    "the peer's certificate must be issued by the CA in --tls-ca")
         }
         if r.contains("peer did not return a certificate") || r.contains("certificate required") {
-            return "mutual TLS: the client must present a certificate (--tls-cert and --tls-key) issued by the receiver's --tls-ca"
+            return ("mutual TLS: the client must present a certificate (and its key) issued by the receiver's CA",
+                    "--tls-cert and --tls-key, issued by the receiver's --tls-ca")
         }
         if r.contains("alert unknown ca") || r.contains("alert bad certificate") || r.contains("alert certificate")
             || r.contains("alert decrypt error") {
-            return "the peer refused our certificate: it must be issued by the CA the peer trusts (its --tls-ca) and be valid now"
+            return ("the peer refused our certificate: it must be issued by the CA the peer trusts and be valid now",
+                    "the CA the peer trusts is its --tls-ca")
         }
         if r.contains("no shared cipher") || r.contains("no suitable") || r.contains("handshake failure")
             || r.contains("missing extension") {
-            return "the two ends use different authentication: both need --psk-file, or both --tls-cert/--tls-key/--tls-ca"
+            return ("the two ends use different authentication: both need a pre-shared key, or both certificates",
+                    "both --psk-file, or both --tls-cert/--tls-key/--tls-ca")
         }
-        return "check that both ends use the same --psk-file, or certificates from the same --tls-ca"
+        return ("check that both ends use the same pre-shared key, or certificates from the same CA",
+                "the same --psk-file, or certificates from the same --tls-ca")
     }
 }

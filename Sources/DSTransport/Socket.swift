@@ -59,9 +59,9 @@ package enum Sockets {
             }
         } catch {
             close(fd)
-            let hint = error == .connectionRefused
-                ? "; is `devstream receive --listen \(endpoint)` running there?" : ""
-            throw TransferError(.connect, "cannot connect to \(endpoint): \(error)\(hint)")
+            guard error == .connectionRefused else { throw TransferError(.connect, "cannot connect to \(endpoint): \(error)") }
+            throw TransferError(.connect, "cannot connect to \(endpoint): \(error); is a receiver listening there?",
+                                hint: "is `devstream receive --listen \(endpoint)` running there?")
         }
         return fd
     }

@@ -32,20 +32,22 @@ public struct TransferOptions: Sendable {
     public func checkPlaintext(_ endpoint: Endpoint) throws(TransferError) {
         guard security == nil, !allowInsecure else { return }
         guard try endpoint.isLoopback() else {
-            throw TransferError(.usage, "plaintext on a non-loopback address (\(endpoint)) needs --insecure, or use --psk-file/--tls-*")
+            throw TransferError(.usage, "plaintext on a non-loopback address (\(endpoint)) is refused: set TransferOptions.security (a pre-shared key or certificates), or allowInsecure for a trusted network",
+                                hint: "use --psk-file or --tls-*, or --insecure for a trusted network")
         }
     }
 
-    /// Checks the options; the message says which option and what is allowed.
+    /// Checks the options; the message says which option and what is allowed, the hint names
+    /// the CLI flag.
     public func validate() throws(TransferError) {
         guard connections >= 1, connections <= Int(WireLimits.maxChannels) else {
-            throw TransferError(.usage, "--connections must be 1...\(WireLimits.maxChannels), got \(connections)")
+            throw TransferError(.usage, "TransferOptions.connections must be 1...\(WireLimits.maxChannels), got \(connections)", hint: "--connections")
         }
         guard chunkSize >= WireLimits.minChunkSize, chunkSize <= WireLimits.maxChunkSize else {
-            throw TransferError(.usage, "--chunk-size must be between 4K and 16M, got \(chunkSize)")
+            throw TransferError(.usage, "TransferOptions.chunkSize must be between 4K and 16M, got \(chunkSize)", hint: "--chunk-size")
         }
         guard acceleration >= 1, acceleration <= 65537 else {
-            throw TransferError(.usage, "--acceleration must be 1...65537, got \(acceleration)")
+            throw TransferError(.usage, "TransferOptions.acceleration must be 1...65537, got \(acceleration)", hint: "--acceleration")
         }
     }
 }

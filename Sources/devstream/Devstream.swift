@@ -51,7 +51,7 @@ func makeTransferOptions(connections: Int, compression: String, acceleration: In
     o.chunkSize = Int(try OptionParsing.size(chunkSize, option: "--chunk-size"))
     o.timeout = try OptionParsing.duration(timeout, option: "--timeout")
     o.backend = try CLIEnvironment.backend()
-    do { try o.validate() } catch { throw ValidationError(error.message) }
+    do { try o.validate() } catch { throw ValidationError(error) }
     return o
 }
 
@@ -67,7 +67,7 @@ struct Send: ParsableCommand {
         Terminal.ignoreSignals()
         var options = try data.transferOptions()
         let endpoint: Endpoint
-        do { endpoint = try Endpoint.parse(to) } catch { throw ValidationError(error.message) }
+        do { endpoint = try Endpoint.parse(to) } catch { throw ValidationError(error) }
         try security.apply(to: &options, endpoint: endpoint)
         let source: TransferSource
         do { source = try TransferSource(path: file) } catch {
@@ -94,7 +94,7 @@ struct Receive: ParsableCommand {
     func run() throws {
         Terminal.ignoreSignals()
         let endpoint: Endpoint
-        do { endpoint = try Endpoint.parse(listen) } catch { throw ValidationError(error.message) }
+        do { endpoint = try Endpoint.parse(listen) } catch { throw ValidationError(error) }
         var options = TransferOptions()
         options.timeout = try OptionParsing.duration(timeout, option: "--timeout")
         options.backend = try CLIEnvironment.backend()

@@ -79,7 +79,7 @@ struct Migrate: ParsableCommand {
         Terminal.ignoreSignals()
         guard !device.isEmpty else { throw ValidationError("give at least one --device SPEC") }
         let endpoint: Endpoint
-        do { endpoint = try Endpoint.parse(to) } catch { throw ValidationError(error.message) }
+        do { endpoint = try Endpoint.parse(to) } catch { throw ValidationError(error) }
         var transfer = try data.transferOptions()
         try security.apply(to: &transfer, endpoint: endpoint)
         let config = try migration.configuration(transfer)
@@ -119,7 +119,7 @@ struct Demo: ParsableCommand {
         defer { for d in source + dest { d.close() } }
         let destination: MigrationDestination
         do { destination = try MigrationDestination(listen: Endpoint(host: "127.0.0.1", port: 0), devices: dest, options: config.transfer, warn: { _ in }) } catch {
-            throw ValidationError(error.message)
+            throw ValidationError(error)
         }
         if !json { Terminal.line("demo: destination listening on \(destination.listener.endpoint); migrating with a \(downtimeLimit) downtime limit") }
         nonisolated(unsafe) var destReport: MigrationReport?
@@ -218,7 +218,7 @@ enum MigrationCLI {
             }
             exit(0)
         }
-        Report.errorLine(r.error?.message ?? "migration failed")
+        if let e = r.error { Report.errorLine(e) } else { Report.errorLine("migration failed") }
         exit(1)
     }
 }

@@ -40,7 +40,7 @@ struct SecurityFlags: ParsableArguments {
             options.allowInsecure = insecure
             try options.checkPlaintext(endpoint)
         } catch let e as TransferError {
-            throw ValidationError(e.message)
+            throw ValidationError(e)
         }
     }
 }

@@ -1,3 +1,4 @@
+import ArgumentParser
 import DeviceStream
 import Foundation
 import Glibc
@@ -71,19 +72,25 @@ enum Report {
     /// Prints `object` as one line of JSON on stdout (on stderr when stdout carries the data).
     static func json(_ object: [String: Any], toStderr: Bool = false) { Output.jsonLine(object, toStderr: toStderr) }
 
-    /// An error line on stderr; control characters are escaped (a peer's words may be in it).
-    static func errorLine(_ message: String) {
+    /// An error line on stderr, then a `hint:` line when there is a hint (the library's errors
+    /// name no CLI flag in their message; the hint does); control characters are escaped (a
+    /// peer's words may be in either).
+    static func errorLine(_ message: String, hint: String? = nil) {
         printWarning("devstream: error: \(PeerText.escape(message, maxCharacters: 4096))")
+        if let hint { printWarning("devstream: hint: \(PeerText.escape(hint, maxCharacters: 4096))") }
     }
+
+    static func errorLine(_ error: TransferError) { errorLine(error.message, hint: error.hint) }
 
     /// Reports a failure before a transfer started, and exits non-zero.
     static func fail(_ error: TransferError, json: Bool, extra: [String: Any], stdoutIsData: Bool = false) -> Never {
         if json {
             var o = extra
             o["status"] = "failed"; o["error"] = error.message
+            if let h = error.hint { o["hint"] = h }
             Report.json(o, toStderr: stdoutIsData)
         }
-        errorLine(error.message)
+        errorLine(error)
         exit(1)
     }
 
@@ -99,7 +106,10 @@ enum Report {
                 "peak_rss_bytes": Output.peakRSS(),
             ]
             if let d = r.digest { o["xxh3"] = TransferDigest.hex(d) }
-            if let e = r.error { o["error"] = e.message }
+            if let e = r.error {
+                o["error"] = e.message
+                if let h = e.hint { o["hint"] = h }
+            }
             Report.json(o, toStderr: stdoutIsData)
         }
         if r.completed {
@@ -107,7 +117,15 @@ enum Report {
             printWarning("devstream: \(verb) \(Format.bytes(r.bytes)) in \(String(format: "%.3f", r.elapsed.seconds)) s (\(Format.rate(r.throughput)), \(r.connections) connections, \(compressionName)\(ratio)), xxh3 \(r.digest.map(TransferDigest.hex) ?? "-")")
             exit(0)
         }
-        errorLine(r.error?.message ?? "transfer failed")
+        if let e = r.error { errorLine(e) } else { errorLine("transfer failed") }
         exit(1)
+    }
+}
+
+extension ValidationError {
+    /// A usage error from a library error: its message, then its hint (which may name the
+    /// flag) on a `hint:` line.
+    init(_ error: TransferError) {
+        self.init(error.hint.map { "\(error.message)\nhint: \($0)" } ?? error.message)
     }
 }

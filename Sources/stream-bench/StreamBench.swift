@@ -175,7 +175,7 @@ enum Bench {
         t.join()
         let cpu = Output.cpuSeconds() - cpu0
         guard sent.completed, let r = received, r.completed else {
-            throw ValidationError("transfer failed: \(sent.error?.message ?? received?.error?.message ?? "unknown")")
+            throw ValidationError("transfer failed: \(sent.error?.description ?? received?.error?.description ?? "unknown")")
         }
         let elapsed = max(sent.elapsed.seconds, r.elapsed.seconds)
         return Run(throughput: Double(sent.bytes) / elapsed, elapsed: elapsed, wireBytes: sent.wireBytes, cpu: cpu, backend: sent.backend)

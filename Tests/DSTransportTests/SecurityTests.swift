@@ -39,7 +39,7 @@ func tlsTmpPath(_ name: String) -> String {
         writeFile(src, testData(500_000, seed: 2))
         let (sent, received) = try transfer(source: src, output: out, options: pskOptions(key: 1), receiverOptions: pskOptions(key: 2))
         #expect(!sent.completed && !received.completed)
-        #expect(sent.error?.message.contains("--psk-file") == true, "\(sent.error?.message ?? "")")
+        #expect(sent.error?.hint?.contains("--psk-file") == true, "\(sent.error?.description ?? "")")
         #expect(received.error?.message.contains("pre-shared keys differ") == true, "\(received.error?.message ?? "")")
         #expect(!exists(out) && !exists(out + ".partial"))
     }
@@ -171,7 +171,7 @@ func tlsTmpPath(_ name: String) -> String {
         let r = TransferSender.send(try TransferSource(path: src), to: endpoint, options: pskOptions(connections: 2), warn: { _ in })
         t.join()
         #expect(!r.completed && r.error?.code == .peerClosed, "\(r.error?.message ?? "")")
-        #expect(r.error?.message.contains("TLS handshake") == true && r.error?.message.contains("--psk-file") == true, "\(r.error?.message ?? "")")
+        #expect(r.error?.message.contains("TLS handshake") == true && r.error?.hint?.contains("--psk-file") == true, "\(r.error?.description ?? "")")
     }
 
     /// A connection that says nothing to a TLS receiver (no handshake) is dropped with a
@@ -202,7 +202,8 @@ func tlsTmpPath(_ name: String) -> String {
         for host in ["0.0.0.0", "192.0.2.1", "::"] {
             let e = #expect(throws: TransferError.self) { try plain.checkPlaintext(Endpoint(host: host, port: 7000)) }
             #expect(e?.code == .usage)
-            #expect(e?.message.contains("needs --insecure") == true)
+            #expect(e?.message.contains("non-loopback") == true && e?.message.contains("allowInsecure") == true, "\(e?.message ?? "")")
+            #expect(e?.hint?.contains("--insecure") == true)
         }
         var insecure = TransferOptions()
         insecure.allowInsecure = true

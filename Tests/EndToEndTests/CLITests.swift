@@ -237,6 +237,31 @@ enum CLI {
         let r = try CLI.run(["send", src, "--to", "127.0.0.1:\(port)"])
         #expect(r.status != 0)
         #expect(r.stderr.contains("cannot connect") && r.stderr.contains("Connection refused"))
+        // The library's message asks for a receiver; the CLI's hint line names the command.
+        #expect(r.stderr.contains("devstream: hint: is `devstream receive --listen 127.0.0.1:\(port)` running there?"), "\(r.stderr)")
+    }
+
+    /// The library's errors name no CLI flag in their message; the CLI prints the hint, which
+    /// does, after the message (usage errors and failures alike).
+    @Test func libraryErrorsShowTheFlagInTheirHint() throws {
+        let src = file("cli-hint", bytes: 1000, seed: 4)
+        defer { unlink(src) }
+        let c = try CLI.run(["send", src, "--to", "127.0.0.1:1", "--connections", "0"])
+        #expect(c.status != 0, "\(c.stderr)")
+        #expect(c.stderr.contains("TransferOptions.connections must be 1...64, got 0\nhint: --connections"), "\(c.stderr)")
+        let key = "/nonexistent/cli-hint-key"
+        let k = try CLI.run(["send", src, "--to", "127.0.0.1:1", "--psk-file", key])
+        #expect(k.status != 0, "\(k.stderr)")
+        #expect(k.stderr.contains("the PSK file \(key) cannot be read"), "\(k.stderr)")
+        #expect(k.stderr.contains("hint: make one with `openssl rand -hex 32 > \(key)` and pass it with --psk-file"), "\(k.stderr)")
+        // The JSON report carries the hint beside the error.
+        let (lfd, port) = try DSTransportListenPort.free()
+        close(lfd)
+        let j = try CLI.run(["send", src, "--to", "127.0.0.1:\(port)", "--json"])
+        let o = CLI.json(j.stdout)
+        #expect(j.status != 0 && o?["status"] as? String == "failed", "\(j.stdout)")
+        #expect((o?["error"] as? String)?.contains("--") == false, "\(j.stdout)")
+        #expect((o?["hint"] as? String)?.contains("devstream receive --listen") == true, "\(j.stdout)")
     }
 
     /// A file-size limit (ulimit -f) stands in for a full disk: no FILE, no FILE.partial, both

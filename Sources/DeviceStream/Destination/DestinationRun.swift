@@ -144,7 +144,8 @@ final class DestinationRun: @unchecked Sendable {
             try replies.send(.ack, payload: DeviceDigests(digestLoaded()).encoded())
             handoverState.sent(.ack)
         } catch {
-            throw TransferError(error.code, "the source committed and the devices run here, but telling the source failed (\(error.message)); it may report the migration as failed: check both sides before using the devices")
+            throw TransferError(error.code, "the source committed and the devices run here, but telling the source failed (\(error.message)); it may report the migration as failed: check both sides before using the devices",
+                                hint: error.hint, cause: error.cause)
         }
     }
 
@@ -166,7 +167,8 @@ final class DestinationRun: @unchecked Sendable {
             while true {
                 let f: ReceivedFrame
                 do throws(TransferError) { f = try ch.receive() } catch {
-                    throw TransferError(error.code, "waiting for the source to commit: \(error.message)")
+                    throw TransferError(error.code, "waiting for the source to commit: \(error.message)",
+                                        hint: error.hint, cause: error.cause)
                 }
                 let reaction = try machine.withLock { (m) throws(TransferError) -> Handover.Reaction in try m.received(f.header.type) }
                 if reaction == .runDevices { return }

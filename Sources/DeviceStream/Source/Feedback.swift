@@ -46,7 +46,7 @@ final class Feedback: @unchecked Sendable {
                     while try handle(try receive(ch, abort: abort)) {}
                 } catch {
                     let e = error.code == .peerClosed
-                        ? TransferError(.peerClosed, "the destination went away (\(error.message))") : error
+                        ? TransferError(.peerClosed, "the destination went away (\(error.message))", hint: error.hint, cause: error.cause) : error
                     fail(e, abort: abort)
                 }
             }
