@@ -124,7 +124,7 @@ struct Ends {
     static var devstream: String {
         var buf = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-        let me = n > 0 ? String(cString: buf) : CommandLine.arguments[0]
+        let me = n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
         return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("devstream").path
     }
 
