@@ -59,7 +59,12 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     /// restart them); the destination may run its own. Only after `loaded`.
     case commit = 0x1C
 
-    public var isData: Bool { self == .data || self == .streamData }
+    /// Destination ← source, migration: dirty pages of an addressable device (`stream` = device):
+    /// an extent table and the extents' bytes packed back to back, one LZ4 block and one
+    /// XXH3-64 over the whole raw payload (see `ExtentTable`); `position` = 0.
+    case pages = 0x1D
+
+    public var isData: Bool { self == .data || self == .streamData || self == .pages }
 }
 
 /// Frame flags.

@@ -1,8 +1,10 @@
 /// Hard bounds on every length the wire carries. A length over its bound is rejected before it
 /// is used to size anything.
 public enum WireLimits {
-    /// The wire format version this build speaks.
-    public static let version: UInt16 = 1
+    /// The wire format version this build speaks. Version 2 added page-granular `pages` frames
+    /// (an extent list and the dirty pages packed back to back); a version-1 peer is refused at
+    /// its preamble with both versions named.
+    public static let version: UInt16 = 2
     /// The largest raw chunk any peer may announce (16 MiB).
     public static let maxChunkSize = 16 << 20
     /// The smallest chunk size (4 KiB).

@@ -7,8 +7,16 @@ public struct IterationReport: Sendable {
     public var iteration: Int
     public var sentBytes: UInt64
     public var wireBytes: UInt64
-    /// Bytes dirty (left to send) after the round.
+    /// Bytes the devices' dirty tracking reported for this round (what it had to send; with
+    /// page-granular frames this is what `sentBytes` carries, give or take a stream's reads).
     public var dirtyBytes: UInt64
+    /// Bytes still dirty when the round ended (what the next round would send).
+    public var remainingBytes: UInt64 = 0
+    /// When the round started and ended, since the migration started.
+    public var startedAt: Duration = .zero
+    public var endedAt: Duration = .zero
+    /// Time since the previous round's dirty-bitmap harvest (nil for the first round).
+    public var harvestInterval: Duration?
     /// The scheduler's effective bandwidth (bytes/s), after the round.
     public var bandwidth: Double?
     public var predictedDowntime: Duration?
@@ -81,7 +89,9 @@ public struct MigrationReport: Sendable {
                  "destination_xxh3": d.destinationDigest.map(Hex.digest) ?? NSNullLike.null]
             },
             "rounds": rounds.map { r -> [String: Any] in
-                ["iteration": r.iteration, "sent_bytes": r.sentBytes, "dirty_bytes": r.dirtyBytes,
+                ["iteration": r.iteration, "sent_bytes": r.sentBytes, "dirty_bytes": r.dirtyBytes, "wire_bytes": r.wireBytes,
+                 "remaining_bytes": r.remainingBytes, "started_ms": ms(r.startedAt), "ended_ms": ms(r.endedAt),
+                 "harvest_interval_ms": ms(r.harvestInterval),
                  "bandwidth_bytes_per_sec": r.bandwidth.map { $0.rounded() } ?? NSNullLike.null,
                  "predicted_downtime_ms": ms(r.predictedDowntime), "duration_ms": ms(r.duration),
                  "unthrottled_probe": r.unthrottledProbe]

@@ -227,12 +227,16 @@ import DSScheduler
         let src = try SimulatedDevice(size: 4 << 20, dirtyRate: 1 << 20, seed: 5)
         let dst = try SimulatedDevice(destinationSize: 4 << 20)
         defer { src.close(); dst.close() }
-        let config = migrationConfig()
+        // A generous stall timeout: the test runner's cooperative threads may all be busy with
+        // other (blocking) tests for a while; the sessions themselves never use them.
+        let config = migrationConfig(timeout: .seconds(30))
         let destination = try MigrationDestination(listen: Endpoint(host: "127.0.0.1", port: 0), devices: [dst],
                                                    options: config.transfer, warn: { _ in })
-        async let d = destination.run(acceptTimeout: .seconds(10))
+        let d = Mutex<MigrationReport?>(nil)
+        let t = try OSThread(name: "ds-test") { let r = destination.run(acceptTimeout: .seconds(30)); d.withLock { $0 = r } }
         let s = await MigrationSource(devices: [src], configuration: config, warn: { _ in }).migrate(to: destination.endpoint)
-        let dr = await d
+        t.join()
+        let dr = try #require(d.withLock { $0 })
         #expect(s.completed && dr.completed, "\(String(describing: s.error)) \(String(describing: dr.error))")
         #expect(try src.digest() == dst.digest())
     }

@@ -23,17 +23,25 @@ import DSScheduler
         var buf = [UInt8](repeating: 0, count: 256 << 10)
         var moved: UInt64 = 0
         func round() throws {
-            var items: [SaveItem] = []
-            try saver.plan(chunkSize: buf.count, into: &items)
+            var plan = RoundPlanItems()
+            try saver.plan(chunkSize: buf.count, into: &plan)
             try saver.beginRound()
-            for item in items {
+            for item in plan.items {
                 switch item {
-                case .range(_, let offset, let length):
-                    try buf.withUnsafeMutableBytes { b in
-                        try saver.read(offset: offset, length: length, into: b, ring: ring, slot: nil)
-                        try loader.load(UnsafeRawBufferPointer(rebasing: b[0..<length]), at: offset, channel: 0, ring: ring, slot: 0)
+                case .pages(_, let range):
+                    // Gathered as a channel does: the table, then each extent behind it.
+                    let extents = plan.extents[range]
+                    let n = try buf.withUnsafeMutableBytes { b -> Int in
+                        ExtentTable.writeHeader(count: extents.count, into: b)
+                        var at = ExtentTable.size(count: extents.count)
+                        for (i, e) in extents.enumerated() {
+                            ExtentTable.writeEntry(i, offset: e.offset, length: UInt32(e.length), into: b)
+                            try saver.read(offset: e.offset, length: e.length, into: UnsafeMutableRawBufferPointer(rebasing: b[at...]), ring: ring, slot: nil)
+                            at += e.length
+                        }
+                        return try loader.loadPages(UnsafeRawBufferPointer(rebasing: b[0..<at]), channel: 0, ring: ring, slot: 0)
                     }
-                    moved += UInt64(length)
+                    moved += UInt64(n)
                 case .drain:
                     while let (seq, n) = try buf.withUnsafeMutableBytes({ try saver.readStream(into: $0) }) {
                         try buf.withUnsafeBytes { try loader.loadStream(UnsafeRawBufferPointer(rebasing: $0[0..<n]), seq: seq, channel: 0, timeout: .seconds(5), abort: abort) }
@@ -93,16 +101,18 @@ import DSScheduler
         defer { src.close() }
         let saver = DeviceSaver(id: 0, device: src)
         try saver.saveSetup()
-        var first: [SaveItem] = []
+        var first = RoundPlanItems()
         try saver.plan(chunkSize: 1 << 20, into: &first)
-        #expect(first.count == 8)
+        #expect(first.pageBytes == 8 << 20 && first.harvestedBytes == 8 << 20)
+        #expect(first.items.count == 9, "8 MiB in frames of at most 1 MiB with their tables")
         src.simulateDeviceWrite(at: 5 << 20 | 4096, [1, 2, 3])
-        var second: [SaveItem] = []
+        var second = RoundPlanItems()
         try saver.plan(chunkSize: 1 << 20, into: &second)
-        #expect(second == [.range(device: 0, offset: 5 << 20 | 4096, length: 4096)])
-        var third: [SaveItem] = []
+        #expect(second.items == [.pages(device: 0, extents: 0..<1)])
+        #expect(second.extents == [Extent(offset: 5 << 20 | 4096, length: 4096)])
+        var third = RoundPlanItems()
         try saver.plan(chunkSize: 1 << 20, into: &third)
-        #expect(third.isEmpty)
+        #expect(third.items.isEmpty && third.harvestedBytes == 0)
     }
 
     /// pending: the estimate counts dirty pages; the exact figure is what the next plan sends.
@@ -113,22 +123,70 @@ import DSScheduler
         try saver.saveSetup()
         #expect(try saver.pendingEstimate().precopy == 8 << 20)
         #expect(try saver.pending(chunkSize: 1 << 20).precopy == 8 << 20)
-        var items: [SaveItem] = []
+        var items = RoundPlanItems()
         try saver.plan(chunkSize: 1 << 20, into: &items)
         #expect(try saver.pending(chunkSize: 1 << 20).precopy == 0)
-        // Two pages 8 KiB apart: the estimate counts 2 pages, the plan joins them (3 pages).
+        // Two pages 8 KiB apart: only the two dirty pages count and travel, never the clean
+        // page between them.
         src.simulateDeviceWrite(at: 1 << 20, [1])
         src.simulateDeviceWrite(at: (1 << 20) + 8192, [2])
         #expect(try saver.pendingEstimate().precopy == 8192)
-        #expect(try saver.pending(chunkSize: 1 << 20).precopy == 12288)
-        var next: [SaveItem] = []
+        #expect(try saver.pending(chunkSize: 1 << 20).precopy == 8192)
+        var next = RoundPlanItems()
         try saver.plan(chunkSize: 1 << 20, into: &next)
-        #expect(next == [.range(device: 0, offset: 1 << 20, length: 12288)])
+        #expect(next.items == [.pages(device: 0, extents: 0..<2)])
+        #expect(next.extents == [Extent(offset: 1 << 20, length: 4096), Extent(offset: (1 << 20) + 8192, length: 4096)])
         let stream = try EmulatedVFIODevice(size: 1 << 20, seed: 1)
         defer { stream.close() }
         let s2 = DeviceSaver(id: 1, device: stream)
         try s2.saveSetup()
         #expect(try s2.pendingEstimate().precopy > 1 << 20)  // the whole state as records
+    }
+
+    /// A known scattered pattern of dirty pages sends exactly those pages, nothing between them.
+    @Test func scatteredDirtyPagesSendExactlyThosePages() throws {
+        let src = try SimulatedDevice(size: 16 << 20, dirtyRate: 0, profile: .random, seed: 3)
+        defer { src.close() }
+        let saver = DeviceSaver(id: 0, device: src)
+        try saver.saveSetup()
+        var bulk = RoundPlanItems()
+        try saver.plan(chunkSize: 1 << 20, into: &bulk)
+        // 200 pages, every 7th page of the first 1400 pages plus a few at the far end.
+        var pages = Set<UInt64>((0..<190).map { UInt64($0) * 7 })
+        for p in [4090, 4093, 4094, 4095] as [UInt64] { pages.insert(p) }
+        for p in pages { src.simulateDeviceWrite(at: p * 4096 + 17, [0xAB]) }
+        var round = RoundPlanItems()
+        try saver.plan(chunkSize: 1 << 20, into: &round)
+        #expect(round.pageBytes == UInt64(pages.count) * 4096)
+        #expect(round.harvestedBytes == round.pageBytes)
+        let sent = Set(round.extents.flatMap { e in (0..<UInt64(e.length / 4096)).map { e.offset / 4096 + $0 } })
+        #expect(sent == pages)
+        // 4094 and 4095 are adjacent: one extent; every other run is a page on its own.
+        #expect(round.extents.count == pages.count - 2)
+    }
+
+    /// A malformed extent list from the network is refused before anything is written.
+    @Test func malformedPagesWriteNothing() throws {
+        let src = try SimulatedDevice(size: 1 << 20, dirtyRate: 0, profile: .zero, seed: 1)
+        let dst = try SimulatedDevice(destinationSize: 1 << 20)
+        defer { src.close(); dst.close() }
+        let loader = try DeviceLoader(id: 0, device: dst, header: DeviceSaver(id: 0, device: src).header, channels: 1)
+        let before = try dst.digest()
+        let ring = try Ring(entries: 4)
+        // Two extents, the second past the device's end.
+        var b: [UInt8] = []
+        b.appendLE(UInt16(2)); b.appendLE(UInt16(0))
+        b.appendLE(UInt64(0)); b.appendLE(UInt32(4096))
+        b.appendLE(UInt64((1 << 20) - 1024)); b.appendLE(UInt32(4096))
+        b += [UInt8](repeating: 0xEE, count: 8192)
+        var caught: TransferError?
+        do {
+            _ = try b.withUnsafeBytes { try loader.loadPages($0, channel: 0, ring: ring, slot: 0) }
+        } catch let e as TransferError { caught = e }
+        #expect(caught?.code == .protocolViolation, "\(String(describing: caught))")
+        #expect(caught?.message.contains("outside the device") == true)
+        #expect(try dst.digest() == before, "nothing was written")
+        #expect(loader.loadedBytes == 0)
     }
 
     @Test func mismatchedDevicesAreRefusedAtLoadSetup() throws {

@@ -203,7 +203,8 @@ func runMigration(_ sources: [any MigratableDevice], _ dests: [any MigratableDev
 /// learn the real link, not the throttle, or it predicts the switchover far too long.
 @Suite struct ThrottledMigrationTests {
     @Test func probeRoundsTeachTheUnthrottledBandwidth() throws {
-        let src = try SimulatedDevice(size: 32 << 20, dirtyRate: 16 << 20, profile: .mixed, seed: 6)
+        // Scattered dirtying (every page equally likely): rounds stay big enough to probe.
+        let src = try SimulatedDevice(size: 32 << 20, dirtyRate: 16 << 20, hotFraction: 1.0, profile: .mixed, seed: 6)
         let dst = try SimulatedDevice(destinationSize: 32 << 20)
         defer { src.close(); dst.close() }
         var config = migrationConfig(limit: .milliseconds(60), policy: .switchover, deadline: .seconds(20))

@@ -56,11 +56,11 @@ final class LoadState: Sendable {
     func handle(_ f: ReceivedFrame, channel i: Int, _ ch: Channel) throws(TransferError) -> Bool {
         let h = f.header
         let d = Int(h.stream)
-        if [.data, .streamData, .initDataSent, .configState, .endOfState].contains(h.type) {
+        if [.pages, .streamData, .initDataSent, .configState, .endOfState].contains(h.type) {
             guard d < loaders.count else { throw TransferError(.protocolViolation, "frame for unknown device \(d)") }
         }
         switch (h.type, i) {
-        case (.data, _): try data(f, device: d, channel: i, ch)
+        case (.pages, _): try pages(f, device: d, channel: i, ch)
         case (.streamData, _): try streamData(f, device: d, channel: i)
         case (.iterationMark, _): try iterationMark(round: h.aux, channel: i)
         case (.initDataSent, 0): try initDataSent(f, device: d)
@@ -75,10 +75,10 @@ final class LoadState: Sendable {
         return false
     }
 
-    private func data(_ f: ReceivedFrame, device d: Int, channel i: Int, _ ch: Channel) throws(TransferError) {
+    private func pages(_ f: ReceivedFrame, device d: Int, channel i: Int, _ ch: Channel) throws(TransferError) {
         noteData()
-        try loaders[d].load(f.bytes, at: f.header.position, channel: i, ring: ch.ring, slot: f.slot)
-        progress.add(bytes: UInt64(f.bytes.count), wire: 0)
+        let n = try loaders[d].loadPages(f.bytes, channel: i, ring: ch.ring, slot: f.slot)
+        progress.add(bytes: UInt64(n), wire: 0)
         try checkAck(d)
     }
 

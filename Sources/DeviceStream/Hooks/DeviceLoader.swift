@@ -49,6 +49,27 @@ package final class DeviceLoader: @unchecked Sendable {
         lock.withLock { loadedPerChannel[channel] += 1; bytesLoaded += UInt64(bytes.count) }
     }
 
+    /// load_state for a `pages` frame: checks its extent table against the device (in bounds,
+    /// sorted, not overlapping, adding up) before writing anything, then scatters each extent
+    /// to its offset straight from the channel's registered slot. Returns the page bytes.
+    package func loadPages(_ payload: UnsafeRawBufferPointer, channel: Int, ring: Ring, slot: Int) throws(TransferError) -> Int {
+        guard header.kind == .addressable else { throw TransferError(.protocolViolation, "pages for stream device \(id)") }
+        let table: ExtentTable.View
+        do { table = try ExtentTable.parse(payload, deviceSize: header.size) } catch {
+            throw TransferError(.protocolViolation, "device \(id): a pages frame was refused: \(error)")
+        }
+        var failure: TransferError?
+        table.forEach { offset, bytes in
+            guard failure == nil else { return }
+            do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot) } catch {
+                failure = TransferError(.device, "writing device \(id) (\(device.spec)) at \(offset) failed: \(error)")
+            }
+        }
+        if let failure { throw failure }
+        lock.withLock { loadedPerChannel[channel] += 1; bytesLoaded += UInt64(table.dataBytes) }
+        return table.dataBytes
+    }
+
     /// load_state for a piece of an ordered stream: waits for its turn (bounded by `timeout`,
     /// ended early by `abort`), then writes it to the device in order.
     package func loadStream(_ bytes: UnsafeRawBufferPointer, seq: UInt64, channel: Int, timeout: Duration,

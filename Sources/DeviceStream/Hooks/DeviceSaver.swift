@@ -7,10 +7,32 @@ import DSSupport
 
 /// One unit of migration data a channel thread reads and sends.
 package enum SaveItem: Sendable, Equatable {
-    /// `length` bytes of an addressable device at `offset`.
-    case range(device: Int, offset: UInt64, length: Int)
+    /// One `pages` frame of an addressable device: the extents `extents` of the round's plan
+    /// (`RoundPlanItems.extents`), gathered back to back behind their table.
+    case pages(device: Int, extents: Range<Int>)
     /// Read the stream device until it has no data now (pre-copy) or ends (stop-copy).
     case drain(device: Int)
+}
+
+/// A run of dirty bytes of an addressable device: whole tracking chunks (the last one clipped
+/// to the device's end), never a clean gap.
+package struct Extent: Sendable, Equatable {
+    package var offset: UInt64
+    package var length: Int
+    package init(offset: UInt64, length: Int) { self.offset = offset; self.length = length }
+}
+
+/// A round's plan: the frames to send and the extents they carry, plus the dirty bytes the
+/// devices' tracking reported for it.
+package struct RoundPlanItems: Sendable {
+    package var items: [SaveItem] = []
+    package var extents: [Extent] = []
+    /// Bytes the addressable devices' tracking reported dirty (harvested) for this round.
+    package var harvestedBytes: UInt64 = 0
+    package init() {}
+
+    /// The device bytes the `pages` items carry.
+    package var pageBytes: UInt64 { extents.reduce(0) { $0 + UInt64($1.length) } }
 }
 
 /// The save hooks of one device on the source, after QEMU's VFIO migration: `saveSetup`,
@@ -23,11 +45,11 @@ package final class DeviceSaver: @unchecked Sendable {
     private let streamLock = ConditionLock()
     private var nextSequence: UInt64 = 0
     private var streamEnded = false
+    /// The dirty-chunk list, reused between rounds (only the planning thread touches it).
+    private var chunks: [UInt64] = []
     /// The device's save fd for the round being sent (-1: not in a saving state, no data).
     /// Set by `beginRound` before the channels start, read by them during the round.
     private var roundFD: Int32 = -1
-    /// The largest run of clean bytes a round sends to join two dirty runs into one frame.
-    static let maxGap: UInt64 = 64 << 10
 
     package init(id: Int, device: any MigratableDevice) {
         self.id = id
@@ -67,13 +89,10 @@ package final class DeviceSaver: @unchecked Sendable {
     package func pending(chunkSize: Int) throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64) {
         if !supportsPrecopy { return (0, try device.stopCopySize()) }
         if let a = device as? any AddressableDevice {
-            // Exactly what the next plan would send, gaps closed included.
-            var chunks: [UInt64] = []
+            // Exactly what the next plan would send: the dirty chunks, nothing between them.
+            chunks.removeAll(keepingCapacity: true)
             try a.peekDirtyChunks(into: &chunks)
-            var items: [SaveItem] = []
-            DeviceSaver.coalesce(&chunks, device: id, trackingChunk: UInt64(a.trackingChunkSize), size: a.size,
-                                 chunkSize: chunkSize, into: &items)
-            return (items.reduce(0) { if case .range(_, _, let n) = $1 { $0 + UInt64(n) } else { $0 } }, 0)
+            return (Self.bytes(of: chunks, trackingChunk: UInt64(a.trackingChunkSize), size: a.size), 0)
         }
         let info = try device.precopyInfo()
         return (info.initialBytes + info.dirtyBytes, 0)
@@ -81,46 +100,67 @@ package final class DeviceSaver: @unchecked Sendable {
 
     /// Plans one round (save_live_iterate, or the stop-copy round): the dirty ranges of an
     /// addressable device, split into chunks; a drain of a stream device.
-    package func plan(chunkSize: Int, into items: inout [SaveItem]) throws(DeviceError) {
+    package func plan(chunkSize: Int, into plan: inout RoundPlanItems) throws(DeviceError) {
         if let a = device as? any AddressableDevice {
-            var chunks: [UInt64] = []
+            chunks.removeAll(keepingCapacity: true)
             try a.takeDirtyChunks(into: &chunks)
-            DeviceSaver.coalesce(&chunks, device: id, trackingChunk: UInt64(a.trackingChunkSize), size: a.size,
-                                 chunkSize: chunkSize, into: &items)
+            chunks.sort()
+            let track = UInt64(a.trackingChunkSize)
+            plan.harvestedBytes += Self.bytes(of: chunks, trackingChunk: track, size: a.size)
+            Self.frames(chunks, device: id, trackingChunk: track, size: a.size, chunkSize: chunkSize, into: &plan)
         } else {
             streamLock.withLock { streamEnded = false }
-            items.append(.drain(device: id))
+            plan.items.append(.drain(device: id))
         }
     }
 
-    /// Turns dirty tracking chunks into transfer items: runs of adjacent pages join, and so do
-    /// runs separated by at most `maxGap` clean bytes — re-sending a few unchanged pages costs
-    /// less than a frame per scattered page (the bytes are current, so the destination stays
-    /// consistent). No item exceeds `chunkSize`.
-    static func coalesce(_ chunks: inout [UInt64], device id: Int, trackingChunk track: UInt64, size: UInt64,
-                         chunkSize: Int, into items: inout [SaveItem]) {
-        chunks.sort()
-        var runStart: UInt64 = 0, runEnd: UInt64 = 0  // byte range [runStart, runEnd)
-        func flush() {
-            var off = runStart
-            while off < runEnd {
-                let n = Int(min(UInt64(chunkSize), runEnd - off))
-                items.append(.range(device: id, offset: off, length: n))
+    /// Dirty bytes of sorted-or-not tracking chunk indices (the last chunk clipped to `size`).
+    static func bytes(of chunks: [UInt64], trackingChunk track: UInt64, size: UInt64) -> UInt64 {
+        chunks.reduce(0) { total, c in
+            let off = c * track
+            return off >= size ? total : total + min(track, size - off)
+        }
+    }
+
+    /// Turns sorted dirty tracking chunks into `pages` frames: runs of adjacent chunks become
+    /// extents (never joined across a clean gap), and consecutive extents fill a frame until its
+    /// table plus bytes would pass `chunkSize` (an extent longer than a frame is split).
+    static func frames(_ chunks: [UInt64], device id: Int, trackingChunk track: UInt64, size: UInt64, chunkSize: Int,
+                       into plan: inout RoundPlanItems) {
+        var frameStart = plan.extents.count, frameBytes = 0
+        func closeFrame() {
+            if plan.extents.count > frameStart { plan.items.append(.pages(device: id, extents: frameStart..<plan.extents.count)) }
+            frameStart = plan.extents.count
+            frameBytes = 0
+        }
+        /// Adds `[start, end)`, splitting it across frames as room allows.
+        func add(_ start: UInt64, _ end: UInt64) {
+            var off = start
+            while off < end {
+                let count = plan.extents.count - frameStart
+                var room = chunkSize - ExtentTable.size(count: count + 1) - frameBytes
+                if room <= 0 || count == ExtentTable.maxExtents { closeFrame(); room = chunkSize - ExtentTable.size(count: 1) }
+                let n = Int(min(UInt64(room), end - off))
+                plan.extents.append(Extent(offset: off, length: n))
+                frameBytes += n
                 off += UInt64(n)
             }
         }
+        var runStart: UInt64 = 0, runEnd: UInt64 = 0  // byte range [runStart, runEnd)
         for c in chunks {
             let off = c * track
+            guard off < size else { continue }
             let end = min(off + track, size)
-            if runEnd > runStart && off >= runEnd && off - runEnd <= maxGap && end - runStart <= UInt64(chunkSize) {
+            if runEnd > runStart && off == runEnd {
                 runEnd = end
             } else {
-                flush()
+                if runEnd > runStart { add(runStart, runEnd) }
                 runStart = off
                 runEnd = end
             }
         }
-        flush()
+        if runEnd > runStart { add(runStart, runEnd) }
+        closeFrame()
     }
 
     /// complete_precopy, first half: the device stops (STOP_COPY). Returns how long it took.

@@ -45,9 +45,10 @@ struct RoundSender {
     let counters: SentCounters
     let progress: TransferProgress
 
-    /// Sends `items` (the ranges) and drains `streams`; returns device bytes and wire bytes.
-    func send(_ items: [SaveItem], streams: [DeviceSaver], flags: FrameFlags, iteration: Int,
+    /// Sends the plan's `pages` frames and drains `streams`; returns device bytes and wire bytes.
+    func send(_ plan: RoundPlanItems, streams: [DeviceSaver], flags: FrameFlags, iteration: Int,
               pacer: Pacer?) throws(TransferError) -> (bytes: UInt64, wire: UInt64) {
+        let items = plan.items, extents = plan.extents
         for s in savers {
             do throws(DeviceError) { try s.beginRound() } catch { throw TransferError(.device, error.message) }
         }
@@ -59,13 +60,11 @@ struct RoundSender {
             while true {
                 let k = cursor.add(1, ordering: .relaxed).oldValue
                 guard k < items.count else { break }
-                guard case .range(let d, let offset, let length) = items[k] else { continue }
-                do throws(DeviceError) {
-                    try savers[d].read(offset: offset, length: length, into: ch.readBuffer, ring: ch.ring, slot: ch.inSlot)
-                } catch { throw TransferError(.device, error.message) }
+                guard case .pages(let d, let range) = items[k] else { continue }
+                let length = try gather(extents[range], device: d, into: ch)
                 pacer?.account(length)
-                try ch.sendChunk(type: .data, stream: UInt16(d), position: offset, length: length, digestIndex: 0,
-                                 flags: flags, aux: UInt32(iteration))
+                try ch.sendChunk(type: .pages, stream: UInt16(d), position: 0, length: ExtentTable.size(count: range.count) + length,
+                                 digestIndex: 0, flags: flags, aux: UInt32(iteration))
                 account(device: d, channel: i, bytes: length, into: &bytes)
             }
             for s in streams { try drain(s, channel: i, ch, flags: flags, iteration: iteration, pacer: pacer, bytes: &bytes) }
@@ -75,6 +74,23 @@ struct RoundSender {
             totals.withLock { $0.0 += bytes; $0.1 += w }
         }
         return totals.withLock { $0 }
+    }
+
+    /// Writes the extent table at the front of the channel's read slot and has the device's saver
+    /// read each extent right behind it (one registered slot, no copy); returns the page bytes.
+    private func gather(_ extents: ArraySlice<Extent>, device d: Int, into ch: Channel) throws(TransferError) -> Int {
+        let buffer = ch.readBuffer
+        ExtentTable.writeHeader(count: extents.count, into: buffer)
+        var at = ExtentTable.size(count: extents.count)
+        for (i, e) in extents.enumerated() {
+            ExtentTable.writeEntry(i, offset: e.offset, length: UInt32(e.length), into: buffer)
+            do throws(DeviceError) {
+                try savers[d].read(offset: e.offset, length: e.length, into: UnsafeMutableRawBufferPointer(rebasing: buffer[at...]),
+                                   ring: ch.ring, slot: ch.inSlot)
+            } catch { throw TransferError(.device, error.message, cause: error) }
+            at += e.length
+        }
+        return at - ExtentTable.size(count: extents.count)
     }
 
     /// Reads a stream device until it has nothing now (pre-copy) or ends (stop-copy).

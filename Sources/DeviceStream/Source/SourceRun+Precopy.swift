@@ -113,11 +113,12 @@ extension SourceRun {
     /// scheduler's next action.
     mutating func round(_ plan: RoundPlan, devices: [DeviceSaver], scheduler: inout PrecopyScheduler) throws(TransferError) -> Action {
         let iteration = plan.iteration
-        let (ranges, streams) = try self.plan(devices)
+        let harvestAt = Monotonic.now
+        let (planned, streams) = try self.plan(devices)
         let pacer = plan.rateLimit.map { Pacer(rate: $0) }
         let roundStart = Monotonic.now
         feedback.sent(round: UInt32(iteration))
-        let (bytes, wire) = try roundSender().send(ranges, streams: streams, flags: [], iteration: iteration, pacer: pacer)
+        let (bytes, wire) = try roundSender().send(planned, streams: streams, flags: [], iteration: iteration, pacer: pacer)
         if iteration == 1 {
             let counters = self.counters
             try onChannel0 { ch throws(TransferError) in
@@ -139,9 +140,18 @@ extension SourceRun {
         let dirty = try feed(&scheduler)
         let action = scheduler.nextAction(now: Instant(nanoseconds: Monotonic.nanoseconds))
         trace(round: plan, bytes: bytes, wire: wire, duration: duration, scheduler: scheduler)
-        let result = IterationReport(iteration: iteration, sentBytes: bytes, wireBytes: wire, dirtyBytes: dirty,
+        // Honest figures: what tracking reported dirty for this round (a stream's bytes are its
+        // dirty bytes), what went, and what is left.
+        let streamBytes = bytes - min(bytes, planned.pageBytes)
+        var result = IterationReport(iteration: iteration, sentBytes: bytes, wireBytes: wire,
+                                     dirtyBytes: planned.harvestedBytes + streamBytes,
                                      bandwidth: scheduler.bandwidthBytesPerSecond, predictedDowntime: scheduler.predictedDowntime,
                                      duration: duration, unthrottledProbe: plan.probe)
+        result.remainingBytes = dirty
+        result.startedAt = roundStart - start
+        result.endedAt = roundStart + duration - start
+        result.harvestInterval = lastHarvest.map { harvestAt - $0 }
+        lastHarvest = harvestAt
         report.rounds.append(result)
         control.update {
             $0.iterations = iteration; $0.remainingBytes = dirty; $0.bandwidth = scheduler.bandwidthBytesPerSecond

@@ -16,12 +16,12 @@ extension SourceRun {
         try eachSaver { s throws(DeviceError) in _ = try s.enterStopCopy() }
         trace.mark("devices in STOP_COPY")
         try onChannel0 { ch throws(TransferError) in try ch.sendControl(.switchover) }
-        let (items, streams) = try plan(savers)
-        trace.mark("stop-copy planned (\(items.count) items)")
+        let (planned, streams) = try plan(savers)
+        trace.mark("stop-copy planned (\(planned.items.count) frames, \(planned.extents.count) extents)")
         feedback.sent(round: UInt32(rounds + 1))
-        let (bytes, wire) = try roundSender().send(items, streams: streams, flags: [.stopCopy], iteration: rounds + 1, pacer: nil)
+        let (bytes, wire) = try roundSender().send(planned, streams: streams, flags: [.stopCopy], iteration: rounds + 1, pacer: nil)
         report.stopcopyBytes = bytes
-        trace.mark("stop-copy data sent (\(bytes) bytes, \(wire) on the wire, \(items.count) items)")
+        trace.mark("stop-copy data sent (\(bytes) bytes, \(wire) on the wire, \(planned.items.count) frames)")
         let savers = self.savers, counters = self.counters
         try onChannel0 { ch throws(TransferError) in
             for s in savers {

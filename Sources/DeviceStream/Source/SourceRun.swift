@@ -31,6 +31,8 @@ struct SourceRun {
     var committed = false
     /// When the first device left a running state (the measured downtime starts here).
     var downtimeStart: Duration?
+    /// When the last round's dirty pages were harvested (for the harvest interval).
+    var lastHarvest: Duration?
 
     /// How the channels reach the destination.
     enum Transport {
@@ -170,19 +172,19 @@ struct SourceRun {
         return best
     }
 
-    /// One round's planned items: every addressable device's dirty ranges, then a drain per
-    /// stream device.
-    func plan(_ devices: [DeviceSaver]) throws(TransferError) -> (ranges: [SaveItem], streams: [DeviceSaver]) {
-        var items: [SaveItem] = []
+    /// One round's plan: every addressable device's dirty pages as `pages` frames, then a
+    /// drain per stream device.
+    func plan(_ devices: [DeviceSaver]) throws(TransferError) -> (plan: RoundPlanItems, streams: [DeviceSaver]) {
+        var plan = RoundPlanItems()
         let streams = devices.filter { $0.kind == .orderedStream }
         for s in devices where s.kind == .addressable {
-            do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &items) } catch { throw device(error) }
+            do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &plan) } catch { throw device(error) }
         }
-        // A stream's plan is a drain (every channel drains it after its ranges).
+        // A stream's plan is a drain (every channel drains it after its pages).
         for s in streams {
-            do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &items) } catch { throw device(error) }
+            do throws(DeviceError) { try s.plan(chunkSize: options.chunkSize, into: &plan) } catch { throw device(error) }
         }
-        return (items, streams)
+        return (plan, streams)
     }
 
     func roundSender() throws(TransferError) -> RoundSender {
