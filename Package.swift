@@ -5,7 +5,7 @@ import PackageDescription
 //   CURing CLZ4 CXXHash COpenSSL  system libraries (one shim header each)
 //   DSSupport                  the floor: lock + condition, clock + sleep, threads, errno, warnings,
 //                              hex, little-endian, the size/duration grammar, file-system facts
-//   DSWire                     wire format v1: pure, no I/O, no threads
+//   DSWire                     wire format v2: pure, no I/O, no threads
 //   DSCodec                    LZ4 block codec + XXH3 (imports CLZ4, CXXHash)
 //   DSRing                     io_uring + blocking fallback, buffer pool (imports CURing)
 //   DSTransport                channels (thread + ring + socket, TLS 1.3 via COpenSSL), point-to-point transfer
