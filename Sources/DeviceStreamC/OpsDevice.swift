@@ -126,29 +126,37 @@ final class OpsDevice: @unchecked Sendable {
     }
 }
 
-/// An addressable ops device: an fd at offsets and a dirty bitmap.
-final class OpsAddressableDevice: AddressableDevice, @unchecked Sendable {
-    // @unchecked: see OpsDevice; the bitmap scratch is guarded by `bitmapLock`.
-    let base: OpsDevice
-    private let bitmapLock = Mutex<[UInt64]>([])
-    init(_ base: OpsDevice) { self.base = base }
+/// The protocol members both kinds of ops device answer from their `OpsDevice`.
+protocol OpsBacked: MigratableDevice {
+    var base: OpsDevice { get }
+}
 
+extension OpsBacked {
     var spec: String { base.spec }
-    var dataKind: DeviceDataKind { .addressable(size: base.ops.size) }
     var migrationFlags: VFIOMigrationFlags { base.migrationFlags }
     var state: VFIODeviceState { base.state }
-    var size: UInt64 { base.ops.size }
-    var trackingChunkSize: Int { Int(base.ops.tracking_chunk) }
     func setState(_ target: VFIODeviceState) throws(DeviceError) { try base.setState(target) }
-    func precopyInfo() throws(DeviceError) -> PrecopyInfo {
-        guard base.ops.precopy_info != nil else { return PrecopyInfo(initialBytes: 0, dirtyBytes: dirtyByteCount()) }
-        return try base.precopyInfo()
-    }
     func stopCopySize() throws(DeviceError) -> UInt64 { try base.stopCopySize() }
     func saveConfig() throws(DeviceError) -> [UInt8] { try base.saveConfig() }
     func loadConfig(_ bytes: [UInt8]) throws(DeviceError) { try base.loadConfig(bytes) }
     func digest() throws(DeviceError) -> UInt64 { try base.digest() }
     func close() { base.close() }
+}
+
+/// An addressable ops device: an fd at offsets and a dirty bitmap.
+final class OpsAddressableDevice: AddressableDevice, OpsBacked, @unchecked Sendable {
+    // @unchecked: see OpsDevice; the bitmap scratch is guarded by `bitmapLock`.
+    let base: OpsDevice
+    private let bitmapLock = Mutex<[UInt64]>([])
+    init(_ base: OpsDevice) { self.base = base }
+
+    var dataKind: DeviceDataKind { .addressable(size: base.ops.size) }
+    var size: UInt64 { base.ops.size }
+    var trackingChunkSize: Int { Int(base.ops.tracking_chunk) }
+    func precopyInfo() throws(DeviceError) -> PrecopyInfo {
+        guard base.ops.precopy_info != nil else { return PrecopyInfo(initialBytes: 0, dirtyBytes: dirtyByteCount()) }
+        return try base.precopyInfo()
+    }
 
     func dataFD(for access: DeviceAccess) throws(DeviceError) -> Int32 {
         let fd = base.ops.data_fd!(base.user, access == .load ? 1 : 0)
@@ -187,22 +195,13 @@ final class OpsAddressableDevice: AddressableDevice, @unchecked Sendable {
 }
 
 /// A stream ops device: ordered reads and writes.
-final class OpsStreamDevice: StreamDevice, @unchecked Sendable {
+final class OpsStreamDevice: StreamDevice, OpsBacked, @unchecked Sendable {
     // @unchecked: see OpsDevice (the session serializes reads and writes of a stream device).
     let base: OpsDevice
     init(_ base: OpsDevice) { self.base = base }
 
-    var spec: String { base.spec }
     var dataKind: DeviceDataKind { .orderedStream }
-    var migrationFlags: VFIOMigrationFlags { base.migrationFlags }
-    var state: VFIODeviceState { base.state }
-    func setState(_ target: VFIODeviceState) throws(DeviceError) { try base.setState(target) }
     func precopyInfo() throws(DeviceError) -> PrecopyInfo { try base.precopyInfo() }
-    func stopCopySize() throws(DeviceError) -> UInt64 { try base.stopCopySize() }
-    func saveConfig() throws(DeviceError) -> [UInt8] { try base.saveConfig() }
-    func loadConfig(_ bytes: [UInt8]) throws(DeviceError) { try base.loadConfig(bytes) }
-    func digest() throws(DeviceError) -> UInt64 { try base.digest() }
-    func close() { base.close() }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(DeviceError) -> Int {
         let n = base.ops.read!(base.user, buffer.baseAddress, buffer.count)
