@@ -1,0 +1,151 @@
+/* The C compiler's view of devicestream.h, printed as Rust for tests/layout.rs: every struct's
+ * size and alignment, every field's offset and size, every DS_* constant's value. build.rs
+ * compiles and runs it with `cc` ($CC) against the header. One line per struct, field and
+ * constant of the header; tests/layout.rs checks that the header has no name this file lacks. */
+#include <stdio.h>
+#include <stddef.h>
+#include <devicestream.h>
+
+#define SIZE(s) printf("    (\"%s\", \"\", %zu, %zu),\n", #s, sizeof(s), _Alignof(s))
+#define FIELD(s, f) printf("    (\"%s\", \"%s\", %zu, %zu),\n", #s, #f, offsetof(s, f), sizeof(((s *)0)->f))
+#define CONST(c) printf("    (\"%s\", %lld),\n", #c, (long long)(c))
+
+int main(void) {
+    printf("/// (struct, field or \"\" for the struct, offset or size, size or alignment) as the C compiler lays them out.\n");
+    printf("pub const C_LAYOUT: &[(&str, &str, usize, usize)] = &[\n");
+    SIZE(ds_device_ops);
+    FIELD(ds_device_ops, struct_size);
+    FIELD(ds_device_ops, kind);
+    FIELD(ds_device_ops, migration_flags);
+    FIELD(ds_device_ops, name);
+    FIELD(ds_device_ops, size);
+    FIELD(ds_device_ops, tracking_chunk);
+    FIELD(ds_device_ops, initial_state);
+    FIELD(ds_device_ops, reserved);
+    FIELD(ds_device_ops, set_state);
+    FIELD(ds_device_ops, precopy_info);
+    FIELD(ds_device_ops, stop_copy_size);
+    FIELD(ds_device_ops, read);
+    FIELD(ds_device_ops, write);
+    FIELD(ds_device_ops, data_fd);
+    FIELD(ds_device_ops, dirty_bitmap);
+    FIELD(ds_device_ops, save_config);
+    FIELD(ds_device_ops, load_config);
+    FIELD(ds_device_ops, digest);
+    FIELD(ds_device_ops, release);
+    SIZE(ds_event);
+    FIELD(ds_event, struct_size);
+    FIELD(ds_event, kind);
+    FIELD(ds_event, iteration);
+    FIELD(ds_event, bytes);
+    FIELD(ds_event, dirty_bytes);
+    FIELD(ds_event, predicted_downtime_ns);
+    FIELD(ds_event, duration_ns);
+    FIELD(ds_event, device);
+    FIELD(ds_event, phase);
+    FIELD(ds_event, reason);
+    FIELD(ds_event, reserved);
+    FIELD(ds_event, text);
+    SIZE(ds_stats);
+    FIELD(ds_stats, struct_size);
+    FIELD(ds_stats, phase);
+    FIELD(ds_stats, elapsed_ns);
+    FIELD(ds_stats, setup_ns);
+    FIELD(ds_stats, transferred_bytes);
+    FIELD(ds_stats, remaining_bytes);
+    FIELD(ds_stats, iterations);
+    FIELD(ds_stats, bandwidth_bytes_per_sec);
+    FIELD(ds_stats, expected_downtime_ns);
+    FIELD(ds_stats, downtime_ns);
+    SIZE(ds_report);
+    FIELD(ds_report, struct_size);
+    FIELD(ds_report, completed);
+    FIELD(ds_report, error_code);
+    FIELD(ds_report, switchover_reason);
+    FIELD(ds_report, converged);
+    FIELD(ds_report, cancelled_after_commit);
+    FIELD(ds_report, digests_verified);
+    FIELD(ds_report, devices);
+    FIELD(ds_report, total_ns);
+    FIELD(ds_report, setup_ns);
+    FIELD(ds_report, downtime_ns);
+    FIELD(ds_report, expected_downtime_ns);
+    FIELD(ds_report, downtime_limit_ns);
+    FIELD(ds_report, iterations);
+    FIELD(ds_report, precopy_bytes);
+    FIELD(ds_report, stopcopy_bytes);
+    FIELD(ds_report, wire_bytes);
+    printf("];\n");
+    printf("/// Every DS_* constant of the header with its value.\n");
+    printf("pub const C_CONSTANTS: &[(&str, i64)] = &[\n");
+    CONST(DS_ABI_VERSION_MAJOR);
+    CONST(DS_ABI_VERSION_MINOR);
+    CONST(DS_OK);
+    CONST(DS_ERR_CONNECT);
+    CONST(DS_ERR_PEER_CLOSED);
+    CONST(DS_ERR_PROTOCOL);
+    CONST(DS_ERR_CORRUPTION);
+    CONST(DS_ERR_TIMEOUT);
+    CONST(DS_ERR_LOCAL_IO);
+    CONST(DS_ERR_REJECTED);
+    CONST(DS_ERR_REMOTE);
+    CONST(DS_ERR_USAGE);
+    CONST(DS_ERR_DEVICE);
+    CONST(DS_ERR_ABORTED);
+    CONST(DS_ERR_CANCELLED);
+    CONST(DS_ERR_STATE);
+    CONST(DS_POLICY_WAIT);
+    CONST(DS_POLICY_SWITCHOVER);
+    CONST(DS_POLICY_ABORT);
+    CONST(DS_BACKEND_AUTO);
+    CONST(DS_BACKEND_IO_URING);
+    CONST(DS_BACKEND_BLOCKING);
+    CONST(DS_STATE_ERROR);
+    CONST(DS_STATE_STOP);
+    CONST(DS_STATE_RUNNING);
+    CONST(DS_STATE_STOP_COPY);
+    CONST(DS_STATE_RESUMING);
+    CONST(DS_STATE_RUNNING_P2P);
+    CONST(DS_STATE_PRE_COPY);
+    CONST(DS_STATE_PRE_COPY_P2P);
+    CONST(DS_MIGRATION_STOP_COPY);
+    CONST(DS_MIGRATION_P2P);
+    CONST(DS_MIGRATION_PRE_COPY);
+    CONST(DS_ROLE_SOURCE);
+    CONST(DS_ROLE_DESTINATION);
+    CONST(DS_DEVICE_ADDRESSABLE);
+    CONST(DS_DEVICE_STREAM);
+    CONST(DS_EVENT_SETUP_DONE);
+    CONST(DS_EVENT_ITERATION);
+    CONST(DS_EVENT_ROUND_LOADED);
+    CONST(DS_EVENT_READY_TO_SWITCHOVER);
+    CONST(DS_EVENT_SWITCHOVER);
+    CONST(DS_EVENT_HANDOVER);
+    CONST(DS_EVENT_DEVICE_PROGRESS);
+    CONST(DS_EVENT_WARNING);
+    CONST(DS_PHASE_STATE_SENT);
+    CONST(DS_PHASE_LOADED_SENT);
+    CONST(DS_PHASE_LOADED_RECEIVED);
+    CONST(DS_PHASE_COMMIT_SENT);
+    CONST(DS_PHASE_COMMIT_RECEIVED);
+    CONST(DS_PHASE_RUNNING);
+    CONST(DS_PHASE_RESUMED_RECEIVED);
+    CONST(DS_REASON_NONE);
+    CONST(DS_REASON_CONVERGED);
+    CONST(DS_REASON_NOTHING_TO_SEND);
+    CONST(DS_REASON_NONCONVERGENCE);
+    CONST(DS_REASON_DEADLINE);
+    CONST(DS_REASON_NO_PRECOPY);
+    CONST(DS_REASON_REQUESTED);
+    CONST(DS_SESSION_IDLE);
+    CONST(DS_SESSION_SETUP);
+    CONST(DS_SESSION_PRECOPY);
+    CONST(DS_SESSION_READY_TO_SWITCHOVER);
+    CONST(DS_SESSION_STOP_COPY);
+    CONST(DS_SESSION_HANDOVER);
+    CONST(DS_SESSION_VERIFYING);
+    CONST(DS_SESSION_COMPLETED);
+    CONST(DS_SESSION_FAILED);
+    printf("];\n");
+    return 0;
+}
