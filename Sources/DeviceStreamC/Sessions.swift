@@ -74,9 +74,12 @@ final class SourceBox {
 
 /// `ds_dest`: the destination session is made when it listens or gets its sockets.
 final class DestBox {
+    // `session` is guarded by `lock`: ds_dest_cancel, _resume and _stats may run on other
+    // threads while ds_dest_listen stores it.
     let devices: [any MigratableDevice]
     let options: OptionsBox
-    var destination: MigrationDestination?
+    private let lock = ConditionLock()
+    private var session: MigrationDestination?
     let runner = SessionRunner()
     init(devices: [any MigratableDevice], options: OptionsBox) { self.devices = devices; self.options = options }
     deinit {
@@ -86,11 +89,19 @@ final class DestBox {
         }
     }
 
+    var destination: MigrationDestination? { lock.withLock { session } }
+
     /// Runs `d`, made with `warn: sink.warn`: that delivers every warning (the listener's too,
     /// which `run` never sees), so `run`'s own copies of them are dropped here.
     func begin(_ d: MigrationDestination, sink: EventSink) throws(TransferError) {
         d.resumeHold = options.resumeHold
-        destination = d
+        // Claimed under the lock: of two racing listen calls, one runs and the other fails.
+        let claimed = lock.withLock { () -> Bool in
+            guard session == nil else { return false }
+            session = d
+            return true
+        }
+        guard claimed else { throw TransferError(.usage, "this destination has its session already") }
         try runner.start {
             d.run(acceptTimeout: nil) { event in
                 if case .warning = event { return }
