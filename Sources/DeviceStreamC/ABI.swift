@@ -183,7 +183,9 @@ public func ds_source_new(_ list: UnsafePointer<OpaquePointer?>?, _ count: Int, 
     guard let devs = devices(list, count, err) else { return nil }
     let config = unbox(opts, as: OptionsBox.self).configuration
     do throws(TransferError) { try config.transfer.validate() } catch { fail(err, error); return nil }
-    return box(SourceBox(MigrationSource(devices: devs, configuration: config)))
+    // No `warn`: the session delivers every warning as a DS_EVENT_WARNING event too, and the
+    // default would also print it on the host's stderr.
+    return box(SourceBox(MigrationSource(devices: devs, configuration: config, warn: { _ in })))
 }
 
 private func startSource(_ s: OpaquePointer?, _ fn: ds_event_fn?, _ user: UnsafeMutableRawPointer?, _ err: UnsafeMutablePointer<OpaquePointer?>?,
@@ -279,9 +281,10 @@ public func ds_dest_listen(_ d: OpaquePointer?, _ hostPort: UnsafePointer<CChar>
     guard b.destination == nil else { fail(err, DS_ERR_STATE, "this destination is already listening"); return -1 }
     do throws(TransferError) {
         let endpoint = try Endpoint.parse(String(cString: hostPort))
-        let dest = try MigrationDestination(listen: endpoint, devices: b.devices, options: b.options.configuration.transfer)
+        let sink = EventSink(fn: fn, user: user)
+        let dest = try MigrationDestination(listen: endpoint, devices: b.devices, options: b.options.configuration.transfer, warn: sink.warn)
         port?.pointee = dest.endpoint.port
-        try b.begin(dest, sink: EventSink(fn: fn, user: user))
+        try b.begin(dest, sink: sink)
     } catch {
         fail(err, error)
         return -1
@@ -296,9 +299,10 @@ public func ds_dest_attach_fds(_ d: OpaquePointer?, _ fds: UnsafePointer<Int32>?
     let b = unbox(d, as: DestBox.self)
     guard b.destination == nil else { fail(err, DS_ERR_STATE, "this destination has its session already"); return -1 }
     do throws(TransferError) {
+        let sink = EventSink(fn: fn, user: user)
         let dest = try MigrationDestination(adopting: Array(UnsafeBufferPointer(start: fds, count: count)), devices: b.devices,
-                                            options: b.options.configuration.transfer)
-        try b.begin(dest, sink: EventSink(fn: fn, user: user))
+                                            options: b.options.configuration.transfer, warn: sink.warn)
+        try b.begin(dest, sink: sink)
     } catch {
         fail(err, error)
         return -1

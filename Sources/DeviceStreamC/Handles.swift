@@ -79,6 +79,10 @@ struct EventSink: @unchecked Sendable {
     let fn: ds_event_fn?
     let user: UnsafeMutableRawPointer?
 
+    /// Warnings as DS_EVENT_WARNING events: the library never writes on the host's stderr (the
+    /// Swift API's default `warn` does), and without a callback they are dropped.
+    var warn: @Sendable (String) -> Void { { [self] in send(.warning($0)) } }
+
     func send(_ event: MigrationEvent) {
         guard let fn else { return }
         var e = ds_event()

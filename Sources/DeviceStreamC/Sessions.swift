@@ -7,12 +7,14 @@ import DSDevices
 
 /// Runs one session on its own thread ("ds-session") and hands its report to `wait`.
 final class SessionRunner: @unchecked Sendable {
-    // @unchecked: every field is guarded by `lock`; the thread is joined once, by whoever first
-    // sees the report (wait or free).
+    // @unchecked: every field is guarded by `lock`; the thread is joined once, by the first
+    // waiter (wait or free) that sees the report; any other waiter waits until it is joined.
     private let lock = ConditionLock()
     private var thread: OSThread?
     private var result: MigrationReport?
     private var started = false
+    private var joining = false
+    private var joined = false
 
     var isStarted: Bool { lock.withLock { started } }
 
@@ -25,18 +27,32 @@ final class SessionRunner: @unchecked Sendable {
                 let r = body()
                 lock.withLock { result = r; lock.broadcast() }
             }
-            lock.withLock { thread = t }
+            lock.withLock { thread = t; lock.broadcast() }
         } catch {
+            // Nothing runs: wait must not block forever on a session that never started.
+            lock.withLock { started = false }
             throw TransferError(.localIO, "cannot start the session thread: \(error)", hint: "the process is out of threads or memory")
         }
     }
 
     /// The report once the session ended within `timeout` (nil: forever), its threads joined.
     func wait(timeout: Duration?) -> MigrationReport? {
-        let done = lock.withLock { lock.wait(until: { result != nil }, timeout: timeout) }
+        // The thread is stored by `start` after it began, so a session that ends at once may
+        // publish its report first: wait for both, so that the thread is always joined here.
+        let done = lock.withLock { lock.wait(until: { (result != nil && thread != nil) || joined }, timeout: timeout) }
         guard done else { return nil }
-        let t = lock.withLock { () -> OSThread? in defer { thread = nil }; return thread }
-        t?.join()
+        let t = lock.withLock { () -> OSThread? in
+            guard !joining else { return nil }
+            joining = true
+            return thread
+        }
+        if let t {
+            t.join()
+            lock.withLock { thread = nil; joined = true; lock.broadcast() }
+        } else {
+            // Another waiter is joining: "every library thread has been joined when wait returns".
+            lock.withLock { _ = lock.wait(until: { joined }, timeout: nil) }
+        }
         return lock.withLock { result }
     }
 
@@ -58,9 +74,12 @@ final class SourceBox {
 
 /// `ds_dest`: the destination session is made when it listens or gets its sockets.
 final class DestBox {
+    // `session` is guarded by `lock`: ds_dest_cancel, _resume and _stats may run on other
+    // threads while ds_dest_listen stores it.
     let devices: [any MigratableDevice]
     let options: OptionsBox
-    var destination: MigrationDestination?
+    private let lock = ConditionLock()
+    private var session: MigrationDestination?
     let runner = SessionRunner()
     init(devices: [any MigratableDevice], options: OptionsBox) { self.devices = devices; self.options = options }
     deinit {
@@ -70,10 +89,25 @@ final class DestBox {
         }
     }
 
+    var destination: MigrationDestination? { lock.withLock { session } }
+
+    /// Runs `d`, made with `warn: sink.warn`: that delivers every warning (the listener's too,
+    /// which `run` never sees), so `run`'s own copies of them are dropped here.
     func begin(_ d: MigrationDestination, sink: EventSink) throws(TransferError) {
         d.resumeHold = options.resumeHold
-        destination = d
-        try runner.start { d.run(acceptTimeout: nil) { sink.send($0) } }
+        // Claimed under the lock: of two racing listen calls, one runs and the other fails.
+        let claimed = lock.withLock { () -> Bool in
+            guard session == nil else { return false }
+            session = d
+            return true
+        }
+        guard claimed else { throw TransferError(.usage, "this destination has its session already") }
+        try runner.start {
+            d.run(acceptTimeout: nil) { event in
+                if case .warning = event { return }
+                sink.send(event)
+            }
+        }
     }
 }
 
