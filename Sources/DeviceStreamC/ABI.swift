@@ -72,7 +72,8 @@ public func ds_options_set_insecure(_ o: OpaquePointer?, _ allow: Int32) -> Int3
 
 @_cdecl("ds_options_set_downtime_limit_ns")
 public func ds_options_set_downtime_limit_ns(_ o: OpaquePointer?, _ ns: UInt64, _ err: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
-    guard let o, ns > 0 else { fail(err, DS_ERR_USAGE, "the downtime limit must be more than 0 ns"); return -1 }
+    guard let o else { fail(err, DS_ERR_USAGE, "options is NULL"); return -1 }
+    guard ns > 0 else { fail(err, DS_ERR_USAGE, "the downtime limit must be more than 0 ns"); return -1 }
     unbox(o, as: OptionsBox.self).configuration.scheduler.downtimeLimit = duration(ns)
     return 0
 }
@@ -136,7 +137,7 @@ public func ds_device_from_spec(_ spec: UnsafePointer<CChar>?, _ role: Int32, _ 
         let device = role == DS_ROLE_DESTINATION ? try s.makeDestination(size: nil) : try s.makeSource()
         return box(DeviceBox(device))
     } catch {
-        fail(err, DS_ERR_DEVICE, error.message)
+        fail(err, error.code == .badSpec ? DS_ERR_USAGE : DS_ERR_DEVICE, error.message)
         return nil
     }
 }
@@ -145,14 +146,20 @@ public func ds_device_from_spec(_ spec: UnsafePointer<CChar>?, _ role: Int32, _ 
 public func ds_device_from_ops(_ ops: UnsafePointer<ds_device_ops>?, _ user: UnsafeMutableRawPointer?,
                                _ err: UnsafeMutablePointer<OpaquePointer?>?) -> OpaquePointer? {
     guard let ops else { fail(err, DS_ERR_USAGE, "ops is NULL"); return nil }
+    // ABI 1.0's table is the smallest accepted; a larger one (from a newer header) is read only
+    // as far as this library knows, a field this library has and the caller's lacks stays zero.
     let size = Int(ops.pointee.struct_size)
-    guard size >= MemoryLayout<ds_device_ops>.size else {
-        fail(err, DS_ERR_USAGE, "ds_device_ops.struct_size is \(size), this library needs \(MemoryLayout<ds_device_ops>.size)",
-             hint: "set struct_size = sizeof(ds_device_ops) and build against this header")
+    guard size >= opsSizeV1_0 else {
+        fail(err, DS_ERR_USAGE, "ds_device_ops.struct_size is \(size), but ABI 1.0's table has \(opsSizeV1_0) bytes",
+             hint: "set struct_size = sizeof(ds_device_ops)")
         return nil
     }
+    var table = ds_device_ops()
+    withUnsafeMutableBytes(of: &table) { dst in
+        dst.copyMemory(from: UnsafeRawBufferPointer(start: ops, count: min(size, MemoryLayout<ds_device_ops>.size)))
+    }
     do throws(DeviceError) {
-        let base = try OpsDevice(ops: ops.pointee, user: user)
+        let base = try OpsDevice(ops: table, user: user)
         let device: any MigratableDevice = base.ops.kind == UInt32(DS_DEVICE_ADDRESSABLE) ? OpsAddressableDevice(base) : OpsStreamDevice(base)
         return box(DeviceBox(device))
     } catch {
@@ -160,6 +167,9 @@ public func ds_device_from_ops(_ ops: UnsafePointer<ds_device_ops>?, _ user: Uns
         return nil
     }
 }
+
+/// The size of `ds_device_ops` in ABI 1.0 (the header this library was first built with).
+private let opsSizeV1_0 = 136
 
 @_cdecl("ds_device_free")
 public func ds_device_free(_ d: OpaquePointer?) { release(d, as: DeviceBox.self) }
@@ -215,7 +225,11 @@ public func ds_source_attach_fds(_ s: OpaquePointer?, _ fds: UnsafePointer<Int32
                                  _ user: UnsafeMutableRawPointer?, _ err: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     guard let fds, count > 0 else { fail(err, DS_ERR_USAGE, "no fds were given"); return -1 }
     let list = Array(UnsafeBufferPointer(start: fds, count: count))
-    return startSource(s, fn, user, err) { source, sink in source.migrate(over: list) { sink.send($0) } }
+    let rc = startSource(s, fn, user, err) { source, sink in source.migrate(over: list) { sink.send($0) } }
+    // The library took the fds: when no session will run, it closes them here (the header's
+    // promise: closed when the session ends, also on failure).
+    if rc != 0 { for fd in list { close(fd) } }
+    return rc
 }
 
 @_cdecl("ds_source_wait")
@@ -295,12 +309,18 @@ public func ds_dest_listen(_ d: OpaquePointer?, _ hostPort: UnsafePointer<CChar>
 @_cdecl("ds_dest_attach_fds")
 public func ds_dest_attach_fds(_ d: OpaquePointer?, _ fds: UnsafePointer<Int32>?, _ count: Int, _ fn: ds_event_fn?,
                                _ user: UnsafeMutableRawPointer?, _ err: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
-    guard let d, let fds, count > 0 else { fail(err, DS_ERR_USAGE, "dest is NULL or no fds were given"); return -1 }
+    guard let fds, count > 0 else { fail(err, DS_ERR_USAGE, "no fds were given"); return -1 }
+    let list = Array(UnsafeBufferPointer(start: fds, count: count))
+    guard let d else { for fd in list { close(fd) }; fail(err, DS_ERR_USAGE, "dest is NULL"); return -1 }
     let b = unbox(d, as: DestBox.self)
-    guard b.destination == nil else { fail(err, DS_ERR_STATE, "this destination has its session already"); return -1 }
+    guard b.destination == nil else {
+        for fd in list { close(fd) }
+        fail(err, DS_ERR_STATE, "this destination has its session already")
+        return -1
+    }
     do throws(TransferError) {
         let sink = EventSink(fn: fn, user: user)
-        let dest = try MigrationDestination(adopting: Array(UnsafeBufferPointer(start: fds, count: count)), devices: b.devices,
+        let dest = try MigrationDestination(adopting: list, devices: b.devices,
                                             options: b.options.configuration.transfer, warn: sink.warn)
         try b.begin(dest, sink: sink)
     } catch {

@@ -102,11 +102,18 @@ final class DestBox {
             return true
         }
         guard claimed else { throw TransferError(.usage, "this destination has its session already") }
-        try runner.start {
-            d.run(acceptTimeout: nil) { event in
-                if case .warning = event { return }
-                sink.send(event)
+        do {
+            try runner.start {
+                d.run(acceptTimeout: nil) { event in
+                    if case .warning = event { return }
+                    sink.send(event)
+                }
             }
+        } catch {
+            // Nothing runs: let go of the listener (and any sockets it took) and allow a retry.
+            d.listener.stop()
+            lock.withLock { session = nil }
+            throw error
         }
     }
 }

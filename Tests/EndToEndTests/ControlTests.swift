@@ -142,6 +142,8 @@ import DSScheduler
         defer { src.close(); dst.close() }
         #expect(d.error?.code == .timeout, "\(String(describing: d.error))")
         #expect(!s.completed)
+        // The source passes on the destination's reason (not a handover violation).
+        #expect(s.error?.code == .remote && s.error?.message.contains("resume() was not called") == true, "\(String(describing: s.error))")
         #expect(dst.state != .running && src.state != .running, "after commit neither end runs")
     }
 

@@ -35,6 +35,7 @@
  *    several threads at once (addressable reads at different offsets); stream read/write and
  *    state transitions are serialized by the library.
  *  - Every other function may be called from any thread.
+ *  - The library writes nothing on stdout or stderr: warnings come only as DS_EVENT_WARNING.
  *
  * Syscalls (for a seccomp filter): io_uring_setup, io_uring_enter, io_uring_register (unless
  * the blocking backend is chosen with ds_options_set_backend); socket, connect, bind, listen,
@@ -204,7 +205,8 @@ typedef struct ds_device_ops {
     void (*release)(void *user);
 } ds_device_ops;
 
-/* A device from the VMM's callbacks; `ops` is copied, `user` is passed back to each. */
+/* A device from the VMM's callbacks; `ops` is copied, `user` is passed back to each. A table
+ * from a newer header (larger struct_size) is read as far as this library knows it. */
 ds_device *ds_device_from_ops(const ds_device_ops *ops, void *user, ds_error **err);
 /* Frees the device (calls `release` for an ops device; closes a spec device). A device must
  * not be freed while a session that uses it runs. */
@@ -344,9 +346,11 @@ int ds_dest_listen(ds_dest *dst, const char *host_port, uint16_t *bound_port, ds
 int ds_dest_attach_fds(ds_dest *dst, const int *fds, size_t count, ds_event_fn on_event, void *user, ds_error **err);
 /* As ds_source_wait. */
 int ds_dest_wait(ds_dest *dst, uint64_t timeout_ns, ds_error **err);
-/* With a resume hold: lets the devices run once the commit is in. Returns 0. */
+/* With a resume hold: lets the devices run once the commit is in. Returns 0; -1 before listen
+ * or attach_fds. */
 int ds_dest_resume(ds_dest *dst);
-/* Cancels before commit (the devices never run; returns 1); after it, returns 0. */
+/* Cancels before commit (the devices never run; returns 1); after it, returns 0; -1 before
+ * listen or attach_fds. */
 int ds_dest_cancel(ds_dest *dst);
 /* A live snapshot (set out->struct_size first). */
 int ds_dest_stats(const ds_dest *dst, ds_stats *out);

@@ -73,6 +73,8 @@ final class Feedback: @unchecked Sendable {
     /// Handles one frame; false after the last one (`ack`).
     private func handle(_ f: ReceivedFrame) throws(TransferError) -> Bool {
         let now = Monotonic.now
+        // The destination's own failure (an `error` frame) is its reason, not a handover step.
+        if f.header.type == .error { throw Channel.unexpected(f, expecting: "destination feedback", channel: 0) }
         let reaction = try lock.withLock { () -> Result<Handover.Reaction, TransferError> in
             do throws(TransferError) { return .success(try handover.received(f.header.type)) } catch { return .failure(error) }
         }.get()
