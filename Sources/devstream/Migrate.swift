@@ -162,7 +162,7 @@ enum MigrationCLI {
             case .iteration(let r):
                 let bw = r.bandwidth.map { Format.rate($0) } ?? "-"
                 let pred = r.predictedDowntime.map { String(format: "%.1f ms", $0.milliseconds) } ?? "-"
-                Terminal.line("iteration \(r.iteration): sent \(Format.bytes(r.sentBytes)) in \(String(format: "%.0f", r.duration.milliseconds)) ms, dirty \(Format.bytes(r.dirtyBytes)), bandwidth \(bw), predicted downtime \(pred)")
+                Terminal.line("iteration \(r.iteration): dirty \(Format.bytes(r.dirtyBytes)), sent \(Format.bytes(r.sentBytes)) (\(Format.bytes(r.wireBytes)) on the wire) in \(String(format: "%.0f", r.duration.milliseconds)) ms, \(Format.bytes(r.remainingBytes)) left, bandwidth \(bw), predicted downtime \(pred)")
             case .switchover(let p, let reason):
                 Terminal.line("switchover (\(reason.rawValue)): predicted downtime \(p.map { String(format: "%.1f ms", $0.milliseconds) } ?? "-")")
             case .readyToSwitchover, .roundLoaded, .handover, .deviceProgress, .warning:
