@@ -16,7 +16,7 @@ package enum ChannelSet {
     /// the others never race it. With TLS (`options.security`) each connection handshakes before
     /// its preamble, and channels 1... send channel 0's session token (the TLS exporter of
     /// channel 0's connection) after their preamble, which binds them to that authenticated
-    /// session. Plaintext to a non-loopback address is refused unless `options.allowInsecure`.
+    /// session. A session without security options is refused unless `options.allowInsecure`.
     /// Every channel's ring runs on `backend` (the session's: `IOBackend.resolve`). The threads
     /// are named `ds-send-N` (`ds-recv-N` for `serve`).
     package static func connect(to endpoint: Endpoint, options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
@@ -31,8 +31,8 @@ package enum ChannelSet {
 
     /// Sender side over sockets the caller already connected, one per channel (channel 0
     /// first). The session takes them: they are closed with the connections, or here on failure.
-    /// Plaintext needs every peer to be local (loopback or a Unix socket) unless
-    /// `options.allowInsecure`.
+    /// Without security options each must be a Unix socket whose peer runs as this user, unless
+    /// `options.allowInsecure` (`Sockets.checkAdopted`).
     package static func connect(adopting fds: [Int32], options: TransferOptions, mode: TransferMode, totalSize: UInt64?,
                                abort: AbortSignal, backend: IOBackendKind,
                                warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (group: WorkerGroup<Channel>, connections: [Connection]) {

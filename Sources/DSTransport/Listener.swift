@@ -78,8 +78,8 @@ package final class SessionListener: @unchecked Sendable {
     /// Connections dropped so far for sending nothing, or for exceeding `maxPending`.
     package internal(set) var droppedCount = 0
 
-    /// Listens with `options`' timeout, backend and security; refuses plaintext on a
-    /// non-loopback address unless `options.allowInsecure`.
+    /// Listens with `options`' timeout, backend and security; refuses to listen without
+    /// security options unless `options.allowInsecure` (`TransferOptions.checkPlaintext`).
     package convenience init(endpoint: Endpoint, options: TransferOptions,
                             warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         try options.checkPlaintext(endpoint)
@@ -99,8 +99,9 @@ package final class SessionListener: @unchecked Sendable {
 
     /// A listener over sockets the caller already holds, one per channel of the session it
     /// expects (the sender's channel 0 must be among them). It takes them: they are closed with
-    /// the session's connections, or by `stop` when no session took them. Plaintext needs every
-    /// peer to be local (loopback or a Unix socket) unless `options.allowInsecure`.
+    /// the session's connections, or by `stop` when no session took them. Without security
+    /// options each must be a Unix socket whose peer runs as this user (`Sockets.checkAdopted`),
+    /// unless `options.allowInsecure`.
     package init(adopting fds: [Int32], options: TransferOptions,
                 warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         let connections = fds.map { Connection(fd: $0) }

@@ -53,21 +53,42 @@ public struct SecurityOptions: Sendable, Equatable {
     /// `path`, readable by its owner only (0600), and returns the options that use it. A file
     /// already at `path` is replaced. Give the same file (or its content) to the other end.
     public static func makeKeyFile(_ path: String) throws(TransferError) -> SecurityOptions {
+        let options = try randomKey()
+        try options.writeKeyFile(path)
+        return options
+    }
+
+    /// A fresh random pre-shared key (32 bytes from the kernel's CSPRNG), held in memory only:
+    /// for two ends in one process, or before `writeKeyFile`.
+    public static func randomKey() throws(TransferError) -> SecurityOptions {
         guard let key = readSmallFile("/dev/urandom", limit: minimumKeyLength), key.count == minimumKeyLength else {
             throw TransferError(.localIO, "cannot read random bytes for a key from /dev/urandom: \(Errno.current)")
+        }
+        return SecurityOptions(.psk(key: key))
+    }
+
+    /// Writes this pre-shared key, as hex, to a new file at `path`, readable by its owner only
+    /// (0600; written to a temporary name and renamed, so the key is never readable by others,
+    /// not even half written). A file already at `path` is replaced.
+    /// - Throws: `.usage` when these options hold certificates, not a key; `.localIO` when the
+    ///   file cannot be written.
+    public func writeKeyFile(_ path: String) throws(TransferError) {
+        guard case .psk(let key) = mode else {
+            throw TransferError(.usage, "only a pre-shared key can be written to a key file; these options use certificates")
         }
         let hex = Hex.bytes(key) + "\n"
         let tmp = "\(path).\(getpid()).tmp"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw TransferError(.localIO, "cannot create the key file \(tmp): \(Errno.current)") }
-        let ok = hex.utf8CString.withUnsafeBytes { b in write(fd, b.baseAddress, b.count - 1) == b.count - 1 } && fsync(fd) == 0
+        // The umask cannot widen 0600, but it can narrow it: the owner must be able to read it.
+        let ok = fchmod(fd, 0o600) == 0
+            && hex.utf8CString.withUnsafeBytes { b in write(fd, b.baseAddress, b.count - 1) == b.count - 1 } && fsync(fd) == 0
         close(fd)
         guard ok, rename(tmp, path) == 0 else {
             let e = Errno.current
             unlink(tmp)
             throw TransferError(.localIO, "cannot write the key file \(path): \(e)")
         }
-        return SecurityOptions(.psk(key: key))
     }
 
     private static func readSmallFile(_ path: String, limit: Int = 1 << 16) -> [UInt8]? {

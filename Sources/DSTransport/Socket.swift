@@ -67,8 +67,10 @@ package enum Sockets {
     }
 
     /// Checks sockets handed in by the caller: `count` of them, each an open stream socket,
-    /// and, for plaintext without `allowInsecure`, each with a local peer (loopback or a Unix
-    /// socket): other hosts get TLS.
+    /// and, without security options or `allowInsecure`, each a Unix socket whose peer runs as
+    /// this process's user (SO_PEERCRED): the kernel vouches for that peer, as a key would.
+    /// A TCP socket, loopback included, needs security options (other local users reach
+    /// loopback) or `allowInsecure`.
     package static func checkAdopted(_ fds: [Int32], count: Int, options: TransferOptions) throws(TransferError) {
         guard fds.count == count else {
             throw TransferError(.usage, "\(fds.count) sockets were handed in for a \(count)-connection session", hint: "hand in one connected socket per connection")
@@ -79,31 +81,25 @@ package enum Sockets {
             guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0, type == Int32(SOCK_STREAM.rawValue) else {
                 throw TransferError(.usage, "descriptor \(fd) is not an open stream socket", hint: "hand in connected TCP or Unix stream sockets")
             }
-            if options.security == nil && !options.allowInsecure && !isLocalPeer(fd) {
-                throw TransferError(.usage, "plaintext over socket \(fd), whose peer is not on this host",
-                                    hint: "set security options (PSK or x509), or allowInsecure for a trusted network")
+            if options.security == nil && !options.allowInsecure && !isSameUserUnixPeer(fd) {
+                throw TransferError(.usage, "socket \(fd) was handed in without security options: only a Unix socket whose peer runs as this user may carry a session without them; set the security options (a pre-shared key or certificates), or allowInsecure to accept a plaintext, unauthenticated session",
+                                    hint: "set security options (PSK or x509) at both ends, or allowInsecure for a host and network where everyone is trusted")
             }
         }
     }
 
-    /// Whether `fd`'s peer is on this host: a Unix socket, or a loopback address.
-    package static func isLocalPeer(_ fd: Int32) -> Bool {
+    /// Whether `fd` is a Unix socket whose peer's user id (SO_PEERCRED) is this process's.
+    package static func isSameUserUnixPeer(_ fd: Int32) -> Bool {
         var storage = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let rc = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) } }
-        guard rc == 0 else { return false }
-        switch Int32(storage.ss_family) {
-        case AF_UNIX: return true
-        case AF_INET:
-            return withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
-                UInt32(bigEndian: $0.pointee.sin_addr.s_addr) >> 24 == 127 } }
-        case AF_INET6:
-            return withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
-                withUnsafeBytes(of: p.pointee.sin6_addr) { b in
-                    b.prefix(15).allSatisfy { $0 == 0 } && b[15] == 1  // ::1
-                        || (b.prefix(10).allSatisfy { $0 == 0 } && b[10] == 0xff && b[11] == 0xff && b[12] == 127) } } }
-        default: return false
-        }
+        let rc = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        guard rc == 0, Int32(storage.ss_family) == AF_UNIX else { return false }
+        // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (Glibc's module hides it behind
+        // _GNU_SOURCE): three 32-bit fields.
+        var cred: (pid: Int32, uid: UInt32, gid: UInt32) = (0, 0, 0)
+        var clen = socklen_t(MemoryLayout<(Int32, UInt32, UInt32)>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0, clen == 12 else { return false }
+        return cred.uid == geteuid()
     }
 
     /// Socket options for data channels. Timeouts are per call (`Ring.perform(_:timeout:)`:

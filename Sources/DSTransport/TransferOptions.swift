@@ -20,22 +20,28 @@ public struct TransferOptions: Sendable {
     /// is then never touched. The library reads no environment; the CLIs set this from
     /// `DEVSTREAM_IO_BACKEND`.
     public var backend: IOBackendKind?
-    /// TLS 1.3 for every channel (PSK or mutual x509); nil: plaintext.
+    /// TLS 1.3 for every channel (PSK or mutual x509). nil: no security at all, which a session
+    /// refuses unless `allowInsecure` (see `checkPlaintext`).
     public var security: SecurityOptions?
-    /// Allow plaintext to or on a non-loopback address (`--insecure`). Without it a plaintext
-    /// session may only use 127.0.0.0/8 or ::1.
+    /// Allow a session without `security` (`--insecure`): plaintext and unauthenticated, on any
+    /// address. It gives up all protection: any local user can reach a loopback listener (and
+    /// join, feed or take a session), and anyone on the path can read or change the data. Only
+    /// for a host and network where every user is trusted. Without it, a session with no
+    /// `security` is refused before it binds or connects, loopback included.
     public var allowInsecure = false
     public init() {}
 
-    /// Refuses plaintext on a non-loopback address unless `allowInsecure`: called by the
-    /// sender before connecting and by the listener before binding.
+    /// Refuses a session without `security` unless `allowInsecure`, on every address (loopback
+    /// included: other local users can reach it): called by the sender before connecting and by
+    /// the listener before binding.
     public func checkPlaintext(_ endpoint: Endpoint) throws(TransferError) {
         guard security == nil, !allowInsecure else { return }
-        guard try endpoint.isLoopback() else {
-            throw TransferError(.usage, "plaintext on a non-loopback address (\(endpoint)) is refused: set TransferOptions.security (a pre-shared key or certificates), or allowInsecure for a trusted network",
-                                hint: "use --psk-file or --tls-*, or --insecure for a trusted network")
-        }
+        throw TransferError(.usage, "a session to or on \(endpoint) without security options is refused: it would be plaintext and unauthenticated, so any local user (loopback included) could join or take it and anyone on the path could read or change it; set TransferOptions.security (a pre-shared key or certificates), or allowInsecure to accept that",
+                            hint: Self.securityHint)
     }
+
+    /// What to do about a session without security, in the CLI's terms.
+    package static let securityHint = "give both ends the same --psk-file FILE (`devstream receive` makes a one-time key and prints its path; --key-out FILE picks it) or --tls-cert/--tls-key/--tls-ca; --insecure gives up all protection"
 
     /// Checks the options; the message says which option and what is allowed, the hint names
     /// the CLI flag.

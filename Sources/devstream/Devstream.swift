@@ -89,6 +89,8 @@ struct Receive: ParsableCommand {
     @Option(help: "Destination device spec (repeatable), for a migration.") var device: [String] = []
     @Option(help: "Fail when the peer makes no progress for this long.") var timeout: String = "30s"
     @OptionGroup var security: SecurityFlags
+    @Option(help: "Without --psk-file/--tls-*/--insecure: write the one-time key made for this receive to FILE (default: devstream-PORT.key in the working directory); removed when the receive ends.")
+    var keyOut: String?
     @Flag(help: "Print one JSON object on stdout at the end (on stderr with --output -).") var json = false
 
     func run() throws {
@@ -98,10 +100,11 @@ struct Receive: ParsableCommand {
         var options = TransferOptions()
         options.timeout = try OptionParsing.duration(timeout, option: "--timeout")
         options.backend = try CLIEnvironment.backend()
-        try security.apply(to: &options, endpoint: endpoint)
+        let oneTimeKey = try ReceiverKey.make(security, keyOut: keyOut)
+        if let oneTimeKey { options.security = oneTimeKey } else { try security.apply(to: &options, endpoint: endpoint) }
         if !device.isEmpty {
             guard output == nil else { throw ValidationError("give either --output (a transfer) or --device (a migration), not both") }
-            try MigrationCLI.receive(endpoint: endpoint, devices: device, options: options, json: json)
+            try MigrationCLI.receive(endpoint: endpoint, devices: device, options: options, oneTimeKey: oneTimeKey.map { ($0, keyOut) }, json: json)
             return
         }
         guard let output else { throw ValidationError("--output FILE (or -) is required, or --device SPEC for a migration") }
@@ -109,13 +112,19 @@ struct Receive: ParsableCommand {
         // of ours, the listening line and the JSON report included, goes to stderr.
         let stdoutIsData = output == "-"
         let receiver: TransferReceiver
-        do { receiver = try TransferReceiver(listen: endpoint, options: options) } catch {
+        let key: ReceiverKey?
+        do {
+            receiver = try TransferReceiver(listen: endpoint, options: options)
+            key = try oneTimeKey.map { (o) throws(TransferError) in try ReceiverKey.write(o, to: keyOut, listening: receiver.listener.endpoint) }
+        } catch {
             Report.fail(error, json: json, extra: [:], stdoutIsData: stdoutIsData)
         }
         Terminal.announce("listening on \(receiver.listener.endpoint)", toStderr: stdoutIsData)
+        key?.announce(sendVerb: "send")
         let ticker = Terminal.progressTicker(receiver.progress, label: "receive")
         let report = receiver.receive(output: output)
         ticker?.stop()
+        key?.remove()
         Report.finish(report, json: json, verb: "received", compressionName: report.compression ? "lz4" : "none",
                       stdoutIsData: stdoutIsData)
     }

@@ -109,8 +109,10 @@ struct Demo: ParsableCommand {
 
     func run() throws {
         Terminal.ignoreSignals()
-        let config = try makeMigrationConfiguration(try makeTransferOptions(connections: connections, compression: compression),
-                                                    downtimeLimit: downtimeLimit, onNonconvergence: onNonconvergence, deadline: deadline)
+        // Both ends are in this process: they share a fresh random key, which never touches a file.
+        var transfer = try makeTransferOptions(connections: connections, compression: compression)
+        do { transfer.security = try SecurityOptions.randomKey() } catch { throw ValidationError(error) }
+        let config = try makeMigrationConfiguration(transfer, downtimeLimit: downtimeLimit, onNonconvergence: onNonconvergence, deadline: deadline)
         let rate = dirtyRate.hasSuffix("/s") ? String(dirtyRate.dropLast(2)) : dirtyRate
         let spec = "sim:size=\(size),dirty-rate=\(rate),hot=\(hot),profile=mixed,seed=1"
         if !json { Terminal.line("demo: creating \(spec) and an empty destination of the same size") }
@@ -171,7 +173,9 @@ enum MigrationCLI {
         }
     }
 
-    static func receive(endpoint: Endpoint, devices specs: [String], options: TransferOptions, json: Bool) throws {
+    /// - Parameter oneTimeKey: the key `receive` made (and `--key-out`), written once listening.
+    static func receive(endpoint: Endpoint, devices specs: [String], options: TransferOptions,
+                        oneTimeKey: (SecurityOptions, String?)?, json: Bool) throws {
         // Every spec is checked before listening; the devices are made once the source's
         // headers give their sizes.
         let parsed = try specs.map { s in
@@ -185,14 +189,18 @@ enum MigrationCLI {
             try parsed[index].makeDestination(size: size)
         }
         let destination: MigrationDestination
+        let key: ReceiverKey?
         do {
             destination = try MigrationDestination(listen: endpoint, deviceCount: parsed.count, makeDevice: makeDevice, options: options)
+            key = try oneTimeKey.map { (o, out) throws(TransferError) in try ReceiverKey.write(o, to: out, listening: destination.listener.endpoint) }
         } catch {
             Report.fail(error, json: json, extra: [:])
         }
         let killAt = try testKillHook()
         Terminal.announce("listening on \(destination.listener.endpoint)")
+        key?.announce(sendVerb: "migrate")
         let report = destination.run(onEvent: MigrationCLI.printer(json: true, killAt: killAt))
+        key?.remove()
         // Before `finish` exits: a `file:` destination that never reached RUNNING removes its
         // PATH.partial on close.
         destination.closeDevices()

@@ -149,8 +149,10 @@ struct Ends {
 
     func migrate(size: UInt64, dirtyRate: UInt64, hot: Double, limit: Duration, connections: Int, deadline: Duration) throws -> Run {
         let host = link?.destinationAddress ?? "127.0.0.1"
-        // A namespace link is private to this machine: plaintext there is deliberate.
-        let insecure = link == nil ? [] : ["--insecure"]
+        // Plaintext, deliberately and explicitly (`--insecure`): the sweep moves a simulated
+        // device between its own two processes (over loopback, or a namespace link private to
+        // this machine), and its figures are the engine's, without TLS.
+        let insecure = ["--insecure"]
         let (receiver, rout) = try start(["receive", "--listen", "\(host):0", "--device", "sim:size=\(size)", "--json", "--timeout", "30s"] + insecure,
                                          destination: true)
         defer { if receiver.isRunning { receiver.terminate() }; receiver.waitUntilExit() }

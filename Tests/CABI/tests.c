@@ -327,6 +327,30 @@ static int test_api(void) {
     ds_error_free(err); err = NULL;
     ds_device *dev = memdev_device(m, DS_ROLE_SOURCE, &err);
     CHECK(dev != NULL, "%s", msg(err));
+
+    /* No key and no ds_options_set_insecure: no session, loopback included. A source fails with
+     * DS_ERR_USAGE (its device runs on); a destination refuses to listen. */
+    ds_source *keyless = ds_source_new(&dev, 1, o, &err);
+    CHECK(keyless != NULL, "%s", msg(err));
+    CHECK(ds_source_connect(keyless, "127.0.0.1:9", NULL, NULL, &err) == 0, "%s", msg(err));
+    CHECK(ds_source_wait(keyless, UINT64_MAX, &err) == -1 && code(err) == DS_ERR_USAGE
+          && strstr(msg(err), "without security options"), "code %d: %s", code(err), msg(err));
+    ds_error_free(err); err = NULL;
+    ds_source_free(keyless);
+    CHECK(atomic_load(&m->state) == DS_STATE_RUNNING, "after a refused session the device is %s", memdev_state_name(m->state));
+    memdev *km = memdev_new_destination(1 << 20);
+    ds_device *kd = memdev_device(km, DS_ROLE_DESTINATION, &err);
+    CHECK(kd != NULL, "%s", msg(err));
+    ds_dest *kdst = ds_dest_new(&kd, 1, o, &err);
+    CHECK(kdst != NULL, "%s", msg(err));
+    CHECK(ds_dest_listen(kdst, "127.0.0.1:0", NULL, NULL, NULL, &err) == -1 && code(err) == DS_ERR_USAGE
+          && strstr(msg(err), "without security options"), "code %d: %s", code(err), msg(err));
+    ds_error_free(err); err = NULL;
+    ds_dest_free(kdst);
+    ds_device_free(kd);
+    memdev_free(km);
+    CHECK(ds_options_set_psk(o, key, sizeof key, &err) == 0, "%s", msg(err));
+
     ds_source *src = ds_source_new(&dev, 1, o, &err);
     CHECK(src != NULL, "%s", msg(err));
     CHECK(ds_source_wait(src, 0, &err) == -1 && code(err) == DS_ERR_STATE, "code %d", code(err));

@@ -40,9 +40,13 @@ package func readFile(_ path: String) -> [UInt8]? {
 
 package func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
+/// Options for a data-path test. They allow plaintext explicitly (`allowInsecure`): these tests
+/// are about the data path, and several read or change frames on the wire (`FaultProxy`); the
+/// security tests set `security` (and the tests of the secure default leave this out).
 package func options(connections: Int = 2, compression: Bool = true, chunk: Int = 64 << 10, timeout: Duration = .seconds(5),
              backend: IOBackendKind? = nil) -> TransferOptions {
     var o = TransferOptions()
+    o.allowInsecure = true
     o.connections = connections
     o.compression = compression
     o.chunkSize = chunk

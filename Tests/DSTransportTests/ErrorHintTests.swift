@@ -42,11 +42,13 @@ import DSSupport
         #expect(e?.message.contains("TransferOptions.acceleration") == true)
     }
 
-    @Test func plaintextOffLoopback() {
-        let e = #expect(throws: TransferError.self) { try TransferOptions().checkPlaintext(Endpoint(host: "192.0.2.1", port: 7000)) }
-        expectLibraryWording(e, flag: "--insecure")
-        #expect(e?.hint?.contains("--psk-file") == true)
-        #expect(e?.message.contains("192.0.2.1") == true && e?.message.contains("allowInsecure") == true)
+    @Test func sessionWithoutSecurity() {
+        for host in ["192.0.2.1", "127.0.0.1"] {
+            let e = #expect(throws: TransferError.self) { try TransferOptions().checkPlaintext(Endpoint(host: host, port: 7000)) }
+            expectLibraryWording(e, flag: "--insecure")
+            #expect(e?.hint?.contains("--psk-file") == true && e?.hint?.contains("--key-out") == true)
+            #expect(e?.message.contains(host) == true && e?.message.contains("allowInsecure") == true)
+        }
     }
 
     @Test func pskFiles() {

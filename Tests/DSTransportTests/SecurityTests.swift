@@ -10,6 +10,7 @@ import DSSupport
 
 func pskOptions(connections: Int = 3, key: UInt8 = 7) -> TransferOptions {
     var o = options(connections: connections)
+    o.allowInsecure = false
     o.security = SecurityOptions(.psk(key: [UInt8](repeating: key, count: 32) + [1, 2, 3]))
     return o
 }
@@ -194,30 +195,77 @@ func tlsTmpPath(_ name: String) -> String {
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 
-    @Test func plaintextNeedsLoopbackOrInsecure() throws {
+    /// No security options and no `allowInsecure`: refused on every address, loopback
+    /// included, before anything binds or connects; `allowInsecure` (or a key) allows it.
+    @Test func plaintextNeedsInsecureOnEveryAddress() throws {
         let plain = TransferOptions()
-        for host in ["127.0.0.1", "127.9.8.7", "::1", "localhost"] {
-            #expect(throws: Never.self) { try plain.checkPlaintext(Endpoint(host: host, port: 7000)) }
-        }
-        for host in ["0.0.0.0", "192.0.2.1", "::"] {
+        for host in ["127.0.0.1", "127.9.8.7", "::1", "localhost", "0.0.0.0", "192.0.2.1", "::"] {
             let e = #expect(throws: TransferError.self) { try plain.checkPlaintext(Endpoint(host: host, port: 7000)) }
             #expect(e?.code == .usage)
-            #expect(e?.message.contains("non-loopback") == true && e?.message.contains("allowInsecure") == true, "\(e?.message ?? "")")
-            #expect(e?.hint?.contains("--insecure") == true)
+            #expect(e?.message.contains("without security options") == true && e?.message.contains("allowInsecure") == true
+                    && e?.message.contains("local user") == true, "\(e?.message ?? "")")
+            #expect(e?.hint?.contains("--insecure") == true && e?.hint?.contains("--psk-file") == true)
         }
         var insecure = TransferOptions()
         insecure.allowInsecure = true
+        #expect(throws: Never.self) { try insecure.checkPlaintext(Endpoint(host: "127.0.0.1", port: 7000)) }
         #expect(throws: Never.self) { try insecure.checkPlaintext(Endpoint(host: "192.0.2.1", port: 7000)) }
-        #expect(throws: Never.self) { try pskOptions().checkPlaintext(Endpoint(host: "192.0.2.1", port: 7000)) }
-        // The library applies it too: before binding, and before connecting.
-        #expect(throws: TransferError.self) { _ = try TransferReceiver(listen: Endpoint(host: "0.0.0.0", port: 0), options: plain, warn: { _ in }) }
+        #expect(throws: Never.self) { try pskOptions().checkPlaintext(Endpoint(host: "127.0.0.1", port: 7000)) }
+        // The library applies it too: before binding, and before connecting (loopback included).
+        for host in ["127.0.0.1", "0.0.0.0"] {
+            #expect(throws: TransferError.self) { _ = try TransferReceiver(listen: Endpoint(host: host, port: 0), options: plain, warn: { _ in }) }
+            #expect(throws: TransferError.self) { _ = try SessionListener(endpoint: Endpoint(host: host, port: 0), options: plain, warn: { _ in }) }
+        }
         let src = tlsTmpPath("src")
         defer { unlink(src) }
         writeFile(src, [1, 2, 3])
-        let start = Monotonic.now
-        let r = TransferSender.send(try TransferSource(path: src), to: Endpoint(host: "192.0.2.1", port: 7000), options: plain, warn: { _ in })
-        #expect(!r.completed && r.error?.code == .usage)
-        #expect(Monotonic.now - start < .seconds(2))
+        // A listener that would take the session: the sender refuses before connecting to it.
+        let open = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(), warn: { _ in })
+        for endpoint in [open.listener.endpoint, Endpoint(host: "192.0.2.1", port: 7000)] {
+            let start = Monotonic.now
+            let r = TransferSender.send(try TransferSource(path: src), to: endpoint, options: plain, warn: { _ in })
+            #expect(!r.completed && r.error?.code == .usage, "\(r.error?.message ?? "")")
+            #expect(Monotonic.now - start < .seconds(2))
+        }
+        #expect(open.listener.pendingCount == 0 && open.listener.droppedCount == 0 && open.listener.rejectedCount == 0)
+    }
+
+    /// Handed-in sockets without security: a Unix socket whose peer is this user is accepted
+    /// (SO_PEERCRED: the kernel vouches for it); a TCP one, loopback included, is not.
+    @Test func handedInSocketsWithoutSecurity() throws {
+        var sv: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv) == 0)
+        defer { close(sv[0]); close(sv[1]) }
+        #expect(Sockets.isSameUserUnixPeer(sv[0]))
+        #expect(throws: Never.self) { try Sockets.checkAdopted([sv[0]], count: 1, options: TransferOptions()) }
+        let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
+        defer { close(lfd) }
+        let c = rawConnect(Endpoint(host: "127.0.0.1", port: port))
+        defer { close(c) }
+        #expect(!Sockets.isSameUserUnixPeer(c))
+        let e = #expect(throws: TransferError.self) { try Sockets.checkAdopted([c], count: 1, options: TransferOptions()) }
+        #expect(e?.code == .usage && e?.message.contains("Unix socket whose peer runs as this user") == true, "\(e?.message ?? "")")
+        var insecure = TransferOptions()
+        insecure.allowInsecure = true
+        #expect(throws: Never.self) { try Sockets.checkAdopted([c], count: 1, options: insecure) }
+        #expect(throws: Never.self) { try Sockets.checkAdopted([c], count: 1, options: pskOptions()) }
+    }
+
+    /// A key made in memory, written to a file: 0600, hex, read back as the same key.
+    @Test func keyFilesAreWrittenForTheOwnerOnly() throws {
+        let path = tlsTmpPath("key")
+        defer { unlink(path) }
+        let old = umask(0)
+        defer { umask(old) }
+        let made = try SecurityOptions.randomKey()
+        try made.writeKeyFile(path)
+        var st = stat()
+        #expect(stat(path, &st) == 0 && st.st_mode & 0o777 == 0o600, "mode \(String(st.st_mode & 0o777, radix: 8))")
+        #expect(try SecurityOptions.pskFile(path) == made)
+        #expect(try SecurityOptions.randomKey() != made)
+        let x509 = SecurityOptions(.x509(certificate: nil, privateKey: nil, ca: "/nonexistent"))
+        #expect(throws: TransferError.self) { try x509.writeKeyFile(path + ".x") }
+        #expect(!exists(path + ".x"))
     }
 
     @Test func pskFiles() throws {

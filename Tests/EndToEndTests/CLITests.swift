@@ -35,8 +35,9 @@ enum CLI {
 
     /// Starts `devstream args...` (through `sh -c` when `shellPrefix` is given, e.g. a ulimit).
     static func start(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil, stdin: String? = nil,
-                      stdinFD: Int32? = nil, wrapper: [String] = []) throws -> Running {
+                      stdinFD: Int32? = nil, wrapper: [String] = [], cwd: String? = nil) throws -> Running {
         let r = Running()
+        if let cwd { r.process.currentDirectoryURL = URL(fileURLWithPath: cwd) }
         if !wrapper.isEmpty {
             // e.g. `ip netns exec NS devstream ...`
             r.process.executableURL = URL(fileURLWithPath: wrapper[0] == "ip" ? "/usr/sbin/ip" : wrapper[0])
@@ -73,8 +74,9 @@ enum CLI {
     /// Starts a receiver on port 0 and returns it with the port from its first stdout line (its
     /// first stderr line with `--output -`, when `listenLineOnStderr`).
     static func receiver(_ args: [String], env: [String: String] = [:], shellPrefix: String? = nil,
-                         listenLineOnStderr: Bool = false, host: String = "127.0.0.1", wrapper: [String] = []) throws -> (Running, String) {
-        let r = try start(["receive", "--listen", "\(host):0"] + args, env: env, shellPrefix: shellPrefix, wrapper: wrapper)
+                         listenLineOnStderr: Bool = false, host: String = "127.0.0.1", wrapper: [String] = [],
+                         cwd: String? = nil) throws -> (Running, String) {
+        let r = try start(["receive", "--listen", "\(host):0"] + args, env: env, shellPrefix: shellPrefix, wrapper: wrapper, cwd: cwd)
         var line = [UInt8]()
         let h = listenLineOnStderr ? r.err.fileHandleForReading : r.out.fileHandleForReading
         while true {
@@ -89,6 +91,15 @@ enum CLI {
     }
 
     enum CLIError: Error { case noListenLine(String) }
+
+    /// A pre-shared key file (0600) for this test process's CLI sessions: `psk` passes it. The
+    /// CLI refuses a session without security options unless `--insecure` is given.
+    static let keyFile: String = {
+        let path = tmpPath("cli-key")
+        _ = try! SecurityOptions.makeKeyFile(path)  // a test fixture: no key, no CLI tests
+        return path
+    }()
+    static var psk: [String] { ["--psk-file", keyFile] }
 
     static func json(_ s: String) -> [String: Any]? {
         guard let line = s.split(separator: "\n").last(where: { $0.hasPrefix("{") }) else { return nil }
@@ -106,8 +117,8 @@ enum CLI {
     @Test func sendReceiveJSON() throws {
         let src = file("cli-src", bytes: 5_000_000, seed: 1), out = tmpPath("cli-out")
         defer { unlink(src); unlink(out) }
-        let (recv, addr) = try CLI.receiver(["--output", out, "--json"])
-        let sent = try CLI.run(["send", src, "--to", addr, "--connections", "3", "--json"])
+        let (recv, addr) = try CLI.receiver(["--output", out, "--json"] + CLI.psk)
+        let sent = try CLI.run(["send", src, "--to", addr, "--connections", "3", "--json"] + CLI.psk)
         let got = recv.wait()
         #expect(sent.status == 0, "\(sent.stderr)")
         #expect(got.status == 0, "\(got.stderr)")
@@ -129,8 +140,8 @@ enum CLI {
         let env = ["DEVSTREAM_IO_BACKEND": "blocking"]
         // stdout is the data (QEMU's `-incoming exec:` reads it): the listening line and the
         // JSON report go to stderr.
-        let (recv, addr) = try CLI.receiver(["--output", "-", "--json"], env: env, listenLineOnStderr: true)
-        let sender = try CLI.start(["send", "-", "--to", addr, "--json"], env: env, stdin: src)
+        let (recv, addr) = try CLI.receiver(["--output", "-", "--json"] + CLI.psk, env: env, listenLineOnStderr: true)
+        let sender = try CLI.start(["send", "-", "--to", addr, "--json"] + CLI.psk, env: env, stdin: src)
         let got = recv.wait()  // drains the receiver's stdout while the sender runs
         let sent = sender.wait()
         #expect(sent.status == 0 && got.status == 0, "\(sent.stderr) \(got.stderr)")
@@ -149,8 +160,8 @@ enum CLI {
         var fds: [Int32] = [0, 0]
         #expect(pipe(&fds) == 0)
         let first = testData(2 << 20, seed: 41), second = testData(1 << 20 + 777, seed: 42)
-        let (recv, addr) = try CLI.receiver(["--output", out, "--timeout", "1s"])
-        let sender = try CLI.start(["send", "-", "--to", addr, "--timeout", "1s", "--chunk-size", "256K"], stdinFD: fds[0])
+        let (recv, addr) = try CLI.receiver(["--output", out, "--timeout", "1s"] + CLI.psk)
+        let sender = try CLI.start(["send", "-", "--to", addr, "--timeout", "1s", "--chunk-size", "256K"] + CLI.psk, stdinFD: fds[0])
         close(fds[0])
         signal(SIGPIPE, SIG_IGN)
         func put(_ b: [UInt8]) { var off = 0; while off < b.count { let n = b.withUnsafeBytes { write(fds[1], $0.baseAddress! + off, $0.count - off) }; if n <= 0 { return }; off += n } }
@@ -170,10 +181,10 @@ enum CLI {
     @Test func fileDestinationAppearsOnlyOnSuccess() throws {
         let src = file("cli-fdev-src", bytes: 3 << 20, seed: 44), dst = tmpPath("cli-fdev-dst")
         defer { unlink(src); unlink(dst); unlink(dst + ".partial") }
-        let (recv, addr) = try CLI.receiver(["--device", "file:\(dst)"])
+        let (recv, addr) = try CLI.receiver(["--device", "file:\(dst)"] + CLI.psk)
         // A file has no pre-copy: under the default policy (wait) it switches over at once,
         // instead of spinning through empty rounds until the deadline.
-        let m = try CLI.run(["migrate", "--device", "file:\(src)", "--to", addr, "--deadline", "20s", "--json"])
+        let m = try CLI.run(["migrate", "--device", "file:\(src)", "--to", addr, "--deadline", "20s", "--json"] + CLI.psk)
         let got = recv.wait()
         #expect(m.status == 0 && got.status == 0, "\(m.stderr) \(got.stderr)")
         let j = CLI.json(m.stdout)
@@ -186,9 +197,9 @@ enum CLI {
         #expect(same && !exists(dst + ".partial"))
         unlink(dst)
         // Device 0 (the file) is made, then device 1's size disagrees: the migration fails.
-        let (recv2, addr2) = try CLI.receiver(["--device", "file:\(dst)", "--device", "sim:size=4M"])
+        let (recv2, addr2) = try CLI.receiver(["--device", "file:\(dst)", "--device", "sim:size=4M"] + CLI.psk)
         let m2 = try CLI.run(["migrate", "--device", "file:\(src)", "--device", "sim:size=8M", "--to", addr2,
-                              "--on-nonconvergence", "switchover"])
+                              "--on-nonconvergence", "switchover"] + CLI.psk)
         let got2 = recv2.wait()
         #expect(m2.status != 0 && got2.status != 0)
         #expect(got2.stderr.contains("size=4194304") || got2.stderr.contains("8388608"), "\(got2.stderr)")
@@ -198,7 +209,7 @@ enum CLI {
     /// A sim: destination without size= is refused at once: the source never chooses how much
     /// memory the destination allocates.
     @Test func simDestinationNeedsSize() throws {
-        let r = try CLI.run(["receive", "--listen", "127.0.0.1:0", "--device", "sim:chunk=64K"])
+        let r = try CLI.run(["receive", "--listen", "127.0.0.1:0", "--device", "sim:chunk=64K"] + CLI.psk)
         #expect(r.status != 0)
         #expect(r.stderr.contains("has no size="), "\(r.stderr)")
         #expect(!r.stdout.contains("listening"))
@@ -220,7 +231,7 @@ enum CLI {
             usleep(300_000)
             close(c)
         }
-        let r = try CLI.run(["send", src, "--to", "127.0.0.1:\(port)", "--connections", "1", "--json"])
+        let r = try CLI.run(["send", src, "--to", "127.0.0.1:\(port)", "--connections", "1", "--json", "--insecure"])
         t.join()
         close(lfd)
         #expect(r.status != 0)
@@ -234,7 +245,7 @@ enum CLI {
         defer { unlink(src) }
         let (lfd, port) = try DSTransportListenPort.free()
         close(lfd)
-        let r = try CLI.run(["send", src, "--to", "127.0.0.1:\(port)"])
+        let r = try CLI.run(["send", src, "--to", "127.0.0.1:\(port)"] + CLI.psk)
         #expect(r.status != 0)
         #expect(r.stderr.contains("cannot connect") && r.stderr.contains("Connection refused"))
         // The library's message asks for a receiver; the CLI's hint line names the command.
@@ -257,7 +268,7 @@ enum CLI {
         // The JSON report carries the hint beside the error.
         let (lfd, port) = try DSTransportListenPort.free()
         close(lfd)
-        let j = try CLI.run(["send", src, "--to", "127.0.0.1:\(port)", "--json"])
+        let j = try CLI.run(["send", src, "--to", "127.0.0.1:\(port)", "--json"] + CLI.psk)
         let o = CLI.json(j.stdout)
         #expect(j.status != 0 && o?["status"] as? String == "failed", "\(j.stdout)")
         #expect((o?["error"] as? String)?.contains("--") == false, "\(j.stdout)")
@@ -269,8 +280,8 @@ enum CLI {
     @Test func fullDiskLeavesNoFile() throws {
         let src = file("cli-big", bytes: 4_000_000, seed: 4), out = tmpPath("cli-full")
         defer { unlink(src); unlink(out); unlink(out + ".partial") }
-        let (recv, addr) = try CLI.receiver(["--output", out], shellPrefix: "ulimit -f 2000")
-        let sent = try CLI.run(["send", src, "--to", addr])
+        let (recv, addr) = try CLI.receiver(["--output", out] + CLI.psk, shellPrefix: "ulimit -f 2000")
+        let sent = try CLI.run(["send", src, "--to", addr] + CLI.psk)
         let got = recv.wait()
         #expect(got.status != 0)
         #expect(got.stderr.contains("file-size limit") || got.stderr.contains("File too large"), "\(got.stderr)")
@@ -282,8 +293,8 @@ enum CLI {
     @Test func unwritableOutputExitsNonZero() throws {
         let src = file("cli-unw", bytes: 1000, seed: 5)
         defer { unlink(src) }
-        let (recv, addr) = try CLI.receiver(["--output", "/proc/no-such-dir/x"])
-        let sent = try CLI.run(["send", src, "--to", addr])
+        let (recv, addr) = try CLI.receiver(["--output", "/proc/no-such-dir/x"] + CLI.psk)
+        let sent = try CLI.run(["send", src, "--to", addr] + CLI.psk)
         let got = recv.wait()
         #expect(got.status != 0 && sent.status != 0)
         #expect(got.stderr.contains("cannot write"))
@@ -304,9 +315,9 @@ enum CLI {
     }
 
     @Test func migrateAndReceiveCLI() throws {
-        let (recv, addr) = try CLI.receiver(["--device", "sim:size=16M", "--device", "vfio-emu:size=4M", "--json"])
+        let (recv, addr) = try CLI.receiver(["--device", "sim:size=16M", "--device", "vfio-emu:size=4M", "--json"] + CLI.psk)
         let m = try CLI.run(["migrate", "--device", "sim:size=16M,dirty-rate=8M", "--device", "vfio-emu:size=4M,dirty-rate=1M",
-                             "--to", addr, "--downtime-limit", "200ms", "--json"])
+                             "--to", addr, "--downtime-limit", "200ms", "--json"] + CLI.psk)
         let got = recv.wait()
         #expect(m.status == 0 && got.status == 0, "\(m.stderr) \(got.stderr)")
         let s = try #require(CLI.json(m.stdout)), d = try #require(CLI.json(got.stdout))
@@ -335,7 +346,10 @@ enum CLI {
             p.arguments = ["-u", "nobody", "--", "/bin/sh", "-c", "ulimit -l 64; exec \(bin) \(args)"]
             return p
         }
-        let recv = asNobody("receive --listen 127.0.0.1:0 --output /dev/null --json")
+        // The receiver (as nobody) makes the one-time key; the sender (as nobody) reads it.
+        let key = tmpPath("memlock-key")
+        defer { unlink(key) }
+        let recv = asNobody("receive --listen 127.0.0.1:0 --output /dev/null --json --key-out \(key)")
         let rout = Pipe(), rerr = Pipe()
         recv.standardOutput = rout; recv.standardError = rerr
         try recv.run()
@@ -346,7 +360,7 @@ enum CLI {
             line.append(b[0])
         }
         let addr = String(decoding: line, as: UTF8.self).replacingOccurrences(of: "listening on ", with: "")
-        let send = asNobody("send \(src) --to \(addr) --json")
+        let send = asNobody("send \(src) --to \(addr) --json --psk-file \(key)")
         let sout = Pipe(), serr = Pipe()
         send.standardOutput = sout; send.standardError = serr
         try send.run()
@@ -370,8 +384,8 @@ enum CLI {
         defer { unlink(out); unlink(out + ".partial") }
         var fds: [Int32] = [0, 0]
         #expect(pipe(&fds) == 0)
-        let (recv, addr) = try CLI.receiver(["--output", out])
-        let sender = try CLI.start(["send", "/proc/self/fd/0", "--to", addr, "--connections", "2"],
+        let (recv, addr) = try CLI.receiver(["--output", out] + CLI.psk)
+        let sender = try CLI.start(["send", "/proc/self/fd/0", "--to", addr, "--connections", "2"] + CLI.psk,
                                    stdinFD: fds[0])
         close(fds[0])
         let chunk = testData(1 << 20, seed: 11)
@@ -390,8 +404,8 @@ enum CLI {
     @Test func receiverKilledMidTransfer() throws {
         var fds: [Int32] = [0, 0]
         #expect(pipe(&fds) == 0)
-        let (recv, addr) = try CLI.receiver(["--output", "/dev/null"])
-        let sender = try CLI.start(["send", "-", "--to", addr, "--timeout", "5s"], stdinFD: fds[0])
+        let (recv, addr) = try CLI.receiver(["--output", "/dev/null"] + CLI.psk)
+        let sender = try CLI.start(["send", "-", "--to", addr, "--timeout", "5s"] + CLI.psk, stdinFD: fds[0])
         close(fds[0])
         let chunk = testData(1 << 20, seed: 12)
         for _ in 0..<4 { _ = chunk.withUnsafeBytes { write(fds[1], $0.baseAddress, $0.count) } }
@@ -414,7 +428,7 @@ enum CLI {
     }
 
     @Test func badDeviceSpecListsValidKinds() throws {
-        let r = try CLI.run(["migrate", "--device", "gpu:x=1", "--to", "127.0.0.1:9"])
+        let r = try CLI.run(["migrate", "--device", "gpu:x=1", "--to", "127.0.0.1:9"] + CLI.psk)
         #expect(r.status != 0)
         #expect(r.stderr.contains("valid kinds") && r.stderr.contains("vfio-emu:size=SIZE"))
     }

@@ -16,10 +16,10 @@ import DSTestSupport
     }
 
     func migrate(killSourceAt: String? = nil, killDestinationAt: String? = nil) throws -> Outcome {
-        let (r, endpoint) = try CLI.receiver(["--device", "sim:size=16M", "--timeout", "5s"],
+        let (r, endpoint) = try CLI.receiver(["--device", "sim:size=16M", "--timeout", "5s"] + CLI.psk,
                                              env: killDestinationAt.map { ["DEVSTREAM_TEST_KILL_AT": $0] } ?? [:])
         let s = try CLI.start(["migrate", "--device", "sim:size=16M,dirty-rate=2M,seed=5", "--to", endpoint,
-                               "--timeout", "5s", "--deadline", "20s"],
+                               "--timeout", "5s", "--deadline", "20s"] + CLI.psk,
                               env: killSourceAt.map { ["DEVSTREAM_TEST_KILL_AT": $0] } ?? [:])
         let src = s.wait()
         let dst = r.wait()
@@ -98,7 +98,7 @@ import DSTestSupport
     }
 
     @Test func anUnknownKillPhaseIsAUsageError() throws {
-        let r = try CLI.run(["migrate", "--device", "sim:size=1M", "--to", "127.0.0.1:1"], env: ["DEVSTREAM_TEST_KILL_AT": "never"])
+        let r = try CLI.run(["migrate", "--device", "sim:size=1M", "--to", "127.0.0.1:1"] + CLI.psk, env: ["DEVSTREAM_TEST_KILL_AT": "never"])
         #expect(r.status != 0)
         #expect(r.stderr.contains("DEVSTREAM_TEST_KILL_AT must be one of"))
     }
@@ -109,9 +109,9 @@ import DSTestSupport
 /// network latency (which once predicted seconds of downtime and made pre-copy spin).
 @Suite struct SwitchoverCostTests {
     @Test func destinationSetupIsNotCountedAsRoundTrip() throws {
-        let (r, endpoint) = try CLI.receiver(["--device", "sim:size=256M", "--timeout", "10s"])
+        let (r, endpoint) = try CLI.receiver(["--device", "sim:size=256M", "--timeout", "10s"] + CLI.psk)
         let s = try CLI.run(["migrate", "--device", "sim:size=256M,dirty-rate=16M,seed=2", "--to", endpoint,
-                             "--timeout", "10s", "--json"])
+                             "--timeout", "10s", "--json"] + CLI.psk)
         let d = r.wait()
         #expect(s.status == 0, "\(s.stderr)")
         #expect(d.status == 0, "\(d.stderr)")

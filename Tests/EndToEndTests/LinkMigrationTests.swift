@@ -38,7 +38,7 @@ import DSNetLab
         let (r, endpoint) = try CLI.receiver(["--device", "sim:size=8M", "--timeout", "5s", "--insecure"],
                                              host: link.destinationAddress, wrapper: link.inDestination([]))
         let port = endpoint.split(separator: ":").last!
-        let wrong = try CLI.run(["migrate", "--device", "sim:size=8M", "--to", "127.0.0.1:\(port)", "--timeout", "3s"],
+        let wrong = try CLI.run(["migrate", "--device", "sim:size=8M", "--to", "127.0.0.1:\(port)", "--timeout", "3s", "--insecure"],
                                 env: [:], wrapper: link.inSource([]))
         #expect(wrong.status != 0)
         #expect(wrong.stderr.contains("refused"), "\(wrong.stderr)")

@@ -53,6 +53,10 @@ final class TestPKI: @unchecked Sendable {
     }
 }
 
+func tlsTmpPathE2E(_ name: String) -> String {
+    "/tmp/tls-e2e-\(getpid())-\(UInt32.random(in: 0...UInt32.max))-\(name)"
+}
+
 @Suite(.serialized) struct TLSTests {
     func file(_ bytes: Int, seed: UInt64) -> String {
         let p = "/tmp/tls-e2e-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -124,19 +128,80 @@ final class TestPKI: @unchecked Sendable {
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 
-    /// Plaintext off loopback is a usage error before any connection is tried.
-    @Test func plaintextToANonLoopbackAddressNeedsInsecure() throws {
+    /// No security options and no `--insecure`: `send` and `migrate` refuse before any
+    /// connection is tried, loopback included, and say how to get a key.
+    @Test func sendAndMigrateNeedSecurityOrInsecure() throws {
         let src = file(1000, seed: 14)
         defer { unlink(src) }
-        let start = Date()
-        let r = try CLI.run(["send", src, "--to", "192.0.2.1:7000", "--timeout", "20s"])
-        #expect(r.status != 0)
-        #expect(r.stderr.contains("non-loopback") && r.stderr.contains("--insecure"), "\(r.stderr)")
-        #expect(Date().timeIntervalSince(start) < 5)
-        let l = try CLI.run(["receive", "--listen", "0.0.0.0:0", "--output", src + ".out"])
-        #expect(l.status != 0 && l.stderr.contains("non-loopback") && l.stderr.contains("--insecure"), "\(l.stderr)")
-        let m = try CLI.run(["migrate", "--device", "sim:size=1M", "--to", "192.0.2.1:7000"])
-        #expect(m.status != 0 && m.stderr.contains("non-loopback") && m.stderr.contains("--insecure"), "\(m.stderr)")
+        for to in ["127.0.0.1:7000", "192.0.2.1:7000"] {
+            let start = Date()
+            let r = try CLI.run(["send", src, "--to", to, "--timeout", "20s"])
+            #expect(r.status != 0)
+            #expect(r.stderr.contains("without security options") && r.stderr.contains("--insecure")
+                    && r.stderr.contains("--psk-file"), "\(r.stderr)")
+            #expect(Date().timeIntervalSince(start) < 5)
+            let m = try CLI.run(["migrate", "--device", "sim:size=1M", "--to", to])
+            #expect(m.status != 0 && m.stderr.contains("without security options") && m.stderr.contains("--insecure"), "\(m.stderr)")
+        }
+        // --insecure and a key contradict each other.
+        let both = try CLI.run(["send", src, "--to", "127.0.0.1:7000", "--insecure"] + CLI.psk)
+        #expect(both.status != 0 && both.stderr.contains("--insecure turns security off"), "\(both.stderr)")
+    }
+
+    /// `receive` without security options makes a one-time key (0600) in its working directory,
+    /// says where on stderr, and the sender that reads it gets in; the file is gone afterwards.
+    @Test func receiveMakesAOneTimeKey() throws {
+        let src = file(2_000_000, seed: 15), out = src + ".out"
+        let dir = "/tmp/tls-cwd-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(dir, 0o700)
+        defer { unlink(src); unlink(out); _ = try? FileManager.default.removeItem(atPath: dir) }
+        let (recv, addr) = try CLI.receiver(["--output", out, "--json"], cwd: dir)
+        let port = addr.split(separator: ":").last!
+        let key = "\(dir)/devstream-\(port).key"
+        var st = stat()
+        #expect(stat(key, &st) == 0 && st.st_mode & 0o777 == 0o600, "mode \(String(st.st_mode & 0o777, radix: 8))")
+        // Without the key: refused before connecting. With it: the transfer completes.
+        let keyless = try CLI.run(["send", src, "--to", addr])
+        #expect(keyless.status != 0)
+        let sent = try CLI.run(["send", src, "--to", addr, "--json", "--psk-file", key])
+        let got = recv.wait()
+        #expect(sent.status == 0 && got.status == 0, "\(sent.stderr) \(got.stderr)")
+        #expect(got.stderr.contains("made a one-time pre-shared key in \(key)") && got.stderr.contains("--psk-file \(key)"), "\(got.stderr)")
+        #expect(readFile(out) == readFile(src))
+        #expect(!exists(key), "the one-time key is removed when the receive ends")
+    }
+
+    /// `--key-out FILE` picks where the one-time key goes (here for a migration), and is refused
+    /// beside a key of one's own or --insecure.
+    @Test func receiveKeyOut() throws {
+        let key = tlsTmpPathE2E("key-out")
+        defer { unlink(key) }
+        let (recv, addr) = try CLI.receiver(["--device", "sim:size=4M", "--key-out", key])
+        #expect(try SecurityOptions.pskFile(key) != SecurityOptions(.psk(key: [])))
+        let m = try CLI.run(["migrate", "--device", "sim:size=4M,dirty-rate=1M", "--to", addr, "--psk-file", key,
+                             "--on-nonconvergence", "switchover"])
+        let got = recv.wait()
+        #expect(m.status == 0 && got.status == 0, "\(m.stderr) \(got.stderr)")
+        #expect(got.stderr.contains("devstream migrate ... --psk-file \(key)"), "\(got.stderr)")
+        #expect(!exists(key))
+        for extra in [CLI.psk, ["--insecure"]] {
+            let r = try CLI.run(["receive", "--listen", "127.0.0.1:0", "--output", "/dev/null", "--key-out", key] + extra)
+            #expect(r.status != 0 && r.stderr.contains("--key-out makes a one-time key"), "\(r.stderr)")
+        }
+        // An unwritable place for the key: the receive fails before it takes a session.
+        let bad = try CLI.run(["receive", "--listen", "127.0.0.1:0", "--output", "/dev/null", "--key-out", "/proc/no-such-dir/key"])
+        #expect(bad.status != 0 && bad.stderr.contains("cannot create the key file") && bad.stderr.contains("no key, no session"), "\(bad.stderr)")
+    }
+
+    /// `--insecure` at both ends: plaintext on loopback, by explicit choice, and the reports say so.
+    @Test func insecureAtBothEnds() throws {
+        let src = file(500_000, seed: 16), out = src + ".out"
+        defer { unlink(src); unlink(out) }
+        let (recv, addr) = try CLI.receiver(["--output", out, "--json", "--insecure"])
+        let sent = try CLI.run(["send", src, "--to", addr, "--json", "--insecure"])
+        let got = recv.wait()
+        #expect(sent.status == 0 && got.status == 0, "\(sent.stderr) \(got.stderr)")
+        #expect(!got.stderr.contains("one-time"))
     }
 
     /// A live migration over PSK, N = 3: every channel (and channel 0's two-way control

@@ -103,14 +103,19 @@ typedef struct ds_options ds_options;
 #define DS_BACKEND_BLOCKING   2  /* plain syscalls: for hosts whose seccomp forbids io_uring */
 
 /* New options with the defaults: 2 connections, LZ4, 300 ms downtime limit, policy WAIT,
- * 60 s deadline, 30 s stall timeout, no TLS (loopback only), automatic switchover, no hold. */
+ * 60 s deadline, 30 s stall timeout, automatic switchover, no hold, and no security: a session
+ * then refuses to start (DS_ERR_USAGE) until ds_options_set_psk gives it a key (or
+ * ds_options_set_insecure allows plaintext). */
 ds_options *ds_options_new(void);
 void ds_options_free(ds_options *opts);
 /* TCP connections (channels), 1..64. */
 int ds_options_set_connections(ds_options *opts, uint32_t connections, ds_error **err);
 /* TLS 1.3 with a pre-shared key (at least 32 bytes; the same at both ends). */
 int ds_options_set_psk(ds_options *opts, const uint8_t *key, size_t length, ds_error **err);
-/* Allow plaintext off loopback (a trusted network only). */
+/* Allow a session without a key: plaintext and unauthenticated, on any address, loopback
+ * included. It gives up all protection (any local user can connect; anyone on the path can read
+ * or change the data): only where every user and the network are trusted. Handed-in Unix
+ * sockets whose peer runs as the same user need neither (the kernel vouches for the peer). */
 int ds_options_set_insecure(ds_options *opts, int allow);
 /* The downtime budget switchover must fit, in nanoseconds (> 0). */
 int ds_options_set_downtime_limit_ns(ds_options *opts, uint64_t ns, ds_error **err);

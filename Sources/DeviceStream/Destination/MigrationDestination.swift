@@ -62,8 +62,8 @@ public final class MigrationDestination: @unchecked Sendable {
     /// A destination over sockets the caller already holds, one per channel of the source's
     /// session (`options.connections` is not used: the source's preamble says how many).
     /// Ownership: the session takes the descriptors and closes them when `run` returns (or
-    /// here, if this throws). Plaintext needs every peer to be local unless
-    /// `options.allowInsecure`.
+    /// here, if this throws). Without security options each must be a Unix socket whose
+    /// peer runs as this user (SO_PEERCRED), unless `options.allowInsecure`.
     public convenience init(adopting sockets: [Int32], devices: [any MigratableDevice], options: TransferOptions,
                             warn: (@Sendable (String) -> Void)? = nil) throws(TransferError) {
         try self.init(SessionListener(adopting: sockets, options: options, warn: warn ?? { printWarning($0) }), devices: devices, factory: nil,

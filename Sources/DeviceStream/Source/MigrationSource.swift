@@ -46,9 +46,9 @@ public final class MigrationSource: Sendable {
     /// channel (`configuration.transfer.connections` of them, channel 0 first).
     ///
     /// Ownership: the session takes the descriptors; it closes them when `migrate` returns,
-    /// success or failure. Do not read, write or close them meanwhile or afterwards. Plaintext
-    /// is allowed only when every peer is local (loopback or a Unix socket) or
-    /// `transfer.allowInsecure` is set.
+    /// success or failure. Do not read, write or close them meanwhile or afterwards. Without
+    /// `transfer.security` each socket must be a Unix socket whose peer runs as this user
+    /// (SO_PEERCRED), unless `transfer.allowInsecure` is set.
     /// - Warning: Blocks like `migrate(to:onEvent:)`.
     public func migrate(over sockets: [Int32], onEvent: @escaping @Sendable (MigrationEvent) -> Void = { _ in }) -> MigrationReport {
         run(.adopt(sockets), onEvent: onEvent)

@@ -147,8 +147,8 @@ impl fmt::Debug for Key {
 /// ```
 ///
 /// What is not set keeps the library's default (`ds_options_new`): 2 connections, 300 ms
-/// downtime limit, policy [`Policy::Wait`], 60 s deadline, 30 s stall timeout, no TLS (loopback
-/// only), automatic switchover, no resume hold. Values are checked when a session is made
+/// downtime limit, policy [`Policy::Wait`], 60 s deadline, 30 s stall timeout, no key (a session
+/// then refuses to start: give [`Options::psk`], or [`Options::insecure`]), automatic switchover, no resume hold. Values are checked when a session is made
 /// ([`crate::Source::new`], [`crate::Destination::new`]), which copies them.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -183,7 +183,9 @@ impl Options {
         self.psk = Some(key);
         self
     }
-    /// Allow plaintext off loopback (a trusted network only).
+    /// Allow a session without a key: plaintext and unauthenticated, on any address (loopback
+    /// included). It gives up all protection: any local user can connect, anyone on the path can
+    /// read or change the data. Without it (and without `psk`), a session refuses to start.
     pub fn insecure(mut self, allow: bool) -> Options {
         self.insecure = allow;
         self
