@@ -132,7 +132,7 @@ extension SessionListener {
         let frame = ErrorMessage(code: 2, message: message).frame(type: .reject)
         _ = try? conn.send(frame, timeout: .seconds(2), ring: ring)
         conn.shutdown(Int32(SHUT_WR))
-        lock.withLock { rejectedCount += 1 }
+        lock.withLock { rejected += 1 }
     }
 
     /// A connection that is not a (matching) devstream sender: fails the receive if no session
@@ -153,7 +153,7 @@ extension SessionListener {
         release(id)
         conn.close()
         let fatal = lock.withLock { () -> Bool in
-            rejectedCount += 1
+            rejected += 1
             guard session == nil, !stopping else { return false }
             failure = TransferError(code, message + "; no transfer took place", hint: hint)
             lock.broadcast()
@@ -167,7 +167,7 @@ extension SessionListener {
     private func dropSilent(_ conn: Connection, id: Int, who: String) {
         release(id)
         conn.close()
-        let stopping = lock.withLock { droppedCount += 1; return self.stopping }
+        let stopping = lock.withLock { dropped += 1; return self.stopping }
         if !stopping { warn("warning: dropped a connection from \(who) that sent nothing") }
     }
 

@@ -36,7 +36,7 @@ package struct SessionInfo: Sendable {
 /// token, the session's checks, and turning strangers away).
 package final class SessionListener: @unchecked Sendable {
     // @unchecked: `joined`, `session`, `failure`, `stopping`, `handedOut`, `sessionToken`,
-    // `pending`, `finished`, `reserved` and the counters are guarded by `lock`; the listening fd,
+    // `pending`, `finished`, `reserved` and the counters (`rejected`, `dropped`) are guarded by `lock`; the listening fd,
     // `security`, `timeout`, `backend` and `warn` are immutable. (Internal, not private: the
     // joining half in `Listener+Joining.swift` uses them.)
     package let fd: Int32
@@ -56,8 +56,9 @@ package final class SessionListener: @unchecked Sendable {
     let timeout: Duration
     private let backend: IOBackendKind
     let warn: @Sendable (String) -> Void
-    /// Connections rejected so far (tests read it).
-    package internal(set) var rejectedCount = 0
+    /// Connections rejected so far (tests read it, from their own thread: under `lock`).
+    package var rejectedCount: Int { lock.withLock { rejected } }
+    var rejected = 0
     /// The server side's TLS context (nil: plaintext).
     let security: SecurityContext?
     /// The session token exported from channel 0's TLS connection.
@@ -75,8 +76,10 @@ package final class SessionListener: @unchecked Sendable {
     var reserved: Set<Int> = []
     /// Connections whose preamble is being read now (tests read it).
     package var pendingCount: Int { lock.withLock { pending.count - finished.count } }
-    /// Connections dropped so far for sending nothing, or for exceeding `maxPending`.
-    package internal(set) var droppedCount = 0
+    /// Connections dropped so far for sending nothing, or for exceeding `maxPending` (read
+    /// under `lock`).
+    package var droppedCount: Int { lock.withLock { dropped } }
+    var dropped = 0
 
     /// Listens with `options`' timeout, backend and security; refuses to listen without
     /// security options unless `options.allowInsecure` (`TransferOptions.checkPlaintext`).
@@ -228,7 +231,7 @@ package final class SessionListener: @unchecked Sendable {
         guard let id else {
             let who = Self.peerName(conn.fd)
             conn.close()
-            let stopping = lock.withLock { droppedCount += 1; return self.stopping }
+            let stopping = lock.withLock { dropped += 1; return self.stopping }
             if !stopping {
                 warn("warning: dropped a connection from \(PeerText.escape(who)): \(Self.maxPending) connections are already waiting to send their preamble")
             }
@@ -247,7 +250,7 @@ package final class SessionListener: @unchecked Sendable {
             let who = Self.peerName(conn.fd)
             let stopping = lock.withLock { () -> Bool in
                 pending.removeValue(forKey: id)
-                droppedCount += 1
+                dropped += 1
                 return self.stopping
             }
             conn.close()

@@ -70,7 +70,34 @@ package func transfer(source: String, output: String, options: TransferOptions, 
 /// A one-connection TCP proxy that forwards both ways and lets a test corrupt, truncate or
 /// cut the client → server byte stream.
 package final class FaultProxy: @unchecked Sendable {
-    package enum Fault: Sendable { case none, flip(at: Int), truncate(after: Int), kill(after: Int), flipAfterSwitchover, truncateAfterSwitchover }
+    package enum Fault: Sendable, CustomStringConvertible {
+        case none, flip(at: Int), truncate(after: Int), kill(after: Int), flipAfterSwitchover, truncateAfterSwitchover
+        /// Forwards the bytes before the offset, then holds everything for the duration.
+        case stall(after: Int, for: Duration)
+
+        /// The fault's kind, without its offset.
+        package var kind: String {
+            switch self {
+            case .none: "none"
+            case .flip: "flip"
+            case .truncate: "truncate"
+            case .kill: "kill"
+            case .stall: "stall"
+            case .flipAfterSwitchover: "flip-after-switchover"
+            case .truncateAfterSwitchover: "truncate-after-switchover"
+            }
+        }
+
+        package var description: String {
+            switch self {
+            case .flip(let at): "flip at \(at)"
+            case .truncate(let after): "truncate after \(after)"
+            case .kill(let after): "kill after \(after)"
+            case .stall(let after, let d): "stall after \(after) for \(d)"
+            default: kind
+            }
+        }
+    }
     package let listenFD: Int32
     package let port: UInt16
     private var thread: OSThread?
@@ -99,6 +126,7 @@ package final class FaultProxy: @unchecked Sendable {
             var buf = [UInt8](repeating: 0, count: 65536)
             var total = 0
             var tracker = FrameTracker()
+            var stalled = false
             loop: while true {
                 let n = buf.withUnsafeMutableBytes { recv(client, $0.baseAddress, $0.count, 0) }
                 if n <= 0 { break }
@@ -118,6 +146,13 @@ package final class FaultProxy: @unchecked Sendable {
                         _ = buf.withUnsafeBytes { send(server, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
                         break loop
                     }
+                case .stall(let after, let duration) where !stalled && total + n > after:
+                    stalled = true
+                    _ = buf.withUnsafeBytes { send(server, $0.baseAddress, after - total, Int32(MSG_NOSIGNAL)) }
+                    sleep(for: duration)
+                    _ = buf.withUnsafeBytes { send(server, $0.baseAddress! + (after - total), n - (after - total), Int32(MSG_NOSIGNAL)) }
+                    total += n
+                    continue loop
                 default: break
                 }
                 _ = buf.withUnsafeBytes { send(server, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }

@@ -12,18 +12,28 @@ import DSSupport
 /// sends it saw, so a test knows the faults reached the funnel. `armed` off lets the TLS
 /// handshake through untouched.
 final class SendScript: @unchecked Sendable {
-    // @unchecked: read and written only inside the plan (called under its lock) and after the
-    // senders are done.
-    var faults: [InjectedFault]
-    var calls = 0
-    var armed = true
+    // @unchecked: every field is guarded by `lock`: the plan runs on the senders' threads (a
+    // keepalive pacer's too) while the test reads `calls` on its own (ThreadSanitizer saw the
+    // unguarded read race the pacer's write).
+    private let lock = ConditionLock()
+    private var faults: [InjectedFault]
+    private var callCount = 0
+    private var isArmed = true
     init(_ faults: [InjectedFault]) { self.faults = faults }
+
+    var calls: Int { lock.withLock { callCount } }
+    var armed: Bool {
+        get { lock.withLock { isArmed } }
+        set { lock.withLock { isArmed = newValue } }
+    }
 
     var plan: FaultPlan {
         FaultPlan { [self] kind, _ in
-            guard armed, kind == .send else { return .none }
-            calls += 1
-            return faults.isEmpty ? .none : faults.removeFirst()
+            lock.withLock {
+                guard isArmed, kind == .send else { return .none }
+                callCount += 1
+                return faults.isEmpty ? .none : faults.removeFirst()
+            }
         }
     }
 }

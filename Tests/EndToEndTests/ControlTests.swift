@@ -122,14 +122,18 @@ import DSScheduler
 
     @Test func heldResumeWaitsForTheCaller() throws {
         let resumedAt = Mutex<Duration?>(nil)
+        // The resuming thread is joined below (ThreadSanitizer reports a thread never joined).
+        let resumer = Mutex<OSThread?>(nil)
         let (s, d, src, dst) = try migrate(migrationConfig(), resumeHold: .seconds(3), destinationEvents: { e, _, destination in
             guard case .handover(.commitReceived) = e else { return }
-            _ = try? OSThread(name: "ds-test") {
+            let t = try? OSThread(name: "ds-test") {
                 sleep(for: .milliseconds(200))
                 resumedAt.withLock { $0 = Monotonic.now }
                 destination.resume()
             }
+            resumer.withLock { $0 = t }
         })
+        resumer.withLock { $0 }?.join()
         defer { src.close(); dst.close() }
         #expect(s.completed && d.completed, "\(String(describing: s.error)) \(String(describing: d.error))")
         #expect(resumedAt.withLock { $0 } != nil)
