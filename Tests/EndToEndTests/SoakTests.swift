@@ -219,7 +219,9 @@ struct Soak {
         config.transfer.connections = s.connections
         config.transfer.timeout = Self.timeout
         config.transfer.chunkSize = 256 << 10
-        if s.tls { config.transfer.security = SecurityOptions(.psk(key: [UInt8](repeating: 0x5A, count: 32))) }
+        // Plaintext sessions are the fault proxy's point (it flips bytes a TLS record would catch
+        // as a bad tag); they say so explicitly, as sessions must since plaintext is opt-in.
+        if s.tls { config.transfer.security = SecurityOptions(.psk(key: [UInt8](repeating: 0x5A, count: 32))) } else { config.transfer.allowInsecure = true }
         config.scheduler.downtimeLimit = .milliseconds(300)
         config.scheduler.policy = .switchover
         config.scheduler.deadline = .seconds(3)
