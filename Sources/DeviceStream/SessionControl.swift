@@ -62,7 +62,10 @@ final class SessionControl: @unchecked Sendable {
 
     /// Blocks until the caller switches over, cancels, or the session aborts.
     func waitForSwitchover(abort signal: AbortSignal) throws(TransferError) {
-        signal.onAbort { [self] in lock.withLock { lock.broadcast() } }
+        // The waker holds the lock only: the signal keeps its wakers, and `self` holds the
+        // signal (`attach`), so capturing `self` made a cycle that leaked both, and everything
+        // the signal watches, after every session that waited here (LeakSanitizer found it).
+        signal.onAbort { [lock] in lock.withLock { lock.broadcast() } }
         lock.withLock { _ = lock.wait(until: { switchoverRequested || cancelled || signal.isAborted }, timeout: nil) }
         if let e = signal.error { throw e }
         if lock.withLock({ cancelled }) { throw Self.cancelError }
@@ -72,7 +75,7 @@ final class SessionControl: @unchecked Sendable {
 
     /// Blocks until the caller resumes (true), or `timeout` passes or the session aborts (false).
     func waitForResume(timeout: Duration, abort signal: AbortSignal) -> Bool {
-        signal.onAbort { [self] in lock.withLock { lock.broadcast() } }
+        signal.onAbort { [lock] in lock.withLock { lock.broadcast() } }  // not `self`: see above
         return lock.withLock {
             lock.wait(until: { resumeRequested || signal.isAborted }, timeout: timeout) && resumeRequested && !signal.isAborted
         }

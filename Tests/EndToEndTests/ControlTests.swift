@@ -133,12 +133,33 @@ import DSScheduler
             }
             resumer.withLock { $0 = t }
         })
-        resumer.withLock { $0 }?.join()
+        // Taken out, then joined: the thread's closure holds the destination, which must go.
+        resumer.withLock { t in defer { t = nil }; return t }?.join()
         defer { src.close(); dst.close() }
         #expect(s.completed && d.completed, "\(String(describing: s.error)) \(String(describing: d.error))")
         #expect(resumedAt.withLock { $0 } != nil)
         #expect((s.downtime ?? .zero) >= .milliseconds(200), "the downtime includes the hold")
         #expect(dst.state == .running)
+    }
+
+    /// Waiting on the caller (a resume hold, an external switchover) registers a waker with the
+    /// session's abort signal, which the control holds: a waker that held the control made a
+    /// cycle, and the control, the signal and everything it watches outlived every such session
+    /// (LeakSanitizer found it; this checks it without one).
+    @Test func waitingOnTheCallerLeavesNoCycle() {
+        weak var control: SessionControl?
+        weak var signal: AbortSignal?
+        do {
+            let c = SessionControl(), a = AbortSignal(side: "source")
+            c.attach(a)
+            c.requestSwitchover()
+            #expect(throws: Never.self) { try c.waitForSwitchover(abort: a) }
+            #expect(!c.waitForResume(timeout: .milliseconds(1), abort: a))
+            control = c
+            signal = a
+        }
+        #expect(control == nil, "the session control outlived its session")
+        #expect(signal == nil, "the abort signal outlived its session")
     }
 
     @Test func aResumeHoldThatRunsOutLeavesBothEndsStopped() throws {
