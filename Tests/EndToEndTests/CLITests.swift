@@ -286,7 +286,10 @@ enum CLI {
         #expect(got.status != 0)
         #expect(got.stderr.contains("file-size limit") || got.stderr.contains("File too large"), "\(got.stderr)")
         #expect(sent.status != 0)
-        #expect(sent.stderr.contains("receiver"), "\(sent.stderr)")
+        // Over TLS the receiver's farewell is best effort (skipped when another thread is inside
+        // the stream; WIRE.md, "Farewells"): the sender reports the receiver's reason, or, when
+        // the farewell lost that race, the closed connection.
+        #expect(sent.stderr.contains("receiver") || sent.stderr.contains("peer closed"), "\(sent.stderr)")
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 
