@@ -57,10 +57,12 @@ package func options(connections: Int = 2, compression: Bool = true, chunk: Int 
 
 /// Runs a receiver on a thread and a sender here; returns both reports.
 package func transfer(source: String, output: String, options: TransferOptions, to endpoint: Endpoint? = nil,
-              receiverOptions: TransferOptions? = nil) throws -> (sent: TransferReport, received: TransferReport) {
-    let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: receiverOptions ?? options, warn: { _ in })
+              receiverOptions: TransferOptions? = nil, acceptTimeout: Duration = .seconds(10),
+              receiverWarnings: (@Sendable (String) -> Void)? = nil) throws -> (sent: TransferReport, received: TransferReport) {
+    let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: receiverOptions ?? options,
+                                        warn: receiverWarnings ?? { _ in })
     nonisolated(unsafe) var received: TransferReport?
-    let t = try OSThread(name: "ds-test") { received = receiver.receive(output: output, acceptTimeout: .seconds(10)) }
+    let t = try OSThread(name: "ds-test") { received = receiver.receive(output: output, acceptTimeout: acceptTimeout) }
     let src = try TransferSource(path: source)
     let sent = TransferSender.send(src, to: endpoint ?? receiver.listener.endpoint, options: options, warn: { _ in })
     t.join()

@@ -34,14 +34,22 @@ func tlsTmpPath(_ name: String) -> String {
         #expect(received.connections == connections)
     }
 
+    /// A sender with another key fails and says the keys differ; the receiver turns it away
+    /// with a warning and waits on for its sender, and its timeout error says what it saw.
     @Test func wrongPSKIsRefusedAtBothEnds() throws {
         let src = tlsTmpPath("src"), out = tlsTmpPath("out")
         defer { unlink(src); unlink(out) }
         writeFile(src, testData(500_000, seed: 2))
-        let (sent, received) = try transfer(source: src, output: out, options: pskOptions(key: 1), receiverOptions: pskOptions(key: 2))
+        let warnings = Mutex<[String]>([])
+        let (sent, received) = try transfer(source: src, output: out, options: pskOptions(key: 1), receiverOptions: pskOptions(key: 2),
+                                            acceptTimeout: .seconds(1), receiverWarnings: { w in warnings.withLock { $0.append(w) } })
         #expect(!sent.completed && !received.completed)
         #expect(sent.error?.hint?.contains("--psk-file") == true, "\(sent.error?.description ?? "")")
-        #expect(received.error?.message.contains("pre-shared keys differ") == true, "\(received.error?.message ?? "")")
+        #expect(received.error?.code == .timeout, "\(received.error?.message ?? "")")
+        #expect(received.error?.message.contains("turned away, the last because") == true
+                && received.error?.message.contains("pre-shared keys differ") == true, "\(received.error?.message ?? "")")
+        #expect(received.error?.hint?.contains("--psk-file") == true)
+        #expect(warnings.withLock { $0.contains { $0.contains("pre-shared keys differ") } }, "\(warnings.withLock { $0 })")
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 
@@ -49,11 +57,12 @@ func tlsTmpPath(_ name: String) -> String {
         let src = tlsTmpPath("src"), out = tlsTmpPath("out")
         defer { unlink(src); unlink(out) }
         writeFile(src, testData(200_000, seed: 3))
-        let (sent, received) = try transfer(source: src, output: out, options: options(), receiverOptions: pskOptions())
+        let (sent, received) = try transfer(source: src, output: out, options: options(), receiverOptions: pskOptions(),
+                                            acceptTimeout: .seconds(1))
         #expect(!sent.completed && !received.completed)
         #expect(sent.error?.code == .rejected, "\(sent.error?.message ?? "")")
         #expect(sent.error?.message.contains("requires TLS") == true, "\(sent.error?.message ?? "")")
-        #expect(received.error?.message.contains("not using TLS") == true, "\(received.error?.message ?? "")")
+        #expect(received.error?.code == .timeout && received.error?.message.contains("not using TLS") == true, "\(received.error?.message ?? "")")
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 
@@ -61,10 +70,11 @@ func tlsTmpPath(_ name: String) -> String {
         let src = tlsTmpPath("src"), out = tlsTmpPath("out")
         defer { unlink(src); unlink(out) }
         writeFile(src, testData(200_000, seed: 3))
-        let (sent, received) = try transfer(source: src, output: out, options: pskOptions(), receiverOptions: options())
+        let (sent, received) = try transfer(source: src, output: out, options: pskOptions(), receiverOptions: options(),
+                                            acceptTimeout: .seconds(1))
         #expect(!sent.completed && !received.completed)
         #expect(sent.error?.message.contains("TLS") == true, "\(sent.error?.message ?? "")")
-        #expect(received.error?.message.contains("speaks TLS") == true, "\(received.error?.message ?? "")")
+        #expect(received.error?.code == .timeout && received.error?.message.contains("speaks TLS") == true, "\(received.error?.message ?? "")")
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 
@@ -78,7 +88,9 @@ func tlsTmpPath(_ name: String) -> String {
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
         let proxy = try FaultProxy(to: receiver.listener.endpoint, fault: .flip(at: offset))
         nonisolated(unsafe) var received: TransferReport?
-        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        // A flip inside the handshake only turns that connection away: the receiver then waits
+        // for another sender, here for a second.
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(1)) }
         let sent = TransferSender.send(try TransferSource(path: src), to: proxy.endpoint, options: o, warn: { _ in })
         t.join(); proxy.join()
         #expect(!sent.completed)
@@ -137,13 +149,20 @@ func tlsTmpPath(_ name: String) -> String {
 
     /// A "receiver" that accepts, reads `take` bytes (nil: nothing) and then closes (or, with
     /// `hold`, keeps the connection silent until the test ends).
+    /// With `take` 0 the peer reads whatever the client sent (its ClientHello) before it closes,
+    /// so the close is an end of stream, not a reset.
     func silentPeer(take: Int?, hold: Bool) throws -> (Endpoint, OSThread) {
         let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
         let t = try OSThread(name: "ds-test") {
             let c = accept(lfd, nil, nil)
             if let take {
-                var buf = [UInt8](repeating: 0, count: take)
-                _ = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, Int32(MSG_WAITALL)) }
+                var buf = [UInt8](repeating: 0, count: take == 0 ? 16384 : take)
+                if take == 0 {
+                    var p = pollfd(fd: c, events: Int16(POLLIN), revents: 0)
+                    while poll(&p, 1, 200) == 1, buf.withUnsafeMutableBytes({ recv(c, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }) > 0 {}
+                } else {
+                    _ = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, Int32(MSG_WAITALL)) }
+                }
             }
             if hold { usleep(2_500_000) }
             close(c); close(lfd)
@@ -168,11 +187,19 @@ func tlsTmpPath(_ name: String) -> String {
         let src = tlsTmpPath("src")
         defer { unlink(src) }
         writeFile(src, [1, 2, 3])
-        let (endpoint, t) = try silentPeer(take: 50, hold: false)
+        let (endpoint, t) = try silentPeer(take: 0, hold: false)
         let r = TransferSender.send(try TransferSource(path: src), to: endpoint, options: pskOptions(connections: 2), warn: { _ in })
         t.join()
         #expect(!r.completed && r.error?.code == .peerClosed, "\(r.error?.message ?? "")")
         #expect(r.error?.message.contains("TLS handshake") == true && r.error?.hint?.contains("--psk-file") == true, "\(r.error?.description ?? "")")
+        // A peer that hangs up with our ClientHello unread resets the connection: that is how a
+        // receiver turns away what it cannot admit, and the sender says so, not "wrong key".
+        let (endpoint2, t2) = try silentPeer(take: 50, hold: false)
+        let r2 = TransferSender.send(try TransferSource(path: src), to: endpoint2, options: pskOptions(connections: 2), warn: { _ in })
+        t2.join()
+        #expect(!r2.completed && r2.error?.code == .rejected, "\(r2.error?.message ?? "")")
+        #expect(r2.error?.message.contains("reset the connection before it was authenticated") == true
+                && r2.error?.message.contains("TLS alert") == true, "\(r2.error?.description ?? "")")
     }
 
     /// A connection that says nothing to a TLS receiver (no handshake) is dropped with a
