@@ -104,7 +104,8 @@ extension SessionListener {
     }
 
     /// The session's checks for a connection's preamble (and token); the first preamble opens
-    /// the session. On success the channel index is reserved, under the lock, so a second
+    /// the session. What they return is said to the peer, which may be anyone: it never names
+    /// the session (its id would let an outsider claim a free channel of it in plaintext). On success the channel index is reserved, under the lock, so a second
     /// connection for the same channel is refused even while this one's `accept` is sent, and
     /// the connection leaves admission (no deadline or shedding can cut it off now).
     private func claim(_ preamble: Preamble, id: Int, stream: SecureStream?, token: [UInt8]) -> Claim {
@@ -130,16 +131,16 @@ extension SessionListener {
             let s = session!
             let channel = Int(preamble.channelIndex)
             if preamble.sessionID != s.id {
-                return .refused("the receiver is busy with another session (\(s.id)); this connection belongs to session \(preamble.sessionID)")
+                return .refused("the receiver is busy with another session")
             } else if Int(preamble.channelCount) != s.channelCount || Int(preamble.chunkSize) != s.chunkSize
                         || preamble.mode != s.mode {
                 return .refused("channel \(preamble.channelIndex) disagrees with the session's channel count, chunk size or mode")
             } else if joined[channel] != nil || reserved.contains(channel) {
-                return .refused("channel \(preamble.channelIndex) of session \(s.id) has already joined")
+                return .refused("channel \(preamble.channelIndex) of the session has already joined")
             } else if joined.count + reserved.count == s.channelCount {
-                return .refused("session \(s.id) is complete")
+                return .refused("the session is complete")
             } else if stream != nil, preamble.channelIndex != 0, !constantTimeEqual(token, sessionToken ?? []) {
-                return .refused("channel \(preamble.channelIndex) does not carry session \(s.id)'s token: it is not part of the TLS session that opened it on channel 0")
+                return .refused("channel \(preamble.channelIndex) does not carry the session's token: it is not part of the TLS session that opened it on channel 0")
             }
             reserved.insert(channel)
             leaveAdmissionLocked(id)

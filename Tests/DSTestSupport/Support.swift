@@ -34,6 +34,16 @@ package func writeFile(_ path: String, _ bytes: [UInt8]) {
     _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
 }
 
+/// Writes `bytes` to a new file only its owner can read (0600): a key file.
+package func writePrivateFile(_ path: String, _ bytes: [UInt8]) {
+    unlink(path)
+    let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+    precondition(fd >= 0, "cannot create \(path)")  // a test fixture
+    fchmod(fd, 0o600)
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    close(fd)
+}
+
 package func readFile(_ path: String) -> [UInt8]? {
     FileManager.default.contents(atPath: path).map { [UInt8]($0) }
 }

@@ -32,6 +32,7 @@ func tlsTmpPath(_ name: String) -> String {
         #expect(readFile(out) == data)
         #expect(sent.digest != nil && sent.digest == received.digest)
         #expect(received.connections == connections)
+        #expect(sent.protection == .tlsPSK && received.protection == .tlsPSK)
     }
 
     /// A sender with another key fails and says the keys differ; the receiver turns it away
@@ -295,16 +296,70 @@ func tlsTmpPath(_ name: String) -> String {
         #expect(!exists(path + ".x"))
     }
 
+    /// Key files are strict: hex only (at least 64 digits, an even number, whitespace only
+    /// around them), a regular file, and private to its owner; every refusal says what to do
+    /// and quotes nothing of the file.
     @Test func pskFiles() throws {
-        let hex = tlsTmpPath("hex"), raw = tlsTmpPath("raw"), short = tlsTmpPath("short")
-        defer { unlink(hex); unlink(raw); unlink(short) }
-        writeFile(hex, Array((String(repeating: "0a1B", count: 16) + "\n").utf8))
-        writeFile(raw, [UInt8](repeating: 0xFE, count: 40))
-        writeFile(short, Array("00112233".utf8))
-        #expect(try SecurityOptions.pskFile(hex) == SecurityOptions(.psk(key: [UInt8]((0..<16).flatMap { _ in [0x0a, 0x1b] }))))
-        #expect(try SecurityOptions.pskFile(raw) == SecurityOptions(.psk(key: [UInt8](repeating: 0xFE, count: 40))))
-        let e = #expect(throws: TransferError.self) { try SecurityOptions.pskFile(short) }
-        #expect(e?.message.contains("at least 32") == true)
+        let path = tlsTmpPath("key")
+        defer { unlink(path) }
+        let hex = String(repeating: "0a1B", count: 16)
+        let key = [UInt8]((0..<16).flatMap { _ in [0x0a, 0x1b] })
+        // Accepted: surrounding whitespace, upper- and lower-case digits, mode 0600 or 0400.
+        for (text, mode) in [(hex + "\n", 0o600), ("  \n\t" + hex + "\r\n\n", 0o600), (hex + hex, 0o400)] {
+            writePrivateFile(path, Array(text.utf8))
+            chmod(path, mode_t(mode))
+            let expected = text.hasSuffix(hex + hex) ? key + key : key
+            #expect(try SecurityOptions.pskFile(path) == SecurityOptions(.psk(key: expected)), "\(text.debugDescription)")
+        }
+        func refused(_ bytes: [UInt8], mode: Int = 0o600, _ says: String, sourceLocation: SourceLocation = #_sourceLocation) {
+            writePrivateFile(path, bytes)
+            chmod(path, mode_t(mode))
+            let e = #expect(throws: TransferError.self, sourceLocation: sourceLocation) { try SecurityOptions.pskFile(path) }
+            #expect(e?.code == .usage, sourceLocation: sourceLocation)
+            #expect(e?.message.contains(says) == true, "\(e?.message ?? "")", sourceLocation: sourceLocation)
+            #expect(e?.message.contains("0a1B") == false && e?.message.contains("qqq") == false, "the message quotes the key: \(e?.message ?? "")",
+                    sourceLocation: sourceLocation)
+        }
+        // Readable (or writable) by group or others: refused, with the fix.
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o666] {
+            refused(Array(hex.utf8), mode: mode, "chmod 600 \(path)")
+        }
+        refused(Array(hex.utf8), mode: 0o644, "mode 644")
+        // Not a key: empty, 40 newlines, raw bytes, interior whitespace, too short, odd.
+        refused([], "holds 0 hex digits")
+        refused([UInt8](repeating: 0x0a, count: 40), "holds 0 hex digits")
+        refused([UInt8](repeating: 0xFE, count: 40), "something other than hex digits")
+        refused(Array((String(hex.prefix(32)) + " " + String(hex.suffix(32))).utf8), "something other than hex digits (at byte 32)")
+        refused(Array(("qqq" + hex).utf8), "something other than hex digits")
+        refused(Array(String(hex.prefix(62)).utf8), "holds 62 hex digits")
+        refused(Array((hex + "a").utf8), "holds 65 hex digits")
+        // Not a file.
+        let e = #expect(throws: TransferError.self) { try SecurityOptions.pskFile("/tmp") }
+        #expect(e?.message.contains("not a regular file") == true, "\(e?.message ?? "")")
         #expect(throws: TransferError.self) { try SecurityOptions.pskFile("/nonexistent/tls-key") }
+    }
+
+    /// Reject messages go to whoever connected: they never name the session, whose id would
+    /// let an outsider claim a free channel of a plaintext session.
+    @Test func rejectMessagesNameNoSession() throws {
+        let listener = try SessionListener(endpoint: Endpoint(host: "127.0.0.1", port: 0), options: options(connections: 2), warn: { _ in })
+        try listener.start()
+        defer { listener.stop() }
+        let session = SessionID(high: 0x1122_3344_5566_7788, low: 0x99AA_BBCC_DDEE_FF00)
+        func join(_ id: SessionID, channel: UInt16) -> (FrameType?, String) {
+            let fd = rawConnect(listener.endpoint)
+            defer { close(fd) }
+            sendRaw(fd, Preamble(features: [.xxh3], sessionID: id, channelIndex: channel, channelCount: 2, chunkSize: 65536,
+                                 mode: .addressable, totalSize: 100).encoded())
+            guard let (h, payload) = readFrame(fd) else { return (nil, "") }
+            return (h.type, (try? ErrorMessage.decode(payload))?.message ?? "")
+        }
+        #expect(join(session, channel: 0).0 == .accept)
+        let texts = ["\(session)", String(session.high, radix: 16), String(session.low, radix: 16)]
+        for (id, channel) in [(SessionID.random(), UInt16(1)), (session, 0)] {
+            let (type, message) = join(id, channel: channel)
+            #expect(type == .reject && !message.isEmpty)
+            for t in texts { #expect(!message.lowercased().contains(t.lowercased()), "the reject names the session: \(message)") }
+        }
     }
 }

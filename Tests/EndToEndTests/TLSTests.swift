@@ -73,6 +73,8 @@ func tlsTmpPathE2E(_ name: String) -> String {
         let got = recv.wait()
         #expect(sent.status == 0, "\(sent.stderr)")
         #expect(got.status == 0, "\(got.stderr)")
+        #expect(CLI.json(sent.stdout)?["protection"] as? String == "tls-x509" && CLI.json(got.stdout)?["protection"] as? String == "tls-x509",
+                "\(sent.stdout) \(got.stdout)")
         #expect(CLI.json(sent.stdout)?["xxh3"] as? String == CLI.json(got.stdout)?["xxh3"] as? String)
         #expect(readFile(out) == readFile(src))
     }
@@ -80,7 +82,7 @@ func tlsTmpPathE2E(_ name: String) -> String {
     @Test func pskRoundTripThroughTheCLI() throws {
         let src = file(3_000_000, seed: 12), out = src + ".out", key = src + ".psk"
         defer { unlink(src); unlink(out); unlink(key) }
-        writeFile(key, Array("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n".utf8))
+        writePrivateFile(key, Array("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n".utf8))
         let (recv, addr) = try CLI.receiver(["--output", out, "--psk-file", key])
         let sent = try CLI.run(["send", src, "--to", addr, "--connections", "4", "--psk-file", key])
         let got = recv.wait()
@@ -174,6 +176,8 @@ func tlsTmpPathE2E(_ name: String) -> String {
         #expect(got.stderr.contains("made a one-time pre-shared key in \(key)") && got.stderr.contains("--psk-file \(key)"), "\(got.stderr)")
         #expect(readFile(out) == readFile(src))
         #expect(!exists(key), "the one-time key is removed when the receive ends")
+        #expect(CLI.json(got.stdout)?["protection"] as? String == "tls-psk", "\(got.stdout)")
+        #expect(CLI.json(sent.stdout)?["protection"] as? String == "tls-psk", "\(sent.stdout)")
     }
 
     /// `--key-out FILE` picks where the one-time key goes (here for a migration), and is refused
@@ -198,6 +202,26 @@ func tlsTmpPathE2E(_ name: String) -> String {
         #expect(bad.status != 0 && bad.stderr.contains("cannot create the key file") && bad.stderr.contains("no key, no session"), "\(bad.stderr)")
     }
 
+    /// A key file others can read, or one that is not a hex key (here 40 newlines), is refused
+    /// by every command before anything listens or connects, with the fix in the message.
+    @Test func weakKeyFilesAreRefused() throws {
+        let key = tlsTmpPathE2E("weak-key")
+        defer { unlink(key) }
+        let src = file(1000, seed: 18)
+        defer { unlink(src) }
+        writePrivateFile(key, Array((String(repeating: "ab", count: 32) + "\n").utf8))
+        chmod(key, 0o644)
+        for args in [["send", src, "--to", "127.0.0.1:9"], ["receive", "--listen", "127.0.0.1:0", "--output", "/dev/null"],
+                     ["migrate", "--device", "sim:size=1M", "--to", "127.0.0.1:9"]] {
+            let r = try CLI.run(args + ["--psk-file", key])
+            #expect(r.status != 0 && r.stderr.contains("mode 644") && r.stderr.contains("chmod 600 \(key)"), "\(r.stderr)")
+            #expect(!r.stdout.contains("listening on"))
+        }
+        writePrivateFile(key, [UInt8](repeating: 0x0a, count: 40))
+        let r = try CLI.run(["send", src, "--to", "127.0.0.1:9", "--psk-file", key])
+        #expect(r.status != 0 && r.stderr.contains("holds 0 hex digits"), "\(r.stderr)")
+    }
+
     /// `--insecure` at both ends: plaintext on loopback, by explicit choice, and the reports say so.
     @Test func insecureAtBothEnds() throws {
         let src = file(500_000, seed: 16), out = src + ".out"
@@ -207,6 +231,9 @@ func tlsTmpPathE2E(_ name: String) -> String {
         let got = recv.wait()
         #expect(sent.status == 0 && got.status == 0, "\(sent.stderr) \(got.stderr)")
         #expect(!got.stderr.contains("one-time"))
+        #expect(CLI.json(sent.stdout)?["protection"] as? String == "insecure", "\(sent.stdout)")
+        #expect(CLI.json(got.stdout)?["protection"] as? String == "insecure", "\(got.stdout)")
+        #expect(sent.stderr.contains(", insecure), xxh3"), "\(sent.stderr)")
     }
 
     /// A live migration over PSK, N = 3: every channel (and channel 0's two-way control
@@ -222,6 +249,8 @@ func tlsTmpPathE2E(_ name: String) -> String {
         #expect(d.completed, "\(d.error?.message ?? "")")
         #expect(try src.digest() == dst.digest())
         #expect(s.devices[0].sourceDigest == s.devices[0].destinationDigest)
+        #expect(s.protection == .tlsPSK && d.protection == .tlsPSK)
+        #expect(s.jsonObject["protection"] as? String == "tls-psk")
     }
 
     /// The destination's failure reaches the source through TLS (an encrypted farewell).
