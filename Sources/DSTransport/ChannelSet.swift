@@ -91,8 +91,15 @@ package enum ChannelSet {
                 }
                 let ch = try Channel(index: i, connection: connection, ring: ring, chunkSize: options.chunkSize, compression: options.compression,
                                  acceleration: options.acceleration, timeout: options.timeout, warn: i == 0 ? warn : { _ in })
-                try ch.sendBytes(bytes, doing: "sending the preamble")
-                let reply = try ch.receive()
+                let reply: ReceivedFrame
+                do throws(TransferError) {
+                    try ch.sendBytes(bytes, doing: "sending the preamble")
+                    reply = try ch.receive()
+                } catch where error.code == .peerClosed {
+                    // A receiver says `reject` to a sender it refuses; one that hangs up (or
+                    // resets) without a word could not admit the connection, or went away.
+                    throw TransferError(.rejected, "the receiver at \(endpoint) closed channel \(i) before accepting it (\(error.message)): it turns away connections it cannot admit (too many waiting to authenticate, or not done within its admission deadline), or it went away. Retry, and check what else connects to the receiver")
+                }
                 guard reply.header.type == .accept else {
                     if reply.header.type == .reject, let m = try? ErrorMessage.decode(reply.control) {
                         throw TransferError(.rejected, "the receiver at \(endpoint) rejected the connection: \(m.message)")

@@ -119,6 +119,7 @@ package enum TransferSender {
         let start = Monotonic.now
         let backend = IOBackend.resolve(options.backend, warn: warn)
         var report = TransferReport(completed: false, connections: options.connections, compression: options.compression, backend: backend)
+        report.protection = options.protection
         do {
             try options.validate()
             if let size = source.size { progress.total.store(size, ordering: .relaxed) }

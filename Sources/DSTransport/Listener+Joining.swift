@@ -5,12 +5,15 @@ import DSSupport
 
 /// One accepted connection, on its reader thread: TLS first (with `security`), then the
 /// preamble and the session token, then the session's checks; it joins the session, or is
-/// rejected, refused or dropped.
+/// rejected, turned away or dropped — never ending the receive.
 extension SessionListener {
     func handle(_ conn: Connection, id: Int, ring: Ring) {
         Sockets.configure(conn.fd)
         let who = Self.peerName(conn.fd)
-        let wait = min(timeout, .seconds(10))
+        // The admission deadline (`limits.deadline`, enforced by the `ds-admission` thread, which
+        // wakes this reader) bounds the handshake and the preamble together; each read's own
+        // wait is only a backstop behind it.
+        let wait = limits.deadline + .seconds(1)
         if let security {
             switch Self.firstByte(conn.fd, ms: Int32(wait.seconds * 1000)) {
             case .silent:
@@ -19,15 +22,16 @@ extension SessionListener {
             case .other:
                 break
             case .plaintextPreamble:
-                refuseStranger(conn, id: id, "the sender at \(who) is not using TLS (a plaintext devstream sender); this receiver requires TLS: give the sender the same pre-shared key or certificates",
-                               hint: "give the sender the same --psk-file or --tls-cert/--tls-key/--tls-ca options",
-                               code: .rejected, ring: ring, tellPeer: true)
+                turnAway(conn, id: id, "the sender at \(who) is not using TLS (a plaintext devstream sender); this receiver requires TLS: give the sender the same pre-shared key or certificates",
+                         hint: "give the sender the same --psk-file or --tls-cert/--tls-key/--tls-ca options",
+                         ring: ring, tellPeer: true)
                 return
             }
             do { try conn.startTLS(security, ring: ring, timeout: wait, peer: who) } catch {
-                refuseStranger(conn, id: id, error.message, hint: error.hint, code: error.code)
+                turnAway(conn, id: id, error.message, hint: error.hint)
                 return
             }
+            authenticated(id)
         }
         let stream = conn.secure
         var buf = [UInt8](repeating: 0, count: Preamble.size)
@@ -38,10 +42,10 @@ extension SessionListener {
             n = got.count
         } else {
             n = (try? buf.withUnsafeMutableBytes { try ring.recvExactly(fd: conn.fd, into: $0, timeout: wait) }) ?? 0
-            if n == 0 {
-                dropSilent(conn, id: id, who: who)
-                return
-            }
+        }
+        if n == 0 {
+            dropSilent(conn, id: id, who: who)
+            return
         }
         let preamble: Preamble
         do {
@@ -49,10 +53,10 @@ extension SessionListener {
             preamble = try buf.withUnsafeBytes { try Preamble.decode($0) }
         } catch {
             if stream == nil && n >= 3 && buf[0] == 0x16 && buf[1] == 0x03 {
-                refuseStranger(conn, id: id, "the sender at \(who) speaks TLS, but this receiver has no security options: give it the sender's pre-shared key, or certificates",
-                               hint: "pass the sender's --psk-file, or --tls-cert/--tls-key/--tls-ca", code: .rejected)
+                turnAway(conn, id: id, "the sender at \(who) speaks TLS, but this receiver has no security options: give it the sender's pre-shared key, or certificates",
+                         hint: "pass the sender's --psk-file, or --tls-cert/--tls-key/--tls-ca")
             } else {
-                refuseStranger(conn, id: id, "the connection from \(who) is not a devstream sender (\(error))")
+                turnAway(conn, id: id, "the connection from \(who) is not a devstream sender (\(error))")
             }
             return
         }
@@ -61,17 +65,23 @@ extension SessionListener {
         if let stream, preamble.authLength > 0 {
             token = (try? stream.receive(count: Int(preamble.authLength), ring: ring, timeout: wait)) ?? []
             guard token.count == Int(preamble.authLength) else {
-                refuseStranger(conn, id: id, "the connection from \(who) closed inside its session token")
+                turnAway(conn, id: id, "the connection from \(who) closed inside its session token")
                 return
             }
         }
         let channel = Int(preamble.channelIndex)
-        if let refusal = claim(preamble, stream: stream, token: token) {
+        switch claim(preamble, id: id, stream: stream, token: token) {
+        case .late:
+            dropByAdmission(conn, id: id, who: who)
+            return
+        case .refused(let refusal):
             warn("warning: rejected a connection from \(who): \(refusal)")
             reject(conn, ring: ring, refusal)
             release(id)
             conn.close()
             return
+        case .joins:
+            break
         }
         do { try conn.send(ErrorMessage.acceptFrame, timeout: timeout, ring: ring) } catch {
             lock.withLock { _ = reserved.remove(channel) }
@@ -83,20 +93,32 @@ extension SessionListener {
         if !join(conn, channel: channel) { conn.close() }
     }
 
+    /// What the session's checks make of a connection.
+    private enum Claim {
+        /// It may join: its channel index is reserved.
+        case joins
+        /// It is refused, for this reason (said to the peer in a `reject` frame).
+        case refused(String)
+        /// Admission turned it away first (its deadline passed, or it was shed).
+        case late
+    }
+
     /// The session's checks for a connection's preamble (and token); the first preamble opens
-    /// the session. On success the channel index is reserved, under the lock, so a second
-    /// connection for the same channel is refused even while this one's `accept` is sent.
-    /// - Returns: nil when the connection may join; else why not.
-    private func claim(_ preamble: Preamble, stream: SecureStream?, token: [UInt8]) -> String? {
-        lock.withLock { () -> String? in
+    /// the session. What they return is said to the peer, which may be anyone: it never names
+    /// the session (its id would let an outsider claim a free channel of it in plaintext). On success the channel index is reserved, under the lock, so a second
+    /// connection for the same channel is refused even while this one's `accept` is sent, and
+    /// the connection leaves admission (no deadline or shedding can cut it off now).
+    private func claim(_ preamble: Preamble, id: Int, stream: SecureStream?, token: [UInt8]) -> Claim {
+        lock.withLock { () -> Claim in
+            if turnedAwayLocked(id) { return .late }
             if stream != nil && !preamble.features.contains(.tls) {
-                return "channel \(preamble.channelIndex) runs TLS but its preamble does not say so"
+                return .refused("channel \(preamble.channelIndex) runs TLS but its preamble does not say so")
             }
             if stream == nil && preamble.features.contains(.tls) {
-                return "channel \(preamble.channelIndex) announces TLS but arrived in plaintext"
+                return .refused("channel \(preamble.channelIndex) announces TLS but arrived in plaintext")
             }
             if session == nil, stream != nil, preamble.channelIndex != 0 {
-                return "channel \(preamble.channelIndex) arrived before channel 0, which opens a TLS session"
+                return .refused("channel \(preamble.channelIndex) arrived before channel 0, which opens a TLS session")
             }
             if session == nil {
                 sessionToken = stream?.token
@@ -104,23 +126,25 @@ extension SessionListener {
                                       chunkSize: Int(preamble.chunkSize),
                                       totalSize: preamble.totalSize == Preamble.unknownSize ? nil : preamble.totalSize,
                                       features: preamble.features)
+                lastTurnedAway = nil
             }
             let s = session!
             let channel = Int(preamble.channelIndex)
             if preamble.sessionID != s.id {
-                return "the receiver is busy with another session (\(s.id)); this connection belongs to session \(preamble.sessionID)"
+                return .refused("the receiver is busy with another session")
             } else if Int(preamble.channelCount) != s.channelCount || Int(preamble.chunkSize) != s.chunkSize
                         || preamble.mode != s.mode {
-                return "channel \(preamble.channelIndex) disagrees with the session's channel count, chunk size or mode"
+                return .refused("channel \(preamble.channelIndex) disagrees with the session's channel count, chunk size or mode")
             } else if joined[channel] != nil || reserved.contains(channel) {
-                return "channel \(preamble.channelIndex) of session \(s.id) has already joined"
+                return .refused("channel \(preamble.channelIndex) of the session has already joined")
             } else if joined.count + reserved.count == s.channelCount {
-                return "session \(s.id) is complete"
+                return .refused("the session is complete")
             } else if stream != nil, preamble.channelIndex != 0, !constantTimeEqual(token, sessionToken ?? []) {
-                return "channel \(preamble.channelIndex) does not carry session \(s.id)'s token: it is not part of the TLS session that opened it on channel 0"
+                return .refused("channel \(preamble.channelIndex) does not carry the session's token: it is not part of the TLS session that opened it on channel 0")
             }
             reserved.insert(channel)
-            return nil
+            leaveAdmissionLocked(id)
+            return .joins
         }
     }
 
@@ -135,12 +159,18 @@ extension SessionListener {
         lock.withLock { rejected += 1 }
     }
 
-    /// A connection that is not a (matching) devstream sender: fails the receive if no session
-    /// has started (it handles one transfer), else is logged and dropped.
-    /// The peer (with `tellPeer`) and the warning get `message` only; `hint` (which may name
-    /// the CLI's flags) goes with the receive's failure.
-    private func refuseStranger(_ conn: Connection, id: Int, _ message: String, hint: String? = nil, code: TransferError.Code = .protocolViolation,
-                                ring: Ring? = nil, tellPeer: Bool = false) {
+    /// A connection that is not a (matching) devstream sender, or that failed to authenticate:
+    /// logged and closed; the receive goes on, whether or not a session has started (nothing a
+    /// stranger sends ends a receiver waiting for its sender). Before a session, it is
+    /// remembered for `waitForSession`'s timeout error, with `hint` (which may name the CLI's
+    /// flags). With `tellPeer` the peer (a plaintext devstream sender) is told why, in plaintext.
+    /// A connection admission already turned away is dropped as such instead.
+    private func turnAway(_ conn: Connection, id: Int, _ message: String, hint: String? = nil,
+                          ring: Ring? = nil, tellPeer: Bool = false) {
+        if turnedAway(id) != nil {
+            dropByAdmission(conn, id: id, who: Self.peerName(conn.fd))
+            return
+        }
         if tellPeer, let ring {
             // Said in plaintext: the peer speaks plaintext devstream. Read its preamble first:
             // closing with unread bytes would reset the connection before it reads the reason.
@@ -152,23 +182,39 @@ extension SessionListener {
         }
         release(id)
         conn.close()
-        let fatal = lock.withLock { () -> Bool in
+        let stopping = lock.withLock { () -> Bool in
             rejected += 1
-            guard session == nil, !stopping else { return false }
-            failure = TransferError(code, message + "; no transfer took place", hint: hint)
-            lock.broadcast()
-            return true
+            if session == nil { lastTurnedAway = (message, hint) }
+            return self.stopping
         }
-        if !fatal && !lock.withLock({ stopping }) { warn("warning: rejected \(message)") }
+        if !stopping { warn("warning: turned away \(message)") }
     }
 
     /// A connection that sent nothing at all (a port probe that closed, or one silent past the
     /// timeout): not a sender, so it is dropped with a warning and the listener goes on.
     private func dropSilent(_ conn: Connection, id: Int, who: String) {
+        if turnedAway(id) != nil {
+            dropByAdmission(conn, id: id, who: "\(who) that sent nothing")
+            return
+        }
         release(id)
         conn.close()
         let stopping = lock.withLock { dropped += 1; return self.stopping }
         if !stopping { warn("warning: dropped a connection from \(who) that sent nothing") }
+    }
+
+    /// A connection admission turned away (shed for room, or past its deadline): reset, so
+    /// that its sender, if it is one, says so.
+    private func dropByAdmission(_ conn: Connection, id: Int, who: String) {
+        let why = turnedAway(id) ?? "admission turned it away"
+        release(id)
+        Self.reset(conn)
+        let stopping = lock.withLock { () -> Bool in
+            dropped += 1
+            admissionDropped += 1
+            return self.stopping
+        }
+        if !stopping { warn("warning: dropped a connection from \(PeerText.escape(who)): \(why)") }
     }
 
     // MARK: Socket facts
@@ -185,6 +231,31 @@ extension SessionListener {
         let n = recv(conn, &first, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
         guard n == 1 else { return .silent }  // closed (or reset) without a byte: a probe
         return first == Preamble.magic[0] ? .plaintextPreamble : .other
+    }
+
+    /// The peer's address without its port (IPv4 or IPv6 text; "local" for a Unix socket;
+    /// "unknown" when it cannot be read): what admission counts connections by.
+    static func peerAddress(_ fd: Int32) -> String {
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) } }
+        guard rc == 0 else { return "unknown" }
+        var buf = [CChar](repeating: 0, count: 64)
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
+                var a = p.pointee.sin_addr
+                _ = inet_ntop(AF_INET, &a, &buf, 64) } }
+        case AF_INET6:
+            withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
+                var a = p.pointee.sin6_addr
+                _ = inet_ntop(AF_INET6, &a, &buf, 64) } }
+        case AF_UNIX:
+            return "local"
+        default:
+            return "unknown"
+        }
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// The peer's IPv4 `address:port`, or "a peer".

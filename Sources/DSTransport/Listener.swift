@@ -15,16 +15,24 @@ package struct SessionInfo: Sendable {
 
 /// Accepts the N connections of one session on a listening socket, on its own thread and ring.
 ///
-/// The first valid preamble establishes the session; later connections must carry the same
-/// session id, channel count and chunk size and an unused channel index. Anything else is
-/// answered with a `reject` frame and closed, and the session goes on. A first connection that
-/// is not devstream at all (bad magic, garbage) fails the receive: it handles one transfer.
+/// The first valid preamble establishes the session (with TLS: only from a connection that has
+/// authenticated); later connections must carry the same session id, channel count and chunk
+/// size and an unused channel index. Anything else is answered with a `reject` frame and
+/// closed, and the session goes on. Nothing a connection does before it has opened the
+/// session ends the receive: a stranger (garbage, an HTTP request, half a handshake, a wrong
+/// key, a plaintext sender to a TLS receiver, a replayed channel) is turned away with a warning,
+/// and the listener waits on for its sender; if none comes, `waitForSession`'s timeout error
+/// says what was turned away.
 ///
-/// Preambles (and TLS handshakes) are read concurrently, one short-lived thread per connection
-/// (at most `maxPending` at a time; more are closed at once with a warning), so a slow or
-/// silent connection blocks no other. A connection that sends nothing — it closes at once (a
-/// port probe) or stays silent past the preamble timeout — is dropped with a warning and does
-/// not end the receive.
+/// Admission (`AdmissionPolicy`, with `AdmissionLimits`): preambles (and TLS handshakes) are
+/// read concurrently, one short-lived thread per connection, so a slow or silent connection
+/// blocks no other. Each connection has one deadline for its whole pre-authentication phase
+/// (handshake and preamble), enforced by the `ds-admission` thread, which cuts it off however
+/// the peer paces its bytes. At most `maxPending` connections wait at once, `maxPerAddress` of
+/// them from one address; to make room for a newcomer the oldest unauthenticated waiting
+/// connection is shed, so idle or trickling connections cannot keep out a peer with the key.
+/// A connection turned away for admission (shed, refused, or past its deadline) is reset
+/// (RST), which its sender reports as such, not as a credentials problem.
 ///
 /// With TLS (`security`), each connection's handshake runs first and everything after it is
 /// encrypted. Channel 0 must open the session; its connection's TLS exporter is the session
@@ -36,8 +44,9 @@ package struct SessionInfo: Sendable {
 /// token, the session's checks, and turning strangers away).
 package final class SessionListener: @unchecked Sendable {
     // @unchecked: `joined`, `session`, `failure`, `stopping`, `handedOut`, `sessionToken`,
-    // `pending`, `finished`, `reserved` and the counters (`rejected`, `dropped`) are guarded by `lock`; the listening fd,
-    // `security`, `timeout`, `backend` and `warn` are immutable. (Internal, not private: the
+    // `pending`, `finished`, `reserved`, `admission`, `admissionChanges`, `lastTurnedAway` and
+    // the counters are guarded by `lock`; the listening fd, `security`, `timeout`, `limits`,
+    // `backend` and `warn` are immutable. (Internal, not private: the
     // joining half in `Listener+Joining.swift` uses them.)
     package let fd: Int32
     package let port: UInt16
@@ -50,25 +59,34 @@ package final class SessionListener: @unchecked Sendable {
     /// Whether `joined`'s connections belong to the caller now (else `stop` closes them).
     private var handedOut = false
     private var thread: OSThread?
+    /// The `ds-admission` thread: expires connections past their deadline.
+    private var reaper: OSThread?
     /// Sockets the caller connected and handed in (no listening socket: `fd` is -1); `start`
     /// admits them as if accepted.
     private var adopted: [Connection] = []
     let timeout: Duration
     private let backend: IOBackendKind
     let warn: @Sendable (String) -> Void
-    /// Connections rejected so far (tests read it, from their own thread: under `lock`).
+    /// Connections rejected or turned away so far, for what they sent (tests read it).
+    /// (Read under `lock`: tests read it from their own thread.)
     package var rejectedCount: Int { lock.withLock { rejected } }
     var rejected = 0
+    /// The last connection turned away before a session opened, and why (for the timeout error).
+    var lastTurnedAway: (message: String, hint: String?)?
     /// The server side's TLS context (nil: plaintext).
     let security: SecurityContext?
     /// The session token exported from channel 0's TLS connection.
     var sessionToken: [UInt8]?
-    /// The most connections whose preamble is read at once: a whole session's channels (which
-    /// arrive together once channel 0 is accepted) and a few strangers besides.
-    package static let maxPending = Int(WireLimits.maxChannels) + 16
-    /// Connections whose preamble is being read, by id: the reading thread, and the connection
-    /// while that thread still owns it (nil once it closed it or handed it on).
-    private var pending: [Int: (thread: OSThread?, connection: Connection?)] = [:]
+    /// How many connections may wait, and for how long.
+    package let limits: AdmissionLimits
+    /// Who waits for admission now (the policy; its ids are `pending`'s).
+    private var admission: AdmissionPolicy
+    /// Bumped whenever `admission` gains a connection (wakes the reaper to its new deadline).
+    private var admissionChanges = 0
+    /// Connections whose preamble is being read, by id: the reading thread, the connection while
+    /// that thread still owns it (nil once it closed it or handed it on), and why admission
+    /// turned it away, once it did (shed or past its deadline: its reader then closes it).
+    private var pending: [Int: (thread: OSThread?, connection: Connection?, turnedAway: String?)] = [:]
     /// Ids of preamble threads that are done (joined by the accept thread, or by `stop`).
     private var finished: [Int] = []
     private var nextPendingID = 0
@@ -76,25 +94,31 @@ package final class SessionListener: @unchecked Sendable {
     var reserved: Set<Int> = []
     /// Connections whose preamble is being read now (tests read it).
     package var pendingCount: Int { lock.withLock { pending.count - finished.count } }
-    /// Connections dropped so far for sending nothing, or for exceeding `maxPending` (read
-    /// under `lock`).
+    /// Connections dropped so far for sending nothing, or by admission (shed, refused, late).
     package var droppedCount: Int { lock.withLock { dropped } }
     var dropped = 0
+    /// Of those, the ones admission shed, refused or cut off at their deadline.
+    package var admissionDropCount: Int { lock.withLock { admissionDropped } }
+    var admissionDropped = 0
 
     /// Listens with `options`' timeout, backend and security; refuses to listen without
     /// security options unless `options.allowInsecure` (`TransferOptions.checkPlaintext`).
-    package convenience init(endpoint: Endpoint, options: TransferOptions,
+    package convenience init(endpoint: Endpoint, options: TransferOptions, limits: AdmissionLimits? = nil,
                             warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         try options.checkPlaintext(endpoint)
-        try self.init(endpoint: endpoint, timeout: options.timeout, backend: options.backend, security: options.security, warn: warn)
+        try self.init(endpoint: endpoint, timeout: options.timeout, backend: options.backend, security: options.security,
+                      limits: limits, warn: warn)
     }
 
     package init(endpoint: Endpoint, timeout: Duration, backend: IOBackendKind? = nil, security: SecurityOptions? = nil,
+                limits: AdmissionLimits? = nil,
                 warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         self.security = try security.map { (o) throws(TransferError) in try SecurityContext(o, server: true) }
         (fd, port) = try Sockets.listen(endpoint)
         self.endpoint = Endpoint(host: endpoint.host, port: port)
         self.timeout = timeout
+        self.limits = limits ?? .standard(timeout: timeout)
+        admission = AdmissionPolicy(limits: self.limits)
         // The session that uses this listener warns about a fallback (`IOBackend.resolve`).
         self.backend = backend ?? IOBackend.probed
         self.warn = warn
@@ -121,6 +145,8 @@ package final class SessionListener: @unchecked Sendable {
         port = 0
         endpoint = Endpoint(host: "sockets handed in", port: 0)
         timeout = options.timeout
+        limits = .standard(timeout: options.timeout)
+        admission = AdmissionPolicy(limits: limits)
         backend = options.backend ?? IOBackend.probed
         self.warn = warn
         adopted = connections
@@ -132,6 +158,9 @@ package final class SessionListener: @unchecked Sendable {
     /// each connection's preamble is read on a short-lived thread of its own, `ds-preamble`.
     /// - Throws: `.localIO` when the thread cannot be started.
     package func start() throws(TransferError) {
+        do { reaper = try OSThread(name: "ds-admission") { [self] in expireLoop() } } catch {
+            throw .threadStart(error, "ds-admission", doing: "timing the admission of connections on \(endpoint)")
+        }
         if fd < 0 {
             for c in lock.withLock({ defer { adopted = [] }; return adopted }) { admit(c) }
             return
@@ -158,9 +187,15 @@ package final class SessionListener: @unchecked Sendable {
             }
             if let f = failure { err = f; return }
             guard ok, let s = session else {
-                err = TransferError(.timeout, session == nil
-                    ? "no sender connected to \(endpoint) within the timeout"
-                    : "only \(joined.count) of \(session!.channelCount) connections of the session arrived within the timeout")
+                if session == nil {
+                    var message = "no sender connected to \(endpoint) within the timeout"
+                    if let last = lastTurnedAway {
+                        message += "; \(rejected) connection(s) were turned away, the last because \(last.message)"
+                    }
+                    err = TransferError(.timeout, message, hint: lastTurnedAway?.hint)
+                } else {
+                    err = TransferError(.timeout, "only \(joined.count) of \(session!.channelCount) connections of the session arrived within the timeout")
+                }
                 return
             }
             result = (s, (0..<s.channelCount).map { joined[$0]! })
@@ -177,11 +212,13 @@ package final class SessionListener: @unchecked Sendable {
 
     /// Stops accepting and joins the threads. Idempotent.
     package func stop() {
-        lock.withLock { stopping = true }
+        lock.withLock { stopping = true; lock.broadcast() }
         if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
         for c in lock.withLock({ defer { adopted = [] }; return adopted }) { c.close() }
         thread?.join()
         thread = nil
+        reaper?.join()
+        reaper = nil
         // Wake the preamble readers (their connections, while they still own them) and join them.
         let readers = lock.withLock { () -> [OSThread] in
             for (_, p) in pending { p.connection?.shutdown() }
@@ -214,7 +251,8 @@ package final class SessionListener: @unchecked Sendable {
         }
     }
 
-    /// Starts a preamble reader for `conn`, or closes it when `maxPending` are already waiting.
+    /// Starts a preamble reader for `conn` if admission lets it wait (shedding older
+    /// unauthenticated connections to make room), or resets it.
     private func admit(_ conn: Connection) {
         // Join the readers that are done (instant: they have returned).
         let done = lock.withLock { () -> [OSThread] in
@@ -222,18 +260,35 @@ package final class SessionListener: @unchecked Sendable {
             return finished.compactMap { pending.removeValue(forKey: $0)?.thread }
         }
         for t in done { t.join() }
+        let address = Self.peerAddress(conn.fd)
+        var refusal: String?
         let id = lock.withLock { () -> Int? in
-            guard !stopping, pending.count < Self.maxPending else { return nil }
-            defer { nextPendingID += 1 }
-            pending[nextPendingID] = (nil, conn)
-            return nextPendingID
+            guard !stopping else { refusal = ""; return nil }
+            let id = nextPendingID
+            switch admission.admit(id, from: address, now: Monotonic.now) {
+            case .refuse(let why):
+                refusal = why
+                return nil
+            case .admit(let shed):
+                for victim in shed {
+                    turnAwayLocked(victim, "it was shed to make room for a newer connection: \(limits.maxPending) connections (\(limits.maxPerAddress) per address) may wait to authenticate")
+                }
+            }
+            nextPendingID += 1
+            admissionChanges += 1
+            pending[id] = (nil, conn, nil)
+            lock.broadcast()
+            return id
         }
         guard let id else {
             let who = Self.peerName(conn.fd)
-            conn.close()
-            let stopping = lock.withLock { dropped += 1; return self.stopping }
-            if !stopping {
-                warn("warning: dropped a connection from \(PeerText.escape(who)): \(Self.maxPending) connections are already waiting to send their preamble")
+            Self.reset(conn)
+            let stopping = lock.withLock { () -> Bool in
+                if !self.stopping { dropped += 1; admissionDropped += 1 }
+                return self.stopping
+            }
+            if !stopping, let refusal {
+                warn("warning: dropped a connection from \(PeerText.escape(who)): \(refusal)")
             }
             return
         }
@@ -245,15 +300,16 @@ package final class SessionListener: @unchecked Sendable {
                 lock.withLock { finished.append(id) }
             }
         } catch {
-            // Out of threads: this connection is dropped like one over `maxPending`; the
-            // listener goes on (a sender whose channel this was sees it closed).
+            // Out of threads: this connection is dropped like one admission refused; the
+            // listener goes on (a sender whose channel this was sees it reset).
             let who = Self.peerName(conn.fd)
             let stopping = lock.withLock { () -> Bool in
                 pending.removeValue(forKey: id)
+                admission.remove(id)
                 dropped += 1
                 return self.stopping
             }
-            conn.close()
+            Self.reset(conn)
             if !stopping {
                 warn("warning: dropped a connection from \(PeerText.escape(who)): cannot start a thread to read its preamble (pthread_create: \(error)); the process is out of threads or memory")
             }
@@ -262,9 +318,57 @@ package final class SessionListener: @unchecked Sendable {
         lock.withLock { pending[id]?.thread = t }
     }
 
+    /// Marks waiting connection `id` turned away by admission and wakes its reader (a read
+    /// shutdown: its blocked receive returns, nothing is sent to the peer), which then resets
+    /// the connection. Call with `lock` held.
+    private func turnAwayLocked(_ id: Int, _ why: String) {
+        admission.remove(id)
+        guard pending[id] != nil, pending[id]?.turnedAway == nil else { return }
+        pending[id]?.turnedAway = why
+        pending[id]?.connection?.shutdown(Int32(SHUT_RD))
+    }
+
+    /// Why admission turned the connection of reader `id` away (nil: it did not).
+    func turnedAway(_ id: Int) -> String? { lock.withLock { pending[id]?.turnedAway } }
+
+    /// `turnedAway` with `lock` held.
+    func turnedAwayLocked(_ id: Int) -> Bool { pending[id]?.turnedAway != nil }
+
+    /// Reader `id`'s connection is claimed by the session: no shedding or deadline applies to
+    /// it now. Call with `lock` held.
+    func leaveAdmissionLocked(_ id: Int) { admission.remove(id) }
+
+    /// The reader `id` proved the peer's key or certificate: it is not shed for room any more.
+    func authenticated(_ id: Int) { lock.withLock { admission.authenticated(id) } }
+
+    /// The `ds-admission` thread: cuts off each waiting connection at its deadline.
+    private func expireLoop() {
+        lock.withLock {
+            while !stopping {
+                let seen = admissionChanges
+                let wait = admission.nextDeadline.map { max($0 - Monotonic.now, .zero) }
+                _ = lock.wait(until: { stopping || admissionChanges != seen }, timeout: wait)
+                for id in admission.expire(now: Monotonic.now) {
+                    turnAwayLocked(id, "it did not authenticate and send its preamble within \(limits.deadline) of connecting")
+                }
+            }
+        }
+    }
+
+    /// Closes `conn` with a reset (RST, not FIN): what a sender sees when admission turned its
+    /// connection away, which it reports as such.
+    static func reset(_ conn: Connection) {
+        var lin = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(conn.fd, SOL_SOCKET, SO_LINGER, &lin, socklen_t(MemoryLayout<linger>.size))
+        conn.close()
+    }
+
     /// The reader `id` no longer owns its connection (it closes it or hands it on right after).
     func release(_ id: Int) {
-        lock.withLock { pending[id]?.connection = nil }
+        lock.withLock {
+            pending[id]?.connection = nil
+            admission.remove(id)
+        }
     }
 
     /// Hands a connection that joined the session to `waitForSession`; false when the

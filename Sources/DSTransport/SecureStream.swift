@@ -159,6 +159,10 @@ package final class SecureStream: @unchecked Sendable {
         switch f {
         case .socket(let e) where e == .timedOut:
             return TransferError(.timeout, "\(what) timed out: no reply within \(timeout); is the peer a devstream \(context.isServer ? "sender" : "receiver") with TLS options?")
+        case .socket(let e) where (e == .connectionReset || e == .brokenPipe) && !context.isServer:
+            // A devstream receiver answers bad credentials with a TLS alert; it resets a
+            // connection it could not admit before authentication.
+            return TransferError(.rejected, "\(what) failed: the receiver reset the connection before it was authenticated (\(e)): a devstream receiver does that to a connection it cannot admit (too many waiting to authenticate, or not done within its admission deadline), and answers wrong credentials with a TLS alert instead; or the receiver went away. Retry, and check what else connects to the receiver")
         case .socket(let e) where e == .connectionReset || e == .brokenPipe:
             return TransferError(.peerClosed, "\(what) failed: the peer closed the connection (\(e)); it refused our credentials or does not speak TLS: use the same pre-shared key, or certificates from the same CA, at both ends",
                                  hint: "the same --psk-file, or certificates from the same --tls-ca, at both ends")

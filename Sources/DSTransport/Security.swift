@@ -19,32 +19,59 @@ public struct SecurityOptions: Sendable, Equatable {
     public var mode: Mode
     public init(_ mode: Mode) { self.mode = mode }
 
-    /// The smallest key a PSK file may hold.
+    /// The smallest key a PSK file may hold, in bytes (64 hex digits).
     public static let minimumKeyLength = 32
 
-    /// Reads a PSK file: if its content (whitespace trimmed) is all hex digits, the key is
-    /// those hex bytes; otherwise it is the file's raw bytes. Either way at least 32 bytes.
-    /// (`openssl rand -hex 32 > key` makes one.)
+    /// Reads a PSK file, strictly: it must be a regular file that neither its group nor others
+    /// can read or write (mode 0600 or 0400, as ssh wants of a private key), holding the key as
+    /// hex — at least 64 hex digits (32 bytes), an even number, nothing else but whitespace
+    /// around them. (`openssl rand -hex 32 > key; chmod 600 key` makes one; `makeKeyFile`
+    /// too.) The messages never quote the file's content.
     public static func pskFile(_ path: String) throws(TransferError) -> SecurityOptions {
-        guard let raw = readSmallFile(path) else {
-            throw TransferError(.usage, "the PSK file \(path) cannot be read (\(Errno.current)); give a readable file that holds the key",
-                                hint: "make one with `openssl rand -hex 32 > \(path)` and pass it with --psk-file")
+        let hint = "make one with `(umask 077; openssl rand -hex 32 > \(path))` and pass it with --psk-file"
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+        guard fd >= 0 else {
+            throw TransferError(.usage, "the PSK file \(path) cannot be read (\(Errno.current)); give a readable file that holds the key", hint: hint)
         }
-        let text = raw.filter { !($0 == 0x20 || $0 == 0x0a || $0 == 0x0d || $0 == 0x09) }
-        let isHex = !text.isEmpty && text.count % 2 == 0 && text.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x66) }
-        var key: [UInt8]
-        if isHex {
-            key = []
-            key.reserveCapacity(text.count / 2)
-            func nibble(_ c: UInt8) -> UInt8 { c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x61 + 10 }
-            var i = 0
-            while i < text.count { key.append(nibble(text[i]) << 4 | nibble(text[i + 1])); i += 2 }
-        } else {
-            key = raw
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
+            throw TransferError(.usage, "the PSK file \(path) is not a regular file; give a file that holds the key", hint: hint)
         }
-        guard key.count >= minimumKeyLength else {
-            throw TransferError(.usage, "the PSK file \(path) holds a \(key.count)-byte key (\(isHex ? "hex" : "raw")); at least \(minimumKeyLength) bytes are needed: give a longer key",
-                                hint: "make one with `openssl rand -hex 32 > \(path)` and pass it with --psk-file")
+        guard st.st_mode & 0o077 == 0 else {
+            let mode = String(st.st_mode & 0o777, radix: 8)
+            throw TransferError(.usage, "the PSK file \(path) is accessible by others (mode \(mode)): a key others can read is no secret; make it private with `chmod 600 \(path)` (and, if others could read it already, make a new key)",
+                                hint: "chmod 600 \(path)")
+        }
+        guard let raw = readAll(fd, limit: 1 << 16) else {
+            throw TransferError(.usage, "the PSK file \(path) cannot be read (\(Errno.current)); give a readable file that holds the key", hint: hint)
+        }
+        var text = raw[...]
+        func isSpace(_ c: UInt8) -> Bool { c == 0x20 || c == 0x0a || c == 0x0d || c == 0x09 }
+        while let c = text.first, isSpace(c) { text = text.dropFirst() }
+        while let c = text.last, isSpace(c) { text = text.dropLast() }
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 0x30...0x39: c - 0x30
+            case 0x61...0x66: c - 0x61 + 10
+            case 0x41...0x46: c - 0x41 + 10
+            default: nil
+            }
+        }
+        if let bad = text.firstIndex(where: { nibble($0) == nil }) {
+            throw TransferError(.usage, "the PSK file \(path) holds something other than hex digits (at byte \(bad)): it must hold the key as hex, at least \(2 * minimumKeyLength) digits, with nothing else but whitespace around them",
+                                hint: hint)
+        }
+        guard text.count % 2 == 0, text.count >= 2 * minimumKeyLength else {
+            throw TransferError(.usage, "the PSK file \(path) holds \(text.count) hex digits; a key is an even number of them, at least \(2 * minimumKeyLength) (\(minimumKeyLength) bytes): give a longer key",
+                                hint: hint)
+        }
+        var key: [UInt8] = []
+        key.reserveCapacity(text.count / 2)
+        var i = text.startIndex
+        while i < text.endIndex {
+            key.append(nibble(text[i])! << 4 | nibble(text[i + 1])!)
+            i += 2
         }
         return SecurityOptions(.psk(key: key))
     }
@@ -95,6 +122,11 @@ public struct SecurityOptions: Sendable, Equatable {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
+        return readAll(fd, limit: limit)
+    }
+
+    /// Up to `limit` bytes from `fd`; nil on a read error.
+    private static func readAll(_ fd: Int32, limit: Int) -> [UInt8]? {
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 4096)
         while out.count < limit {
@@ -105,6 +137,28 @@ public struct SecurityOptions: Sendable, Equatable {
             out += buf[0..<n]
         }
         return out
+    }
+}
+
+/// Which protection a session had; every report says it (`protection` in the CLI's JSON).
+public enum SessionProtection: String, Sendable, Equatable {
+    /// TLS 1.3, both ends authenticated by a pre-shared key.
+    case tlsPSK = "tls-psk"
+    /// TLS 1.3, both ends authenticated by x509 certificates from a CA they trust.
+    case tlsX509 = "tls-x509"
+    /// None: plaintext and unauthenticated (`TransferOptions.allowInsecure`).
+    case insecure
+}
+
+extension TransferOptions {
+    /// The protection a session with these options has (the receiver admits only peers with
+    /// the same).
+    public var protection: SessionProtection {
+        switch security?.mode {
+        case .psk: .tlsPSK
+        case .x509: .tlsX509
+        case nil: .insecure
+        }
     }
 }
 

@@ -74,6 +74,8 @@ package struct TransferReport: Sendable {
     package var digest: UInt64?
     /// The backend the channels' rings ran on (before any ran: the one the session chose).
     package var backend: IOBackendKind
+    /// Which protection the session had (or would have had, when it failed before starting).
+    package var protection: SessionProtection = .insecure
     package var throughput: Double { elapsed > .zero ? Double(bytes) / elapsed.seconds : 0 }
 }
 

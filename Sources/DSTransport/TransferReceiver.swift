@@ -34,6 +34,7 @@ package final class TransferReceiver {
     package func receive(output: String, acceptTimeout: Duration? = nil) -> TransferReport {
         let backend = IOBackend.resolve(options.backend, warn: warn)
         var report = TransferReport(completed: false, connections: 0, compression: false, backend: backend)
+        report.protection = options.protection
         var start = Monotonic.now
         var sink: FileSink?
         do throws(TransferError) {

@@ -144,6 +144,7 @@ public struct FrameHeader: Equatable, Sendable {
         guard let type = FrameType(rawValue: buffer[0]) else { throw .unknownFrameType(buffer[0]) }
         let flags = FrameFlags(rawValue: buffer[1])
         guard FrameFlags.known.isSuperset(of: flags) else { throw .unknownFlags(buffer[1]) }
+        guard buffer.loadLE(at: 32, as: UInt32.self) == 0 else { throw .reservedNotZero("frame header bytes 32 ..< 36") }
         let header = FrameHeader(
             type: type, flags: flags, stream: buffer.loadLE(at: 2, as: UInt16.self),
             rawLength: buffer.loadLE(at: 4, as: UInt32.self), wireLength: buffer.loadLE(at: 8, as: UInt32.self),

@@ -114,6 +114,7 @@ public struct Preamble: Equatable, Sendable {
             throw .malformed("a TLS session without its session-token method")
         }
         guard let mode = TransferMode(rawValue: buffer[44]) else { throw .malformed("unknown transfer mode \(buffer[44])") }
+        guard buffer[45] == 0, buffer[46] == 0, buffer[47] == 0 else { throw .reservedNotZero("preamble bytes 45 ..< 48") }
         let total = buffer.loadLE(at: 48, as: UInt64.self)
         guard total == unknownSize || total <= UInt64(Int64.max) else {
             throw .lengthOutOfBounds(field: "total size", value: total, limit: UInt64(Int64.max))

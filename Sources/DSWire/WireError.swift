@@ -14,6 +14,8 @@ public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
     case badChannel(index: UInt16, count: UInt16)
     case unsupportedAuthentication(UInt16)
     case truncatedPayload(needed: Int, remaining: Int)
+    /// Bytes the format reserves (zero in this version) are not zero.
+    case reservedNotZero(String)
     case malformed(String)
 
     public var description: String {
@@ -31,6 +33,7 @@ public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
         case .badChannel(let i, let n): "bad channel \(i) of \(n)"
         case .unsupportedAuthentication(let m): "unsupported authentication method \(m)"
         case .truncatedPayload(let need, let rem): "truncated payload: needed \(need) bytes, \(rem) left"
+        case .reservedNotZero(let what): "\(what) are reserved and must be zero (a peer of another version, or a corrupted one)"
         case .malformed(let what): "malformed frame: \(what)"
         }
     }

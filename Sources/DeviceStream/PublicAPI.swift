@@ -14,8 +14,10 @@ import DSSupport
 public typealias TransferOptions = DSTransport.TransferOptions
 /// Where a destination listens or a source connects (`HOST:PORT`).
 public typealias Endpoint = DSTransport.Endpoint
-/// TLS 1.3 with a shared key (`pskFile`, `makeKeyFile`) or mutual x509 certificates.
+/// TLS 1.3 with a shared key (`pskFile`, `makeKeyFile`, `randomKey`) or mutual x509 certificates.
 public typealias SecurityOptions = DSTransport.SecurityOptions
+/// Which protection a session had (every report says it): TLS with a key, with certificates, or none.
+public typealias SessionProtection = DSTransport.SessionProtection
 /// The pre-copy scheduler's settings: downtime limit, bandwidth cap, policy, deadline, who
 /// switches over.
 public typealias SchedulerConfiguration = DSScheduler.SchedulerConfiguration

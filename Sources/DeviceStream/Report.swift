@@ -67,6 +67,9 @@ public struct MigrationReport: Sendable {
     public var receiverLoadRate: Double?
     public var connections = 0
     public var compression = true
+    /// Which protection the session had: TLS with a pre-shared key, TLS with certificates, or
+    /// none (`allowInsecure`).
+    public var protection: SessionProtection = .insecure
 
     public var throughput: Double {
         totalTime > .zero ? Double(precopyBytes + stopcopyBytes) / totalTime.seconds : 0
@@ -83,6 +86,7 @@ public struct MigrationReport: Sendable {
             "iterations": iterations, "precopy_bytes": precopyBytes, "stopcopy_bytes": stopcopyBytes,
             "wire_bytes": wireBytes, "throughput_bytes_per_sec": throughput.rounded(),
             "connections": connections, "compression": compression ? "lz4" : "none",
+            "protection": protection.rawValue,
             "devices": devices.map { d -> [String: Any] in
                 ["id": d.id, "spec": d.spec, "bytes": d.bytes,
                  "source_xxh3": d.sourceDigest.map(Hex.digest) ?? NSNullLike.null,

@@ -71,7 +71,8 @@ struct Send: ParsableCommand {
         try security.apply(to: &options, endpoint: endpoint)
         let source: TransferSource
         do { source = try TransferSource(path: file) } catch {
-            Report.fail(error, json: json, extra: ["connections": options.connections, "compression": data.compression])
+            Report.fail(error, json: json, extra: ["connections": options.connections, "compression": data.compression,
+                                                   "protection": options.protection.rawValue])
         }
         let progress = TransferProgress()
         let ticker = Terminal.progressTicker(progress, label: "send")
@@ -117,7 +118,7 @@ struct Receive: ParsableCommand {
             receiver = try TransferReceiver(listen: endpoint, options: options)
             key = try oneTimeKey.map { (o) throws(TransferError) in try ReceiverKey.write(o, to: keyOut, listening: receiver.listener.endpoint) }
         } catch {
-            Report.fail(error, json: json, extra: [:], stdoutIsData: stdoutIsData)
+            Report.fail(error, json: json, extra: ["protection": options.protection.rawValue], stdoutIsData: stdoutIsData)
         }
         Terminal.announce("listening on \(receiver.listener.endpoint)", toStderr: stdoutIsData)
         key?.announce(sendVerb: "send")

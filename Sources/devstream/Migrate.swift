@@ -194,7 +194,7 @@ enum MigrationCLI {
             destination = try MigrationDestination(listen: endpoint, deviceCount: parsed.count, makeDevice: makeDevice, options: options)
             key = try oneTimeKey.map { (o, out) throws(TransferError) in try ReceiverKey.write(o, to: out, listening: destination.listener.endpoint) }
         } catch {
-            Report.fail(error, json: json, extra: [:])
+            Report.fail(error, json: json, extra: ["protection": options.protection.rawValue])
         }
         let killAt = try testKillHook()
         Terminal.announce("listening on \(destination.listener.endpoint)")
@@ -213,7 +213,7 @@ enum MigrationCLI {
             var line = "devstream: migration completed in \(String(format: "%.2f", r.totalTime.seconds)) s"
             if let d = r.downtime { line += String(format: ", downtime %.1f ms", d.milliseconds) }
             if let e = r.expectedDowntime { line += String(format: " (predicted %.1f ms", e.milliseconds) + String(format: ", limit %.0f ms)", r.downtimeLimit.milliseconds) }
-            line += ", \(r.iterations) iterations, pre-copy \(Format.bytes(r.precopyBytes)), stop-copy \(Format.bytes(r.stopcopyBytes))"
+            line += ", \(r.iterations) iterations, pre-copy \(Format.bytes(r.precopyBytes)), stop-copy \(Format.bytes(r.stopcopyBytes)), \(r.protection.rawValue)"
             if !json { Terminal.line(line) }
             var costs: [String] = []
             if let s = r.destinationSetupTime { costs.append(String(format: "destination setup %.1f ms", s.milliseconds)) }

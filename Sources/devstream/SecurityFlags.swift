@@ -14,7 +14,7 @@ import DSScheduler
 /// Without any of them `send` and `migrate` refuse to start; `receive` makes a one-time key
 /// (`ReceiverKey`).
 struct SecurityFlags: ParsableArguments {
-    @Option(help: "TLS 1.3 with this pre-shared key: a file of hex (e.g. `openssl rand -hex 32`) or of at least 32 raw bytes. Both ends need the same file.")
+    @Option(help: "TLS 1.3 with this pre-shared key: a file only its owner can read (chmod 600) holding at least 64 hex digits (`openssl rand -hex 32`), or the one-time key `receive` makes. Both ends need the same key.")
     var pskFile: String?
     @Option(help: "TLS 1.3 mutual authentication: this end's certificate (chain) in PEM. Needs --tls-key and --tls-ca.")
     var tlsCert: String?

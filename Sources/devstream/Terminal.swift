@@ -103,6 +103,7 @@ enum Report {
                 "throughput_bytes_per_sec": r.throughput.rounded(),
                 "connections": r.connections, "compression": compressionName,
                 "io_backend": r.backend.rawValue,
+                "protection": r.protection.rawValue,
                 "peak_rss_bytes": Output.peakRSS(),
             ]
             if let d = r.digest { o["xxh3"] = TransferDigest.hex(d) }
@@ -114,7 +115,7 @@ enum Report {
         }
         if r.completed {
             let ratio = r.wireBytes > 0 ? String(format: ", ratio %.2f", Double(r.bytes) / Double(r.wireBytes)) : ""
-            printWarning("devstream: \(verb) \(Format.bytes(r.bytes)) in \(String(format: "%.3f", r.elapsed.seconds)) s (\(Format.rate(r.throughput)), \(r.connections) connections, \(compressionName)\(ratio)), xxh3 \(r.digest.map(TransferDigest.hex) ?? "-")")
+            printWarning("devstream: \(verb) \(Format.bytes(r.bytes)) in \(String(format: "%.3f", r.elapsed.seconds)) s (\(Format.rate(r.throughput)), \(r.connections) connections, \(compressionName)\(ratio), \(r.protection.rawValue)), xxh3 \(r.digest.map(TransferDigest.hex) ?? "-")")
             exit(0)
         }
         if let e = r.error { errorLine(e) } else { errorLine("transfer failed") }

@@ -34,6 +34,16 @@ package func writeFile(_ path: String, _ bytes: [UInt8]) {
     _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
 }
 
+/// Writes `bytes` to a new file only its owner can read (0600): a key file.
+package func writePrivateFile(_ path: String, _ bytes: [UInt8]) {
+    unlink(path)
+    let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+    precondition(fd >= 0, "cannot create \(path)")  // a test fixture
+    fchmod(fd, 0o600)
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    close(fd)
+}
+
 /// The file's bytes (nil when it cannot be read). With read(2): Foundation's
 /// `FileManager.contents(atPath:)` leaks a 4 KiB buffer on an empty file (LeakSanitizer).
 package func readFile(_ path: String) -> [UInt8]? {
@@ -70,10 +80,12 @@ package func options(connections: Int = 2, compression: Bool = true, chunk: Int 
 
 /// Runs a receiver on a thread and a sender here; returns both reports.
 package func transfer(source: String, output: String, options: TransferOptions, to endpoint: Endpoint? = nil,
-              receiverOptions: TransferOptions? = nil) throws -> (sent: TransferReport, received: TransferReport) {
-    let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: receiverOptions ?? options, warn: { _ in })
+              receiverOptions: TransferOptions? = nil, acceptTimeout: Duration = .seconds(10),
+              receiverWarnings: (@Sendable (String) -> Void)? = nil) throws -> (sent: TransferReport, received: TransferReport) {
+    let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: receiverOptions ?? options,
+                                        warn: receiverWarnings ?? { _ in })
     nonisolated(unsafe) var received: TransferReport?
-    let t = try OSThread(name: "ds-test") { received = receiver.receive(output: output, acceptTimeout: .seconds(10)) }
+    let t = try OSThread(name: "ds-test") { received = receiver.receive(output: output, acceptTimeout: acceptTimeout) }
     let src = try TransferSource(path: source)
     let sent = TransferSender.send(src, to: endpoint ?? receiver.listener.endpoint, options: options, warn: { _ in })
     t.join()

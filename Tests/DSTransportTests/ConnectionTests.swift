@@ -80,6 +80,20 @@ func readsEndOfFile(_ fd: Int32, timeout: Duration = .seconds(5)) -> Bool {
     return recv(fd, &b, 1, Int32(MSG_DONTWAIT)) == 0
 }
 
+/// Whether the peer closes `fd` (an end of stream or a reset) within `timeout`.
+func closedByPeer(_ fd: Int32, timeout: Duration = .seconds(5)) -> Bool {
+    var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    let deadline = Monotonic.now + timeout
+    var b = [UInt8](repeating: 0, count: 4096)
+    while Monotonic.now < deadline {
+        guard poll(&p, 1, Int32(max(1, (deadline - Monotonic.now).milliseconds))) > 0 else { return false }
+        let n = recv(fd, &b, b.count, Int32(MSG_DONTWAIT))
+        if n == 0 || (n < 0 && errno == ECONNRESET) { return true }
+        if n < 0 && errno != EAGAIN { return false }
+    }
+    return false
+}
+
 /// Waits up to `timeout` for `condition`.
 func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> Bool {
     let deadline = Monotonic.now + timeout

@@ -61,10 +61,14 @@ import DSSupport
 
         let short = tlsTmpPath("short")
         defer { unlink(short) }
-        writeFile(short, Array("00112233".utf8))
+        writePrivateFile(short, Array("00112233".utf8))
         e = #expect(throws: TransferError.self) { try SecurityOptions.pskFile(short) }
         expectLibraryWording(e, flag: "--psk-file")
-        #expect(e?.message.contains("4-byte key (hex)") == true && e?.message.contains("at least 32") == true, "\(e?.message ?? "")")
+        #expect(e?.message.contains("holds 8 hex digits") == true && e?.message.contains("at least 64") == true, "\(e?.message ?? "")")
+        // Open to others: the fix (chmod) is in the message and the hint.
+        chmod(short, 0o644)
+        e = #expect(throws: TransferError.self) { try SecurityOptions.pskFile(short) }
+        #expect(e?.message.contains("chmod 600 \(short)") == true && e?.hint == "chmod 600 \(short)", "\(e?.description ?? "")")
     }
 
     @Test func certificateFiles() {

@@ -92,38 +92,6 @@ import DSSupport
         #expect(warnings.all.contains("sent nothing"), "\(warnings.all)")
     }
 
-    /// At most `maxPending` connections wait for their preamble; the rest are closed at once.
-    /// Once the silent ones go, a real transfer gets through.
-    @Test func pendingConnectionsAreBounded() throws {
-        let (src, out, data) = prepared()
-        defer { unlink(src); unlink(out) }
-        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(timeout: .seconds(5)), warn: { _ in })
-        let extra = 6
-        let fds = (0 ..< SessionListener.maxPending + extra).map { _ in rawConnect(receiver.listener.endpoint) }
-        var waited = 0
-        while receiver.listener.droppedCount < extra && waited < 300 { usleep(10_000); waited += 1 }
-        #expect(receiver.listener.droppedCount == extra)
-        #expect(receiver.listener.pendingCount == SessionListener.maxPending)
-        // The dropped ones see the end of the stream.
-        var closedByReceiver = 0
-        for fd in fds {
-            var b: UInt8 = 0
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if poll(&p, 1, 0) == 1, recv(fd, &b, 1, Int32(MSG_DONTWAIT)) == 0 { closedByReceiver += 1 }
-        }
-        #expect(closedByReceiver == extra)
-        for fd in fds { close(fd) }
-        waited = 0
-        while receiver.listener.pendingCount > 0 && waited < 300 { usleep(10_000); waited += 1 }
-        nonisolated(unsafe) var received: TransferReport?
-        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(10)) }
-        let sent = TransferSender.send(try TransferSource(path: src), to: receiver.listener.endpoint, options: options(), warn: { _ in })
-        t.join()
-        #expect(sent.completed && received?.completed == true, "\(sent.error?.message ?? "") \(received?.error?.message ?? "")")
-        let same = readFile(out) == data
-        #expect(same, "the received bytes differ from those sent")
-    }
-
     /// A lone preamble claiming more than the disk holds fails at once, before any file exists.
     @Test func hugeClaimFailsBeforeAnyFile() throws {
         let out = tmpPath("hostile-claim")

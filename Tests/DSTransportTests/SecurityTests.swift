@@ -32,16 +32,25 @@ func tlsTmpPath(_ name: String) -> String {
         #expect(readFile(out) == data)
         #expect(sent.digest != nil && sent.digest == received.digest)
         #expect(received.connections == connections)
+        #expect(sent.protection == .tlsPSK && received.protection == .tlsPSK)
     }
 
+    /// A sender with another key fails and says the keys differ; the receiver turns it away
+    /// with a warning and waits on for its sender, and its timeout error says what it saw.
     @Test func wrongPSKIsRefusedAtBothEnds() throws {
         let src = tlsTmpPath("src"), out = tlsTmpPath("out")
         defer { unlink(src); unlink(out) }
         writeFile(src, testData(500_000, seed: 2))
-        let (sent, received) = try transfer(source: src, output: out, options: pskOptions(key: 1), receiverOptions: pskOptions(key: 2))
+        let warnings = Mutex<[String]>([])
+        let (sent, received) = try transfer(source: src, output: out, options: pskOptions(key: 1), receiverOptions: pskOptions(key: 2),
+                                            acceptTimeout: .seconds(1), receiverWarnings: { w in warnings.withLock { $0.append(w) } })
         #expect(!sent.completed && !received.completed)
         #expect(sent.error?.hint?.contains("--psk-file") == true, "\(sent.error?.description ?? "")")
-        #expect(received.error?.message.contains("pre-shared keys differ") == true, "\(received.error?.message ?? "")")
+        #expect(received.error?.code == .timeout, "\(received.error?.message ?? "")")
+        #expect(received.error?.message.contains("turned away, the last because") == true
+                && received.error?.message.contains("pre-shared keys differ") == true, "\(received.error?.message ?? "")")
+        #expect(received.error?.hint?.contains("--psk-file") == true)
+        #expect(warnings.withLock { $0.contains { $0.contains("pre-shared keys differ") } }, "\(warnings.withLock { $0 })")
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 
@@ -49,11 +58,12 @@ func tlsTmpPath(_ name: String) -> String {
         let src = tlsTmpPath("src"), out = tlsTmpPath("out")
         defer { unlink(src); unlink(out) }
         writeFile(src, testData(200_000, seed: 3))
-        let (sent, received) = try transfer(source: src, output: out, options: options(), receiverOptions: pskOptions())
+        let (sent, received) = try transfer(source: src, output: out, options: options(), receiverOptions: pskOptions(),
+                                            acceptTimeout: .seconds(1))
         #expect(!sent.completed && !received.completed)
         #expect(sent.error?.code == .rejected, "\(sent.error?.message ?? "")")
         #expect(sent.error?.message.contains("requires TLS") == true, "\(sent.error?.message ?? "")")
-        #expect(received.error?.message.contains("not using TLS") == true, "\(received.error?.message ?? "")")
+        #expect(received.error?.code == .timeout && received.error?.message.contains("not using TLS") == true, "\(received.error?.message ?? "")")
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 
@@ -61,10 +71,11 @@ func tlsTmpPath(_ name: String) -> String {
         let src = tlsTmpPath("src"), out = tlsTmpPath("out")
         defer { unlink(src); unlink(out) }
         writeFile(src, testData(200_000, seed: 3))
-        let (sent, received) = try transfer(source: src, output: out, options: pskOptions(), receiverOptions: options())
+        let (sent, received) = try transfer(source: src, output: out, options: pskOptions(), receiverOptions: options(),
+                                            acceptTimeout: .seconds(1))
         #expect(!sent.completed && !received.completed)
         #expect(sent.error?.message.contains("TLS") == true, "\(sent.error?.message ?? "")")
-        #expect(received.error?.message.contains("speaks TLS") == true, "\(received.error?.message ?? "")")
+        #expect(received.error?.code == .timeout && received.error?.message.contains("speaks TLS") == true, "\(received.error?.message ?? "")")
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 
@@ -78,7 +89,9 @@ func tlsTmpPath(_ name: String) -> String {
         let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
         let proxy = try FaultProxy(to: receiver.listener.endpoint, fault: .flip(at: offset))
         nonisolated(unsafe) var received: TransferReport?
-        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        // A flip inside the handshake only turns that connection away: the receiver then waits
+        // for another sender, here for a second.
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(1)) }
         let sent = TransferSender.send(try TransferSource(path: src), to: proxy.endpoint, options: o, warn: { _ in })
         t.join(); proxy.join()
         #expect(!sent.completed)
@@ -137,13 +150,20 @@ func tlsTmpPath(_ name: String) -> String {
 
     /// A "receiver" that accepts, reads `take` bytes (nil: nothing) and then closes (or, with
     /// `hold`, keeps the connection silent until the test ends).
+    /// With `take` 0 the peer reads whatever the client sent (its ClientHello) before it closes,
+    /// so the close is an end of stream, not a reset.
     func silentPeer(take: Int?, hold: Bool) throws -> (Endpoint, OSThread) {
         let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
         let t = try OSThread(name: "ds-test") {
             let c = accept(lfd, nil, nil)
             if let take {
-                var buf = [UInt8](repeating: 0, count: take)
-                _ = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, Int32(MSG_WAITALL)) }
+                var buf = [UInt8](repeating: 0, count: take == 0 ? 16384 : take)
+                if take == 0 {
+                    var p = pollfd(fd: c, events: Int16(POLLIN), revents: 0)
+                    while poll(&p, 1, 200) == 1, buf.withUnsafeMutableBytes({ recv(c, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }) > 0 {}
+                } else {
+                    _ = buf.withUnsafeMutableBytes { recv(c, $0.baseAddress, $0.count, Int32(MSG_WAITALL)) }
+                }
             }
             if hold { usleep(2_500_000) }
             close(c); close(lfd)
@@ -168,11 +188,19 @@ func tlsTmpPath(_ name: String) -> String {
         let src = tlsTmpPath("src")
         defer { unlink(src) }
         writeFile(src, [1, 2, 3])
-        let (endpoint, t) = try silentPeer(take: 50, hold: false)
+        let (endpoint, t) = try silentPeer(take: 0, hold: false)
         let r = TransferSender.send(try TransferSource(path: src), to: endpoint, options: pskOptions(connections: 2), warn: { _ in })
         t.join()
         #expect(!r.completed && r.error?.code == .peerClosed, "\(r.error?.message ?? "")")
         #expect(r.error?.message.contains("TLS handshake") == true && r.error?.hint?.contains("--psk-file") == true, "\(r.error?.description ?? "")")
+        // A peer that hangs up with our ClientHello unread resets the connection: that is how a
+        // receiver turns away what it cannot admit, and the sender says so, not "wrong key".
+        let (endpoint2, t2) = try silentPeer(take: 50, hold: false)
+        let r2 = TransferSender.send(try TransferSource(path: src), to: endpoint2, options: pskOptions(connections: 2), warn: { _ in })
+        t2.join()
+        #expect(!r2.completed && r2.error?.code == .rejected, "\(r2.error?.message ?? "")")
+        #expect(r2.error?.message.contains("reset the connection before it was authenticated") == true
+                && r2.error?.message.contains("TLS alert") == true, "\(r2.error?.description ?? "")")
     }
 
     /// A connection that says nothing to a TLS receiver (no handshake) is dropped with a
@@ -268,16 +296,70 @@ func tlsTmpPath(_ name: String) -> String {
         #expect(!exists(path + ".x"))
     }
 
+    /// Key files are strict: hex only (at least 64 digits, an even number, whitespace only
+    /// around them), a regular file, and private to its owner; every refusal says what to do
+    /// and quotes nothing of the file.
     @Test func pskFiles() throws {
-        let hex = tlsTmpPath("hex"), raw = tlsTmpPath("raw"), short = tlsTmpPath("short")
-        defer { unlink(hex); unlink(raw); unlink(short) }
-        writeFile(hex, Array((String(repeating: "0a1B", count: 16) + "\n").utf8))
-        writeFile(raw, [UInt8](repeating: 0xFE, count: 40))
-        writeFile(short, Array("00112233".utf8))
-        #expect(try SecurityOptions.pskFile(hex) == SecurityOptions(.psk(key: [UInt8]((0..<16).flatMap { _ in [0x0a, 0x1b] }))))
-        #expect(try SecurityOptions.pskFile(raw) == SecurityOptions(.psk(key: [UInt8](repeating: 0xFE, count: 40))))
-        let e = #expect(throws: TransferError.self) { try SecurityOptions.pskFile(short) }
-        #expect(e?.message.contains("at least 32") == true)
+        let path = tlsTmpPath("key")
+        defer { unlink(path) }
+        let hex = String(repeating: "0a1B", count: 16)
+        let key = [UInt8]((0..<16).flatMap { _ in [0x0a, 0x1b] })
+        // Accepted: surrounding whitespace, upper- and lower-case digits, mode 0600 or 0400.
+        for (text, mode) in [(hex + "\n", 0o600), ("  \n\t" + hex + "\r\n\n", 0o600), (hex + hex, 0o400)] {
+            writePrivateFile(path, Array(text.utf8))
+            chmod(path, mode_t(mode))
+            let expected = text.hasSuffix(hex + hex) ? key + key : key
+            #expect(try SecurityOptions.pskFile(path) == SecurityOptions(.psk(key: expected)), "\(text.debugDescription)")
+        }
+        func refused(_ bytes: [UInt8], mode: Int = 0o600, _ says: String, sourceLocation: SourceLocation = #_sourceLocation) {
+            writePrivateFile(path, bytes)
+            chmod(path, mode_t(mode))
+            let e = #expect(throws: TransferError.self, sourceLocation: sourceLocation) { try SecurityOptions.pskFile(path) }
+            #expect(e?.code == .usage, sourceLocation: sourceLocation)
+            #expect(e?.message.contains(says) == true, "\(e?.message ?? "")", sourceLocation: sourceLocation)
+            #expect(e?.message.contains("0a1B") == false && e?.message.contains("qqq") == false, "the message quotes the key: \(e?.message ?? "")",
+                    sourceLocation: sourceLocation)
+        }
+        // Readable (or writable) by group or others: refused, with the fix.
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o666] {
+            refused(Array(hex.utf8), mode: mode, "chmod 600 \(path)")
+        }
+        refused(Array(hex.utf8), mode: 0o644, "mode 644")
+        // Not a key: empty, 40 newlines, raw bytes, interior whitespace, too short, odd.
+        refused([], "holds 0 hex digits")
+        refused([UInt8](repeating: 0x0a, count: 40), "holds 0 hex digits")
+        refused([UInt8](repeating: 0xFE, count: 40), "something other than hex digits")
+        refused(Array((String(hex.prefix(32)) + " " + String(hex.suffix(32))).utf8), "something other than hex digits (at byte 32)")
+        refused(Array(("qqq" + hex).utf8), "something other than hex digits")
+        refused(Array(String(hex.prefix(62)).utf8), "holds 62 hex digits")
+        refused(Array((hex + "a").utf8), "holds 65 hex digits")
+        // Not a file.
+        let e = #expect(throws: TransferError.self) { try SecurityOptions.pskFile("/tmp") }
+        #expect(e?.message.contains("not a regular file") == true, "\(e?.message ?? "")")
         #expect(throws: TransferError.self) { try SecurityOptions.pskFile("/nonexistent/tls-key") }
+    }
+
+    /// Reject messages go to whoever connected: they never name the session, whose id would
+    /// let an outsider claim a free channel of a plaintext session.
+    @Test func rejectMessagesNameNoSession() throws {
+        let listener = try SessionListener(endpoint: Endpoint(host: "127.0.0.1", port: 0), options: options(connections: 2), warn: { _ in })
+        try listener.start()
+        defer { listener.stop() }
+        let session = SessionID(high: 0x1122_3344_5566_7788, low: 0x99AA_BBCC_DDEE_FF00)
+        func join(_ id: SessionID, channel: UInt16) -> (FrameType?, String) {
+            let fd = rawConnect(listener.endpoint)
+            defer { close(fd) }
+            sendRaw(fd, Preamble(features: [.xxh3], sessionID: id, channelIndex: channel, channelCount: 2, chunkSize: 65536,
+                                 mode: .addressable, totalSize: 100).encoded())
+            guard let (h, payload) = readFrame(fd) else { return (nil, "") }
+            return (h.type, (try? ErrorMessage.decode(payload))?.message ?? "")
+        }
+        #expect(join(session, channel: 0).0 == .accept)
+        let texts = ["\(session)", String(session.high, radix: 16), String(session.low, radix: 16)]
+        for (id, channel) in [(SessionID.random(), UInt16(1)), (session, 0)] {
+            let (type, message) = join(id, channel: channel)
+            #expect(type == .reject && !message.isEmpty)
+            for t in texts { #expect(!message.lowercased().contains(t.lowercased()), "the reject names the session: \(message)") }
+        }
     }
 }

@@ -1,4 +1,5 @@
 import Testing
+import Synchronization
 import Glibc
 import DSRing
 import DSWire
@@ -204,18 +205,68 @@ import DSSupport
         #expect(received?.error?.message.contains("incomplete transfer") == true, "\(received?.error?.message ?? "")")
     }
 
-    /// Something that is not devstream connects first: the receive fails and says so.
+    /// Something that is not devstream connects first: it is turned away with a warning, the
+    /// receive goes on, and the real sender that follows completes.
     @Test func garbageFromANonDevstreamPeer() throws {
-        let out = tmpPath("out")
-        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(), warn: { _ in })
+        let (src, out, data) = prepared()
+        defer { unlink(src); unlink(out) }
+        let warnings = Mutex<[String]>([])
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(),
+                                            warn: { w in warnings.withLock { $0.append(w) } })
         nonisolated(unsafe) var received: TransferReport?
         let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
         let fd = rawConnect(receiver.listener.endpoint)
         sendRaw(fd, Array("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8) + [UInt8](repeating: 0x41, count: 64))
-        t.join()
+        #expect(closedByPeer(fd), "the stranger is closed")
         close(fd)
+        #expect(eventually { warnings.withLock { $0.contains { $0.contains("not a devstream sender") } } }, "\(warnings.withLock { $0 })")
+        let sent = TransferSender.send(try TransferSource(path: src), to: receiver.listener.endpoint, options: options(), warn: { _ in })
+        t.join()
+        #expect(sent.completed, "\(sent.error?.message ?? "")")
+        #expect(received?.completed == true, "\(received?.error?.message ?? "")")
+        let same = readFile(out) == data
+        #expect(same)
+    }
+
+    /// Reserved bytes that are not zero: in a preamble the connection is turned away (the
+    /// receive goes on); in a frame header of the session, the session fails as a protocol
+    /// violation that names them.
+    @Test func nonzeroReservedBytesAreRefused() throws {
+        let out = tmpPath("reserved-out")
+        defer { unlink(out); unlink(out + ".partial") }
+        let warnings = Mutex<[String]>([])
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(connections: 1, timeout: .seconds(2)),
+                                            warn: { w in warnings.withLock { $0.append(w) } })
+        nonisolated(unsafe) var received: TransferReport?
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        func sealPreamble(_ b: inout [UInt8]) {
+            let sum = b.withUnsafeBytes { fnv1a64(UnsafeRawBufferPointer(rebasing: $0[0..<56])) }
+            b.withUnsafeMutableBytes { $0.storeLE(sum, at: 56) }
+        }
+        let preamble = Preamble(features: [.xxh3], sessionID: .random(), channelIndex: 0, channelCount: 1, chunkSize: 65536,
+                                mode: .addressable, totalSize: 100)
+        var bad = preamble.encoded()
+        bad[46] = 9
+        sealPreamble(&bad)
+        let fd0 = rawConnect(receiver.listener.endpoint)
+        sendRaw(fd0, bad)
+        #expect(closedByPeer(fd0))
+        close(fd0)
+        #expect(eventually { warnings.withLock { $0.contains { $0.contains("reserved and must be zero") } } }, "\(warnings.withLock { $0 })")
+        // The session itself, then a data frame whose reserved bytes are set.
+        let fd = rawConnect(receiver.listener.endpoint)
+        defer { close(fd) }
+        sendRaw(fd, preamble.encoded())
+        var frame = frameBytes(FrameHeader(type: .data, rawLength: 100, wireLength: 100, position: 0, checksum: 1),
+                               payload: [UInt8](repeating: 0, count: 100))
+        frame[33] = 1
+        let check = UInt32(truncatingIfNeeded: frame.withUnsafeBytes { fnv1a64(UnsafeRawBufferPointer(rebasing: $0[0..<36])) })
+        frame.withUnsafeMutableBytes { $0.storeLE(check, at: 36) }
+        sendRaw(fd, frame)
+        t.join()
         #expect(received?.completed == false)
-        #expect(received?.error?.message.contains("not a devstream sender") == true)
+        #expect(received?.error?.code == .protocolViolation && received?.error?.message.contains("reserved and must be zero") == true,
+                "\(received?.error?.message ?? "")")
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 

@@ -23,6 +23,18 @@ import DSSupport
         }
     }
 
+    /// Nonzero reserved bytes (45 ..< 48) are refused even with a valid checksum.
+    @Test func reservedBytesMustBeZero() throws {
+        for at in 45..<48 {
+            var b = sample.encoded()
+            b[at] = 1
+            let sum = b.withUnsafeBytes { fnv1a64(UnsafeRawBufferPointer(rebasing: $0[0..<56])) }
+            b.withUnsafeMutableBytes { $0.storeLE(sum, at: 56) }
+            #expect(throws: WireError.reservedNotZero("preamble bytes 45 ..< 48")) { try b.withUnsafeBytes { try Preamble.decode($0) } }
+        }
+        #expect(WireError.reservedNotZero("preamble bytes 45 ..< 48").description.contains("must be zero"))
+    }
+
     @Test func garbageIsBadMagic() {
         let http = Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8) + [UInt8](repeating: 0, count: 40)
         #expect(throws: WireError.badMagic) { try http.withUnsafeBytes { try Preamble.decode($0) } }
@@ -125,6 +137,17 @@ import DSSupport
         // session bound tighter than the absolute one.
         let h = FrameHeader(type: .data, rawLength: 1 << 21, wireLength: 1 << 21)
         #expect(throws: WireError.self) { try h.checkLengths(maxChunk: 1 << 20) }
+    }
+
+    /// Nonzero reserved bytes (32 ..< 36) are refused even with a valid header check.
+    @Test func reservedBytesMustBeZero() throws {
+        for at in 32..<36 {
+            var b = encode(FrameHeader(type: .data, rawLength: 10, wireLength: 10, position: 4096, checksum: 7))
+            b[at] = 0x80
+            let check = UInt32(truncatingIfNeeded: b.withUnsafeBytes { fnv1a64(UnsafeRawBufferPointer(rebasing: $0[0..<36])) })
+            b.withUnsafeMutableBytes { $0.storeLE(check, at: 36) }
+            #expect(throws: WireError.reservedNotZero("frame header bytes 32 ..< 36")) { try b.withUnsafeBytes { try FrameHeader.decode($0) } }
+        }
     }
 
     @Test func unknownTypeAndFlags() {

@@ -85,6 +85,9 @@ import Foundation
         let _: DeviceError.Code? = report.error?.deviceError?.code
         let _: [DeviceReport] = report.devices
         let _: SwitchoverReason? = report.switchoverReason
+        let _: SessionProtection = report.protection
+        let _: SessionProtection = config.transfer.protection
+        try SecurityOptions.randomKey().writeKeyFile("/tmp/never-used-key")
         let statistics: MigrationStatistics = source.statistics
         let _: MigrationPhase = statistics.phase
         source.cancel()

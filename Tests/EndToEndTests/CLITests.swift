@@ -126,6 +126,9 @@ enum CLI {
         for key in ["status", "bytes", "wire_bytes", "elapsed_ms", "throughput_bytes_per_sec", "connections", "compression", "xxh3"] {
             #expect(s[key] != nil && r[key] != nil, "missing \(key)")
         }
+        // Both reports, and both summary lines, say which protection the session had.
+        #expect(s["protection"] as? String == "tls-psk" && r["protection"] as? String == "tls-psk", "\(sent.stdout) \(got.stdout)")
+        #expect(sent.stderr.contains(", tls-psk), xxh3") && got.stderr.contains(", tls-psk), xxh3"), "\(sent.stderr) \(got.stderr)")
         #expect(s["status"] as? String == "completed" && r["status"] as? String == "completed")
         #expect(s["xxh3"] as? String == r["xxh3"] as? String)
         #expect(s["bytes"] as? Int == 5_000_000)
@@ -264,7 +267,7 @@ enum CLI {
         let k = try CLI.run(["send", src, "--to", "127.0.0.1:1", "--psk-file", key])
         #expect(k.status != 0, "\(k.stderr)")
         #expect(k.stderr.contains("the PSK file \(key) cannot be read"), "\(k.stderr)")
-        #expect(k.stderr.contains("hint: make one with `openssl rand -hex 32 > \(key)` and pass it with --psk-file"), "\(k.stderr)")
+        #expect(k.stderr.contains("hint: make one with `(umask 077; openssl rand -hex 32 > \(key))` and pass it with --psk-file"), "\(k.stderr)")
         // The JSON report carries the hint beside the error.
         let (lfd, port) = try DSTransportListenPort.free()
         close(lfd)
@@ -311,6 +314,8 @@ enum CLI {
                     "iterations", "precopy_bytes", "stopcopy_bytes", "wire_bytes", "throughput_bytes_per_sec", "devices"] {
             #expect(j[key] != nil, "missing \(key)")
         }
+        // The demo's two ends share a key it made in memory.
+        #expect(j["protection"] as? String == "tls-psk", "\(r.stdout)")
         let devices = try #require(j["devices"] as? [[String: Any]])
         #expect(devices.count == 1)
         #expect(devices[0]["source_xxh3"] as? String == devices[0]["destination_xxh3"] as? String)
@@ -329,6 +334,7 @@ enum CLI {
         #expect(sd.count == 2 && dd.count == 2)
         for i in 0..<2 { #expect(sd[i]["destination_xxh3"] as? String == dd[i]["destination_xxh3"] as? String) }
         #expect(d["downtime_ms"] != nil)
+        #expect(s["protection"] as? String == "tls-psk" && d["protection"] as? String == "tls-psk", "\(m.stdout) \(got.stdout)")
     }
 
     /// RLIMIT_MEMLOCK too small for the registered pool (an unprivileged user, `ulimit -l 64`):

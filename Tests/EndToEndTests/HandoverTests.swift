@@ -32,6 +32,10 @@ import DSTestSupport
         #expect(o.source.status == 0, "\(o.source.stderr)")
         #expect(o.destination.status == 0, "\(o.destination.stderr)")
         #expect(o.destination.stderr.contains("migration completed"))
+        // Both summary lines say which protection the session had.
+        for side in [o.source.stderr, o.destination.stderr] {
+            #expect(side.contains("stop-copy") && side.contains(", tls-psk"), "\(side)")
+        }
     }
 
     @Test func sourceKilledAfterStateSentLeavesTheDestinationStopped() throws {

@@ -2,6 +2,7 @@ import Testing
 import Foundation
 import Glibc
 import DSNetLab
+import DSTestSupport
 
 /// Migrations between two processes in two network namespaces joined by a shaped veth pair
 /// (made by the test; needs root and iproute2, which `.ci/run` runs with). The destination's
@@ -53,7 +54,7 @@ import DSNetLab
         defer { link.close() }
         let psk = "/tmp/ds-link-psk-\(getpid())"
         defer { unlink(psk) }
-        _ = FileManager.default.createFile(atPath: psk, contents: Data(String(repeating: "5a", count: 32).utf8))
+        writePrivateFile(psk, Array(String(repeating: "5a", count: 32).utf8))
         let (r, endpoint) = try CLI.receiver(["--device", "sim:size=32M", "--timeout", "10s", "--psk-file", psk],
                                              host: link.destinationAddress, wrapper: link.inDestination([]))
         let s = try CLI.run(["migrate", "--device", "sim:size=32M,dirty-rate=2M,seed=4", "--to", endpoint,

@@ -61,6 +61,8 @@ func runMigration(_ sources: [any MigratableDevice], _ dests: [any MigratableDev
         // Both ends report the same downtime (the source's measurement).
         #expect(abs(((d.downtime ?? .zero) - (s.downtime ?? .seconds(9))).seconds) < 0.001)
         #expect(d.devices[0].sourceDigest == s.devices[0].sourceDigest)
+        // Plaintext by explicit choice (allowInsecure): the reports say so.
+        #expect(s.protection == .insecure && d.protection == .insecure)
     }
 
     /// Several devices of every kind in one session.

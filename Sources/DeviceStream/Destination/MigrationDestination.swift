@@ -114,6 +114,7 @@ public final class MigrationDestination: @unchecked Sendable {
     ///   thread of your own, and `cancel()` from another.
     public func run(acceptTimeout: Duration? = nil, onEvent: @escaping @Sendable (MigrationEvent) -> Void = { _ in }) -> MigrationReport {
         var report = MigrationReport()
+        report.protection = options.protection
         let start = Monotonic.now
         control.update { $0 = MigrationStatistics(); $0.startedAt = start; $0.phase = .idle }
         let abort = AbortSignal(side: "destination")

@@ -90,6 +90,7 @@ public final class MigrationSource: Sendable {
         report.downtimeLimit = configuration.downtimeLimit
         report.connections = configuration.transfer.connections
         report.compression = configuration.transfer.compression
+        report.protection = configuration.transfer.protection
         report.devices = devices.enumerated().map { DeviceReport(id: $0.offset, spec: $0.element.spec, bytes: 0) }
         let savers = devices.enumerated().map { DeviceSaver(id: $0.offset, device: $0.element) }
         let warn = self.warn

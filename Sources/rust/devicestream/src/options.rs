@@ -85,32 +85,67 @@ impl Key {
         Ok(key)
     }
 
-    /// Reads a key file as `devstream --psk-file` does: when its content (whitespace removed) is
-    /// all hex digits, the key is those bytes; otherwise the file's raw bytes. At least 32 bytes.
+    /// Reads a key file as `devstream --psk-file` does, strictly: a regular file that neither
+    /// its group nor others can read or write (0600 or 0400), holding the key as hex — at least
+    /// 64 hex digits (32 bytes), an even number, nothing but whitespace around them. Errors never
+    /// quote the file's content.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Key> {
+        use std::os::unix::fs::PermissionsExt;
         let path = path.as_ref();
-        let mut raw = std::fs::read(path).map_err(|e| {
-            Error::new(ErrorCode::Usage, format!("key file {}: cannot read it ({e})", path.display()))
-                .with_hint(format!("make one with `openssl rand -hex 32 > {}` or Key::generate_file", path.display()))
-        })?;
-        let text: Vec<u8> = raw.iter().copied().filter(|c| !c.is_ascii_whitespace()).collect();
-        let is_hex = !text.is_empty() && text.len() % 2 == 0 && text.iter().all(u8::is_ascii_hexdigit);
-        let key = if is_hex {
-            let nibble = |c: u8| (c as char).to_digit(16).unwrap() as u8;
-            Key(text.chunks(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])).collect())
-        } else {
-            Key(raw.clone())
-        };
-        wipe(&mut raw);
-        let mut text = text;
-        wipe(&mut text);
-        if key.0.len() < Self::MIN_LEN {
+        let hint = format!("make one with `(umask 077; openssl rand -hex 32 > {})` or Key::generate_file", path.display());
+        let unreadable =
+            |e: std::io::Error| Error::new(ErrorCode::Usage, format!("key file {}: cannot read it ({e})", path.display())).with_hint(hint.clone());
+        let mut file = std::fs::File::open(path).map_err(unreadable)?;
+        let meta = file.metadata().map_err(unreadable)?;
+        if !meta.is_file() {
+            return Err(Error::new(ErrorCode::Usage, format!("key file {}: not a regular file", path.display())).with_hint(hint));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
             return Err(Error::new(
                 ErrorCode::Usage,
-                format!("key file {}: the key is {} bytes; at least {} are needed", path.display(), key.0.len(), Self::MIN_LEN),
-            ));
+                format!(
+                    "key file {}: accessible by others (mode {mode:o}): a key others can read is no secret; make it private with `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                ),
+            )
+            .with_hint(format!("chmod 600 {}", path.display())));
         }
-        Ok(key)
+        let mut raw = Vec::new();
+        file.read_to_end(&mut raw).map_err(unreadable)?;
+        let start = raw.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(raw.len());
+        let end = raw.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |i| i + 1);
+        let text = &raw[start..end];
+        let result = if let Some(bad) = text.iter().position(|c| !c.is_ascii_hexdigit()) {
+            Err(Error::new(
+                ErrorCode::Usage,
+                format!(
+                    "key file {}: holds something other than hex digits (at byte {}): it must hold the key as hex, at least {} digits, with nothing else but whitespace around them",
+                    path.display(),
+                    start + bad,
+                    2 * Self::MIN_LEN
+                ),
+            )
+            .with_hint(hint))
+        } else if text.len() % 2 != 0 || text.len() < 2 * Self::MIN_LEN {
+            Err(Error::new(
+                ErrorCode::Usage,
+                format!(
+                    "key file {}: holds {} hex digits; a key is an even number of them, at least {} ({} bytes)",
+                    path.display(),
+                    text.len(),
+                    2 * Self::MIN_LEN,
+                    Self::MIN_LEN
+                ),
+            )
+            .with_hint(hint))
+        } else {
+            let nibble = |c: u8| (c as char).to_digit(16).unwrap() as u8;
+            Ok(Key(text.chunks(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])).collect()))
+        };
+        wipe(&mut raw);
+        result
     }
 }
 
