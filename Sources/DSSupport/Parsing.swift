@@ -6,8 +6,8 @@
 // bytes and "0.1s" exactly 100_000_000 ns. No Foundation is needed.
 
 /// Why a duration or size string was rejected.
-package struct ParseError: Error, Equatable, Sendable, CustomStringConvertible {
-    package enum Kind: Equatable, Sendable {
+public struct ParseError: Error, Equatable, Sendable, CustomStringConvertible {
+    public enum Kind: Equatable, Sendable {
         /// The input was empty (or only whitespace).
         case empty
         /// The numeric part is missing or malformed (e.g. "abc", "1.2.3s", "s").
@@ -25,20 +25,20 @@ package struct ParseError: Error, Equatable, Sendable, CustomStringConvertible {
     }
 
     /// "duration" or "size".
-    package var what: String
-    package var input: String
-    package var kind: Kind
+    public var what: String
+    public var input: String
+    public var kind: Kind
     /// Human-readable list of accepted forms, included in `description`.
-    package var acceptedForms: String
+    public var acceptedForms: String
 
-    package init(what: String, input: String, kind: Kind, acceptedForms: String) {
+    public init(what: String, input: String, kind: Kind, acceptedForms: String) {
         self.what = what
         self.input = input
         self.kind = kind
         self.acceptedForms = acceptedForms
     }
 
-    package var reason: String {
+    public var reason: String {
         switch kind {
         case .empty: return "the value is empty"
         case .invalidNumber: return "expected a decimal number such as 300 or 1.5 before the unit"
@@ -50,7 +50,7 @@ package struct ParseError: Error, Equatable, Sendable, CustomStringConvertible {
         }
     }
 
-    package var description: String {
+    public var description: String {
         "invalid \(what) '\(input)': \(reason); accepted forms: \(acceptedForms)"
     }
 }
@@ -61,11 +61,11 @@ package struct ParseError: Error, Equatable, Sendable, CustomStringConvertible {
 /// `m` (or `min`), `h`. The unit is mandatory. Sub-nanosecond fractions are
 /// truncated. Whitespace around the value and between number and unit is
 /// ignored.
-package enum DurationParsing {
-    package static let acceptedForms =
+public enum DurationParsing {
+    public static let acceptedForms =
         "<number><unit> with unit ns, us, ms, s, m, h (e.g. 500us, 300ms, 1.5s, 60s, 2m)"
 
-    package static func parse(_ text: String) throws(ParseError) -> Duration {
+    public static func parse(_ text: String) throws(ParseError) -> Duration {
         func fail(_ kind: ParseError.Kind) -> ParseError {
             ParseError(what: "duration", input: text, kind: kind, acceptedForms: acceptedForms)
         }
@@ -92,11 +92,11 @@ package enum DurationParsing {
 /// All multiples are binary (K = 1024): `K`/`KB`/`KiB`, `M`/`MB`/`MiB`,
 /// `G`/`GB`/`GiB`, `T`/`TB`/`TiB`, `P`/`PB`/`PiB`, case-insensitive; no unit
 /// or `B` means bytes. The result must be a whole number of bytes.
-package enum SizeParsing {
-    package static let acceptedForms =
+public enum SizeParsing {
+    public static let acceptedForms =
         "<number>[unit] with binary unit B, K/KB/KiB, M/MB/MiB, G/GB/GiB, T/TB/TiB, P/PB/PiB, K = 1024 (e.g. 1024, 4K, 64M, 1.5G, 10MiB, 1GB)"
 
-    package static func parse(_ text: String) throws(ParseError) -> UInt64 {
+    public static func parse(_ text: String) throws(ParseError) -> UInt64 {
         func fail(_ kind: ParseError.Kind) -> ParseError {
             ParseError(what: "size", input: text, kind: kind, acceptedForms: acceptedForms)
         }

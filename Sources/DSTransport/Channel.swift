@@ -166,7 +166,7 @@ package final class Channel {
 
     /// Reads (non-blocking, bounded) an error or reject frame the peer left on the socket.
     static func pendingErrorMessage(_ connection: Connection) -> String? {
-        var buf = [UInt8](repeating: 0, count: FrameHeader.size + 4096)
+        var buf = [UInt8](repeating: 0, count: FrameHeader.size + ErrorMessage.maxEncodedSize)
         let n = buf.withUnsafeMutableBytes { connection.readAvailable(into: $0) }
         guard n >= FrameHeader.size else { return nil }
         guard let h = try? buf.withUnsafeBytes({ try FrameHeader.decode($0) }),

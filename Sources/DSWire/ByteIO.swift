@@ -22,7 +22,18 @@ public struct PayloadWriter: Sendable {
     public mutating func f64(_ v: Double) { u64(v.bitPattern) }
     /// A length-prefixed (u32) byte string.
     public mutating func blob(_ v: [UInt8]) { u32(UInt32(v.count)); bytes.append(contentsOf: v) }
-    public mutating func string(_ v: String) { blob(Array(v.utf8)) }
+    /// A length-prefixed UTF-8 string, cut at a Unicode scalar boundary to at most `limit` bytes
+    /// (by default what `PayloadReader.string()` accepts: the peer must be able to read it).
+    public mutating func string(_ v: String, limit: Int = WireLimits.maxStringBytes) {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(min(v.utf8.count, limit))
+        for scalar in v.unicodeScalars {
+            let width = UTF8.width(scalar)
+            guard bytes.count + width <= limit else { break }
+            bytes.append(contentsOf: UTF8.encode(scalar)!)
+        }
+        blob(bytes)
+    }
 }
 
 /// A bounds-checked little-endian reader over bytes from the network: every read checks the
@@ -55,7 +66,7 @@ public struct PayloadReader: Sendable {
     }
     /// A length-prefixed UTF-8 string from the peer, escaped for printing (`PeerText`): control
     /// characters never reach a terminal, and its length is bounded.
-    public mutating func string(limit: Int = 4096) throws(WireError) -> String {
+    public mutating func string(limit: Int = WireLimits.maxStringBytes) throws(WireError) -> String {
         PeerText.escape(String(decoding: try blob(limit: limit), as: UTF8.self))
     }
 }

@@ -11,6 +11,9 @@ public enum WireLimits {
     public static let minChunkSize = 4 << 10
     /// The largest control-frame payload (messages, device headers, config state): 1 MiB.
     public static let maxControlPayload = 1 << 20
+    /// The longest string a control payload carries (a device spec, an error message), in UTF-8
+    /// bytes. `PayloadWriter.string` cuts to it, `PayloadReader.string` refuses more.
+    public static let maxStringBytes = 4096
     /// The most channels (TCP connections) one session may use.
     public static let maxChannels: UInt16 = 64
     /// The most devices one migration session may carry.

@@ -38,9 +38,13 @@ public struct TransferTotals: Equatable, Sendable {
 public struct ErrorMessage: Equatable, Sendable {
     public var code: UInt16
     public var message: String
+    /// The largest encoded message: the code, the length, `WireLimits.maxStringBytes` of text.
+    public static let maxEncodedSize = 2 + 4 + WireLimits.maxStringBytes
     public init(code: UInt16, message: String) { self.code = code; self.message = message }
+    /// The code and the message, cut to `WireLimits.maxStringBytes` of UTF-8 (at a scalar
+    /// boundary), so the peer's decoder always accepts it.
     public func encoded() -> [UInt8] {
-        var w = PayloadWriter(); w.u16(code); w.string(String(message.prefix(2000))); return w.bytes
+        var w = PayloadWriter(); w.u16(code); w.string(message); return w.bytes
     }
     public static func decode(_ bytes: [UInt8]) throws(WireError) -> ErrorMessage {
         var r = PayloadReader(bytes)

@@ -164,6 +164,22 @@ let payload300 = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
         #expect(readBytes(b, count: 1000, timeout: .seconds(2)).count == 5, "only the reply's first 5 bytes, then end of file")
     }
 
+    /// The peer's farewell is read whole however long its text: the encoder cuts the text to
+    /// `WireLimits.maxStringBytes` of UTF-8 and the peek reads that much. (Found with the
+    /// payloads fuzz target: 2000 characters of "€" were 6000 bytes, which the decoder refused,
+    /// so the peer's reason was lost.)
+    @Test func theLongestFarewellIsReadWhole() throws {
+        let (a, b) = socketPair()
+        defer { close(b) }
+        let conn = Connection(fd: a)
+        defer { conn.close() }
+        let frame = ErrorMessage(code: 1, message: String(repeating: "€", count: 2000)).frame()
+        #expect(frame.count == FrameHeader.size + ErrorMessage.maxEncodedSize - 1, "1365 whole euro signs, 4095 bytes")
+        #expect(frame.withUnsafeBytes { send(b, $0.baseAddress, $0.count, 0) } == frame.count)
+        let message = try #require(Channel.pendingErrorMessage(conn))
+        #expect(message == PeerText.escape(String(repeating: "€", count: 1365)))
+    }
+
     /// A peer that stops reading: the reply fails within its timeout, saying so.
     @Test func controlReplyToAPeerThatStopsReadingTimesOut() throws {
         let (a, b) = socketPair()

@@ -179,4 +179,46 @@ import DSSupport
         var w = PayloadWriter(); w.u16(1); w.u32(0xFFFF_FFF0)
         #expect(throws: WireError.self) { try ErrorMessage.decode(w.bytes) }
     }
+
+    /// Found with the payloads fuzz target's encode-then-decode check: the encoder cut a message
+    /// to 2000 *characters*, which can be far more than the 4096 UTF-8 bytes the decoder accepts
+    /// ("€" is 3 bytes, a letter with combining marks is one character of any length), so the
+    /// peer refused the message. Whatever an encoder writes, the decoder must read.
+    @Test func longTextIsCutToWhatTheDecoderAccepts() throws {
+        let texts = [
+            String(repeating: "€", count: 1400),                                     // 4200 bytes, 1400 characters
+            "e" + String(repeating: "\u{301}", count: 3000),                          // one character, 6001 bytes
+            String(repeating: "a", count: 4095) + "€",                               // the cut falls inside a scalar
+            String(repeating: "x", count: 10_000),
+        ]
+        for text in texts {
+            let bytes = ErrorMessage(code: 3, message: text).encoded()
+            #expect(bytes.count <= ErrorMessage.maxEncodedSize)
+            let got = try ErrorMessage.decode(bytes)
+            #expect(got.code == 3)
+            #expect(got.message == PeerText.escape(Self.utf8Prefix(text, WireLimits.maxStringBytes)))
+
+            let spec = "file:/" + text
+            let header = try DeviceHeader.decode(DeviceHeader(kind: .addressable, size: 4096, flags: 0, spec: spec).encoded())
+            #expect(header.spec == PeerText.escape(Self.utf8Prefix(spec, WireLimits.maxStringBytes)))
+        }
+        // The cut keeps whole scalars: 4095 bytes of "a", not half a "€".
+        var w = PayloadWriter(); w.string(String(repeating: "a", count: 4095) + "€")
+        #expect(w.bytes.count == 4 + 4095)
+        // Text within the bound goes unchanged.
+        let short = ErrorMessage(code: 1, message: String(repeating: "€", count: 1365))
+        #expect(try ErrorMessage.decode(short.encoded()) == ErrorMessage(code: 1, message: PeerText.escape(short.message)))
+    }
+
+    /// The longest prefix of whole Unicode scalars of `text` that fits `limit` UTF-8 bytes.
+    static func utf8Prefix(_ text: String, _ limit: Int) -> String {
+        var out = String.UnicodeScalarView()
+        var n = 0
+        for s in text.unicodeScalars {
+            n += UTF8.width(s)
+            if n > limit { break }
+            out.append(s)
+        }
+        return String(out)
+    }
 }
