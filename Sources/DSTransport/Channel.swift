@@ -182,10 +182,32 @@ package final class Channel {
     /// length, then decodes and verifies data payloads. `keepalive` frames are skipped here,
     /// between any two frames: each restarts the stall timeout.
     package func receive(timeout: Duration? = nil) throws(TransferError) -> ReceivedFrame {
+        try receive(timeout: timeout, deadline: nil, phase: "")
+    }
+
+    /// Receives the next frame before `deadline` (a `Monotonic` instant), however many
+    /// keepalives come first: the overall deadline of a phase (`phase` names it in the error),
+    /// where `receive(timeout:)` restarts its stall timeout with every keepalive.
+    package func receive(before deadline: Duration, phase: String) throws(TransferError) -> ReceivedFrame {
+        try receive(timeout: nil, deadline: deadline, phase: phase)
+    }
+
+    private func receive(timeout: Duration?, deadline: Duration?, phase: String) throws(TransferError) -> ReceivedFrame {
         let hbuf = pool.header(inSlot)
         var header: FrameHeader
         repeat {
-            let got = try receiveBytes(hbuf, timeout: timeout ?? self.timeout)
+            var wait = timeout ?? self.timeout
+            if let deadline {
+                let left = deadline - Monotonic.now
+                guard left > .zero else {
+                    throw TransferError(.timeout, "\(phase) on channel \(index): the phase's deadline passed (the peer sent only keepalives, or nothing)")
+                }
+                wait = min(wait, left)
+            }
+            let got: Int
+            do { got = try receiveBytes(hbuf, timeout: wait) } catch where error.code == .timeout && deadline != nil {
+                throw TransferError(.timeout, "\(phase) on channel \(index): nothing arrived within the phase's deadline")
+            }
             guard got == FrameHeader.size else {
                 throw TransferError(.peerClosed, got == 0
                     ? "the peer closed channel \(index) before the transfer completed"

@@ -120,6 +120,12 @@ extension SessionListener {
             if session == nil, stream != nil, preamble.channelIndex != 0 {
                 return .refused("channel \(preamble.channelIndex) arrived before channel 0, which opens a TLS session")
             }
+            if session == nil, let over = TransferOptions.overBudget(connections: Int(preamble.channelCount), chunkSize: Int(preamble.chunkSize),
+                                                                     tls: stream != nil, budget: memoryBudget) {
+                let refusal = "\(over) here: the sender must use fewer connections or smaller chunks, or the receiver a larger budget"
+                lastTurnedAway = (refusal, "give the sender fewer --connections or a smaller --chunk-size, or the receiver a larger --memory-budget")
+                return .refused(refusal)
+            }
             if session == nil {
                 sessionToken = stream?.token
                 session = SessionInfo(id: preamble.sessionID, mode: preamble.mode, channelCount: Int(preamble.channelCount),

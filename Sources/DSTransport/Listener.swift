@@ -79,6 +79,9 @@ package final class SessionListener: @unchecked Sendable {
     var sessionToken: [UInt8]?
     /// How many connections may wait, and for how long.
     package let limits: AdmissionLimits
+    /// The most a session's buffers may take here: a sender whose preamble asks for more (its
+    /// channel count times its chunk size) is refused before anything is allocated.
+    package let memoryBudget: Int
     /// Who waits for admission now (the policy; its ids are `pending`'s).
     private var admission: AdmissionPolicy
     /// Bumped whenever `admission` gains a connection (wakes the reaper to its new deadline).
@@ -107,12 +110,13 @@ package final class SessionListener: @unchecked Sendable {
                             warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
         try options.checkPlaintext(endpoint)
         try self.init(endpoint: endpoint, timeout: options.timeout, backend: options.backend, security: options.security,
-                      limits: limits, warn: warn)
+                      limits: limits, memoryBudget: options.memoryBudget, warn: warn)
     }
 
     package init(endpoint: Endpoint, timeout: Duration, backend: IOBackendKind? = nil, security: SecurityOptions? = nil,
-                limits: AdmissionLimits? = nil,
+                limits: AdmissionLimits? = nil, memoryBudget: Int = TransferOptions().memoryBudget,
                 warn: @escaping @Sendable (String) -> Void = { printWarning($0) }) throws(TransferError) {
+        self.memoryBudget = memoryBudget
         self.security = try security.map { (o) throws(TransferError) in try SecurityContext(o, server: true) }
         (fd, port) = try Sockets.listen(endpoint)
         self.endpoint = Endpoint(host: endpoint.host, port: port)
@@ -145,6 +149,7 @@ package final class SessionListener: @unchecked Sendable {
         port = 0
         endpoint = Endpoint(host: "sockets handed in", port: 0)
         timeout = options.timeout
+        memoryBudget = options.memoryBudget
         limits = .standard(timeout: options.timeout)
         admission = AdmissionPolicy(limits: limits)
         backend = options.backend ?? IOBackend.probed

@@ -15,6 +15,11 @@ public struct TransferOptions: Sendable {
     public var chunkSize = 1 << 20
     /// How long a peer may make no progress before the transfer fails (stall detection).
     public var timeout: Duration = .seconds(30)
+    /// The most memory the session's buffers may take, all channels together (`--memory-budget`):
+    /// per channel two pool slots of a chunk (and its LZ4 bound), an LZ4 state and, with TLS,
+    /// the record buffers (`sessionMemory`). A sender refuses options over it; a receiver refuses
+    /// a session whose sender asks for more, before it allocates anything.
+    public var memoryBudget = 256 << 20
     /// Force a backend for this session's rings (nil: the process-wide probe,
     /// `IOBackend.probed`). `.blocking` suits hosts whose seccomp filter forbids io_uring: io_uring
     /// is then never touched. The library reads no environment; the CLIs set this from
@@ -43,6 +48,27 @@ public struct TransferOptions: Sendable {
     /// What to do about a session without security, in the CLI's terms.
     package static let securityHint = "give both ends the same --psk-file FILE (`devstream receive` makes a one-time key and prints its path; --key-out FILE picks it) or --tls-cert/--tls-key/--tls-ca; --insecure gives up all protection"
 
+    /// Bytes one channel's buffers take: two pool slots (a chunk's LZ4 bound and a frame header
+    /// each, in whole pages), the LZ4 state and, with TLS, the record buffers.
+    package static func channelMemory(chunkSize: Int, tls: Bool) -> Int {
+        let page = 4096
+        let slot = (WireLimits.payloadCapacity(chunkSize: chunkSize) + FrameHeader.size + page - 1) / page * page
+        return 2 * slot + (16 << 10) + (tls ? SecureStream.sendCapacity + SecureStream.receiveCapacity : 0)
+    }
+
+    /// Bytes a session of `connections` channels of `chunkSize` chunks takes in buffers.
+    package static func sessionMemory(connections: Int, chunkSize: Int, tls: Bool) -> Int {
+        connections * channelMemory(chunkSize: chunkSize, tls: tls)
+    }
+
+    /// Why a session of `connections` channels of `chunkSize` chunks does not fit `budget`; nil
+    /// when it does.
+    package static func overBudget(connections: Int, chunkSize: Int, tls: Bool, budget: Int) -> String? {
+        let need = sessionMemory(connections: connections, chunkSize: chunkSize, tls: tls)
+        guard need > budget else { return nil }
+        return "\(connections) connections of \(chunkSize >> 10) KiB chunks\(tls ? " over TLS" : "") need \(need >> 20) MiB of buffers, over the session's memory budget of \(budget >> 20) MiB"
+    }
+
     /// Checks the options; the message says which option and what is allowed, the hint names
     /// the CLI flag.
     public func validate() throws(TransferError) {
@@ -54,6 +80,13 @@ public struct TransferOptions: Sendable {
         }
         guard acceleration >= 1, acceleration <= 65537 else {
             throw TransferError(.usage, "TransferOptions.acceleration must be 1...65537, got \(acceleration)", hint: "--acceleration")
+        }
+        guard memoryBudget > 0 else {
+            throw TransferError(.usage, "TransferOptions.memoryBudget must be positive, got \(memoryBudget)", hint: "--memory-budget")
+        }
+        if let over = Self.overBudget(connections: connections, chunkSize: chunkSize, tls: security != nil, budget: memoryBudget) {
+            throw TransferError(.usage, "\(over): use fewer connections or a smaller chunk size, or raise TransferOptions.memoryBudget",
+                                hint: "--connections, --chunk-size or --memory-budget")
         }
     }
 }

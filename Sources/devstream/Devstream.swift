@@ -31,15 +31,17 @@ struct DataPathOptions: ParsableArguments {
     var chunkSize: String = "1M"
     @Option(help: "Fail when the peer makes no progress for this long (e.g. 30s, 500ms).")
     var timeout: String = "30s"
+    @Option(help: "The most the session's buffers may take, all connections together (about connections x (2 x chunk size + 1.3M with TLS)).")
+    var memoryBudget: String = "256M"
 
     func transferOptions() throws -> TransferOptions {
         try makeTransferOptions(connections: connections, compression: compression, acceleration: acceleration,
-                                chunkSize: chunkSize, timeout: timeout)
+                                chunkSize: chunkSize, timeout: timeout, memoryBudget: memoryBudget)
     }
 }
 
 func makeTransferOptions(connections: Int, compression: String, acceleration: Int = 1, chunkSize: String = "1M",
-                         timeout: String = "30s") throws -> TransferOptions {
+                         timeout: String = "30s", memoryBudget: String = "256M") throws -> TransferOptions {
     var o = TransferOptions()
     o.connections = connections
     switch compression {
@@ -50,6 +52,7 @@ func makeTransferOptions(connections: Int, compression: String, acceleration: In
     o.acceleration = acceleration
     o.chunkSize = Int(try OptionParsing.size(chunkSize, option: "--chunk-size"))
     o.timeout = try OptionParsing.duration(timeout, option: "--timeout")
+    o.memoryBudget = Int(clamping: try OptionParsing.size(memoryBudget, option: "--memory-budget"))
     o.backend = try CLIEnvironment.backend()
     do { try o.validate() } catch { throw ValidationError(error) }
     return o
@@ -89,6 +92,8 @@ struct Receive: ParsableCommand {
     @Option(help: "Output file, device, or - for stdout.") var output: String?
     @Option(help: "Destination device spec (repeatable), for a migration.") var device: [String] = []
     @Option(help: "Fail when the peer makes no progress for this long.") var timeout: String = "30s"
+    @Option(help: "The most a session's buffers may take here: a sender asking for more (connections x chunk size) is refused.")
+    var memoryBudget: String = "256M"
     @OptionGroup var security: SecurityFlags
     @Option(help: "Without --psk-file/--tls-*/--insecure: write the one-time key made for this receive to FILE (default: devstream-PORT.key in the working directory); removed when the receive ends.")
     var keyOut: String?
@@ -100,6 +105,7 @@ struct Receive: ParsableCommand {
         do { endpoint = try Endpoint.parse(listen) } catch { throw ValidationError(error) }
         var options = TransferOptions()
         options.timeout = try OptionParsing.duration(timeout, option: "--timeout")
+        options.memoryBudget = Int(clamping: try OptionParsing.size(memoryBudget, option: "--memory-budget"))
         options.backend = try CLIEnvironment.backend()
         let oneTimeKey = try ReceiverKey.make(security, keyOut: keyOut)
         if let oneTimeKey { options.security = oneTimeKey } else { try security.apply(to: &options, endpoint: endpoint) }

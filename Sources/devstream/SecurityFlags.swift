@@ -49,6 +49,7 @@ struct SecurityFlags: ParsableArguments {
             }
             options.allowInsecure = insecure
             try options.checkPlaintext(endpoint)
+            try options.validate()  // again, with TLS's buffers in the memory budget
         } catch let e as TransferError {
             throw ValidationError(e)
         }

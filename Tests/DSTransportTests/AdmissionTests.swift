@@ -157,7 +157,7 @@ import DSSupport
         #expect(same, "the received bytes differ from those sent")
         // The sender's channels shed idle connections (which the flood reopened at once).
         #expect(receiver.listener.admissionDropCount >= 1)
-        #expect(elapsed < .seconds(4), "admitted only after \(elapsed)")
+        #expect(elapsed < .seconds(8), "admitted only after \(elapsed)")
     }
 
     /// A connection that trickles its first bytes (a ClientHello, or a preamble) one at a time
@@ -187,7 +187,8 @@ import DSSupport
         cut.store(true, ordering: .relaxed)
         trickle.join()
         #expect(closed)
-        #expect(after >= .milliseconds(800) && after < .milliseconds(2500), "cut off after \(after)")
+        // The deadline is 1 s; generous above (a loaded machine), never far below.
+        #expect(after >= .milliseconds(800) && after < .seconds(4), "cut off after \(after)")
         #expect(eventually { warnings.contains("within 1.0 seconds of connecting") || warnings.contains("within 1 seconds of connecting") }, "\(warnings.all)")
         #expect(receiver.listener.admissionDropCount == 1 && receiver.listener.pendingCount == 0)
     }
@@ -286,7 +287,7 @@ import DSSupport
         let got = (try? s.receive(count: 1, ring: ring, timeout: .seconds(5))) ?? []
         #expect(got.isEmpty)
         let after = Monotonic.now - start
-        #expect(after >= .milliseconds(600) && after < .seconds(2), "cut off after \(after)")
+        #expect(after >= .milliseconds(600) && after < .seconds(4), "cut off after \(after)")
         #expect(eventually { listener.admissionDropCount == 1 && warnings.contains("did not authenticate and send its preamble") }, "\(warnings.all)")
     }
 
@@ -298,7 +299,7 @@ import DSSupport
         var o = pskOptions(connections: 1)
         o.timeout = .seconds(5)
         let listener = try SessionListener(endpoint: Endpoint(host: "127.0.0.1", port: 0), options: o,
-                                           limits: AdmissionLimits(maxPending: 2, maxPerAddress: 2, deadline: .seconds(5)), warn: { _ in })
+                                           limits: AdmissionLimits(maxPending: 2, maxPerAddress: 2, deadline: .seconds(60)), warn: { _ in })
         try listener.start()
         defer { listener.stop() }
         let ring = try Ring(entries: 8)

@@ -280,6 +280,21 @@ enum CLI {
 
     /// A file-size limit (ulimit -f) stands in for a full disk: no FILE, no FILE.partial, both
     /// ends fail with a message.
+    /// The session's memory budget: 64 connections of 16 MiB chunks are refused before any
+    /// connection, with the flags in the hint; `--memory-budget` raises it.
+    @Test func memoryBudget() throws {
+        let src = file("cli-budget", bytes: 1000, seed: 9)
+        defer { unlink(src) }
+        let r = try CLI.run(["send", src, "--to", "127.0.0.1:9", "--connections", "64", "--chunk-size", "16M"] + CLI.psk)
+        #expect(r.status != 0 && r.stderr.contains("over the session's memory budget of 256 MiB"), "\(r.stderr)")
+        #expect(r.stderr.contains("hint: --connections, --chunk-size or --memory-budget"), "\(r.stderr)")
+        // Raised, the options pass (and the send fails only at connecting).
+        let big = try CLI.run(["send", src, "--to", "127.0.0.1:9", "--connections", "64", "--chunk-size", "16M", "--memory-budget", "4G"] + CLI.psk)
+        #expect(big.status != 0 && !big.stderr.contains("memory budget") && big.stderr.contains("cannot connect"), "\(big.stderr)")
+        let bad = try CLI.run(["receive", "--listen", "127.0.0.1:0", "--output", "/dev/null", "--memory-budget", "lots"] + CLI.psk)
+        #expect(bad.status != 0 && bad.stderr.contains("--memory-budget"), "\(bad.stderr)")
+    }
+
     @Test func fullDiskLeavesNoFile() throws {
         let src = file("cli-big", bytes: 4_000_000, seed: 4), out = tmpPath("cli-full")
         defer { unlink(src); unlink(out); unlink(out + ".partial") }

@@ -58,8 +58,9 @@ final class DestinationRun: @unchecked Sendable {
     func setup(makeLoaders: @escaping ([DeviceHeader]) throws(TransferError) -> [DeviceLoader]) throws(TransferError) {
         let setupStart = Monotonic.now
         let made = Mutex<[DeviceLoader]>([])
+        let deadline = setupStart + options.timeout
         try onChannel0 { ch throws(TransferError) in
-            let list = try makeLoaders(try Self.receiveHeaders(ch))
+            let list = try makeLoaders(try Self.receiveHeaders(ch, before: deadline))
             made.withLock { $0 = list }
             let resume = list.reduce(0.0) { $0 + ($1.device.switchoverCostEstimate?.resume.milliseconds ?? 1) }
             let accept = SetupAccept(setupMilliseconds: (Monotonic.now - setupStart).milliseconds, resumeEstimateMilliseconds: resume)
@@ -72,12 +73,13 @@ final class DestinationRun: @unchecked Sendable {
         emit(.setupDone(report.setupTime))
     }
 
-    /// The source's `deviceSection`s, in order, as many as the first one's `aux` says.
-    private static func receiveHeaders(_ ch: Channel) throws(TransferError) -> [DeviceHeader] {
+    /// The source's `deviceSection`s, in order, as many as the first one's `aux` says, all
+    /// before `deadline` (setup's overall deadline: the stall timeout after the session opened).
+    private static func receiveHeaders(_ ch: Channel, before deadline: Duration) throws(TransferError) -> [DeviceHeader] {
         var headers: [DeviceHeader] = []
         var count = Int.max
         while headers.count < count {
-            let f = try ch.receive()
+            let f = try ch.receive(before: deadline, phase: "waiting for the source's device sections")
             guard f.header.type == .deviceSection else { throw Channel.unexpected(f, expecting: "device section", channel: 0) }
             let n = Int(f.header.aux)
             guard n >= 1, n <= WireLimits.maxDevices, count == Int.max || n == count else {
@@ -159,14 +161,16 @@ final class DestinationRun: @unchecked Sendable {
         }
     }
 
-    /// Reads channel 0 until `commit` (answering pings); any other frame is out of order.
+    /// Reads channel 0 until `commit` (answering pings), within the stall timeout of `loaded`
+    /// overall (pings do not extend it); any other frame is out of order.
     private func waitForCommit() throws(TransferError) {
         let machine = Mutex(handoverState)
         let replies = self.replies
+        let deadline = Monotonic.now + options.timeout
         try onChannel0 { ch throws(TransferError) in
             while true {
                 let f: ReceivedFrame
-                do throws(TransferError) { f = try ch.receive() } catch {
+                do throws(TransferError) { f = try ch.receive(before: deadline, phase: "waiting for the source's commit") } catch {
                     throw TransferError(error.code, "waiting for the source to commit: \(error.message)",
                                         hint: error.hint, cause: error.cause)
                 }
@@ -191,23 +195,26 @@ final class DestinationRun: @unchecked Sendable {
         return digests
     }
 
-    /// The source's summary: downtime as it measured it, and its digests. Read without aborting,
-    /// giving the source time to digest large devices. Its loss leaves the copy verified by chunk
-    /// counts and checksums only (said in a warning); digests that differ fail the migration
-    /// here as at the source.
+    /// The source's summary: downtime as it measured it, and its digests, within the stall
+    /// timeout overall (the source digests its devices first: a device so large that this takes
+    /// longer leaves the summary missing here, nothing worse). Read without aborting. Its loss
+    /// leaves the copy verified by chunk counts and checksums only, which a warning says along
+    /// with what this end knows (the commit arrived; the devices run); digests that differ fail
+    /// the migration here as at the source.
     func summary() throws(TransferError) {
         let received = Mutex<MigrationSummary?>(nil)
         let machine = Mutex(handoverState)
-        let wait = options.timeout + .seconds(600)
+        let deadline = Monotonic.now + options.timeout
         try? onChannel0 { ch throws(TransferError) in
-            guard let f = try? ch.receive(timeout: wait),
+            guard let f = try? ch.receive(before: deadline, phase: "waiting for the source's summary"),
                   (try? machine.withLock { (m) throws(TransferError) in try m.received(f.header.type) }) == .compareDigests,
                   let s = try? MigrationSummary.decode(f.control) else { return }
             received.withLock { $0 = s }
         }
         report.wireBytes = wireBytes()
         guard let s = received.withLock({ $0 }) else {
-            warn("warning: the source's summary did not arrive: the devices run with every chunk verified, but the whole-device digests were not compared here")
+            let running = loaders.allSatisfy { $0.device.state == .running }
+            warn("warning: the source's summary did not arrive within \(options.timeout): the source's commit arrived and \(running ? "every device runs here" : "not every device runs here"), with every chunk verified; the whole-device digests were not compared here, and the downtime is the source's to report")
             return
         }
         report.downtime = s.downtime
