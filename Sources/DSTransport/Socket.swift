@@ -59,6 +59,12 @@ package enum Sockets {
             }
         } catch {
             close(fd)
+            if error == .connectionReset {
+                // The receiver accepted and reset at once, before our connect completed here: what
+                // a devstream receiver does to a connection it cannot admit (a busy machine may
+                // see the reset this early rather than in the handshake).
+                throw TransferError(.rejected, "cannot connect to \(endpoint): the receiver reset the connection before it was authenticated (\(error)): a devstream receiver does that to a connection it cannot admit (too many waiting to authenticate, or not done within its admission deadline), and answers wrong credentials with a TLS alert instead; or the receiver went away. Retry, and check what else connects to the receiver")
+            }
             guard error == .connectionRefused else { throw TransferError(.connect, "cannot connect to \(endpoint): \(error)") }
             throw TransferError(.connect, "cannot connect to \(endpoint): \(error); is a receiver listening there?",
                                 hint: "is `devstream receive --listen \(endpoint)` running there?")
