@@ -200,5 +200,10 @@ func reportValue(_ r: MigrationReport) -> ds_report {
     o.precopy_bytes = r.precopyBytes
     o.stopcopy_bytes = r.stopcopyBytes
     o.wire_bytes = r.wireBytes
+    switch r.protection {
+    case .insecure: o.protection = UInt32(DS_PROTECTION_INSECURE)
+    case .tlsPSK: o.protection = UInt32(DS_PROTECTION_TLS_PSK)
+    case .tlsX509: o.protection = UInt32(DS_PROTECTION_TLS_X509)
+    }
     return o
 }

@@ -243,6 +243,8 @@ static void pair_check_completed(pair *p) {
     CHECK(p->sr.completed == 1 && p->sr.error_code == DS_OK);
     CHECK(p->dr.completed == 1 && p->dr.error_code == DS_OK);
     CHECK(p->sr.digests_verified == 1 && p->dr.digests_verified == 1);
+    CHECK(p->sr.protection == DS_PROTECTION_TLS_PSK && p->dr.protection == DS_PROTECTION_TLS_PSK,
+          "protection %u, %u", p->sr.protection, p->dr.protection);
     uint64_t a = memdev_digest(p->sm), b = memdev_digest(p->dm);
     CHECK(a == b, "source %016" PRIx64 ", destination %016" PRIx64, a, b);
     char h[512];

@@ -56,9 +56,10 @@
 extern "C" {
 #endif
 
-/* The ABI version: major << 16 | minor. A new minor only adds; a new major changes the SONAME. */
+/* The ABI version: major << 16 | minor. A new minor only adds; a new major changes the SONAME.
+ * 1.1 added ds_report.protection. */
 #define DS_ABI_VERSION_MAJOR 1
-#define DS_ABI_VERSION_MINOR 0
+#define DS_ABI_VERSION_MINOR 1
 uint32_t ds_abi_version(void);
 
 /* ---------------------------------------------------------------------------------------- */
@@ -245,6 +246,10 @@ void ds_device_free(ds_device *device);
 #define DS_REASON_NO_PRECOPY          5
 #define DS_REASON_REQUESTED           6  /* external switchover */
 
+#define DS_PROTECTION_INSECURE        0  /* plaintext, unauthenticated (ds_options_set_insecure) */
+#define DS_PROTECTION_TLS_PSK         1  /* TLS 1.3 with a pre-shared key */
+#define DS_PROTECTION_TLS_X509        2  /* TLS 1.3 with x509 certificates */
+
 typedef struct ds_event {
     uint32_t struct_size;
     uint32_t kind;                 /* DS_EVENT_* */
@@ -304,6 +309,7 @@ typedef struct ds_report {
     uint64_t precopy_bytes;
     uint64_t stopcopy_bytes;
     uint64_t wire_bytes;
+    uint32_t protection;           /* DS_PROTECTION_* (ABI 1.1; a 1.0 caller's struct_size stops before it) */
 } ds_report;
 
 /* ---------------------------------------------------------------------------------------- */

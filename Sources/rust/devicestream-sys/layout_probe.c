@@ -75,6 +75,7 @@ int main(void) {
     FIELD(ds_report, precopy_bytes);
     FIELD(ds_report, stopcopy_bytes);
     FIELD(ds_report, wire_bytes);
+    FIELD(ds_report, protection);
     printf("];\n");
     printf("/// Every DS_* constant of the header with its value.\n");
     printf("pub const C_CONSTANTS: &[(&str, i64)] = &[\n");
@@ -130,6 +131,9 @@ int main(void) {
     CONST(DS_PHASE_COMMIT_RECEIVED);
     CONST(DS_PHASE_RUNNING);
     CONST(DS_PHASE_RESUMED_RECEIVED);
+    CONST(DS_PROTECTION_INSECURE);
+    CONST(DS_PROTECTION_TLS_PSK);
+    CONST(DS_PROTECTION_TLS_X509);
     CONST(DS_REASON_NONE);
     CONST(DS_REASON_CONVERGED);
     CONST(DS_REASON_NOTHING_TO_SEND);

@@ -26,7 +26,7 @@ use core::ffi::{c_char, c_int, c_void};
 /// `DS_ABI_VERSION_MAJOR`.
 pub const DS_ABI_VERSION_MAJOR: u32 = 1;
 /// `DS_ABI_VERSION_MINOR`.
-pub const DS_ABI_VERSION_MINOR: u32 = 0;
+pub const DS_ABI_VERSION_MINOR: u32 = 1;
 
 // ------------------------------------------------------------------------------------------
 // Errors
@@ -147,6 +147,10 @@ pub const DS_PHASE_COMMIT_RECEIVED: u32 = 5;
 pub const DS_PHASE_RUNNING: u32 = 6;
 pub const DS_PHASE_RESUMED_RECEIVED: u32 = 7;
 
+pub const DS_PROTECTION_INSECURE: u32 = 0;
+pub const DS_PROTECTION_TLS_PSK: u32 = 1;
+pub const DS_PROTECTION_TLS_X509: u32 = 2;
+
 pub const DS_REASON_NONE: u32 = 0;
 pub const DS_REASON_CONVERGED: u32 = 1;
 pub const DS_REASON_NOTHING_TO_SEND: u32 = 2;
@@ -223,6 +227,8 @@ pub struct ds_report {
     pub precopy_bytes: u64,
     pub stopcopy_bytes: u64,
     pub wire_bytes: u64,
+    /// `DS_PROTECTION_*` (ABI 1.1).
+    pub protection: u32,
 }
 
 // ------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ fn rust_layout() -> Vec<(&'static str, &'static str, usize, usize)> {
                    bandwidth_bytes_per_sec, expected_downtime_ns, downtime_ns }
         ds_report { struct_size, completed, error_code, switchover_reason, converged, cancelled_after_commit,
                     digests_verified, devices, total_ns, setup_ns, downtime_ns, expected_downtime_ns,
-                    downtime_limit_ns, iterations, precopy_bytes, stopcopy_bytes, wire_bytes }
+                    downtime_limit_ns, iterations, precopy_bytes, stopcopy_bytes, wire_bytes, protection }
     }
 }
 
@@ -72,7 +72,8 @@ fn structs_match_the_hand_computed_layout() {
     assert_eq!(size_of::<ds_stats>(), 72);
     assert_eq!(offset_of!(ds_stats, bandwidth_bytes_per_sec), 48);
     assert_eq!(offset_of!(ds_stats, downtime_ns), 64);
-    assert_eq!(size_of::<ds_report>(), 104);
+    assert_eq!(size_of::<ds_report>(), 112);
+    assert_eq!(offset_of!(ds_report, protection), 104);
     assert_eq!(offset_of!(ds_report, devices), 28);
     assert_eq!(offset_of!(ds_report, total_ns), 32);
     assert_eq!(offset_of!(ds_report, wire_bytes), 96);
@@ -149,6 +150,9 @@ fn constants_match_the_header() {
         ("DS_PHASE_COMMIT_RECEIVED", DS_PHASE_COMMIT_RECEIVED as i64),
         ("DS_PHASE_RUNNING", DS_PHASE_RUNNING as i64),
         ("DS_PHASE_RESUMED_RECEIVED", DS_PHASE_RESUMED_RECEIVED as i64),
+        ("DS_PROTECTION_INSECURE", DS_PROTECTION_INSECURE as i64),
+        ("DS_PROTECTION_TLS_PSK", DS_PROTECTION_TLS_PSK as i64),
+        ("DS_PROTECTION_TLS_X509", DS_PROTECTION_TLS_X509 as i64),
         ("DS_REASON_NONE", DS_REASON_NONE as i64),
         ("DS_REASON_CONVERGED", DS_REASON_CONVERGED as i64),
         ("DS_REASON_NOTHING_TO_SEND", DS_REASON_NOTHING_TO_SEND as i64),

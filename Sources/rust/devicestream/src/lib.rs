@@ -59,7 +59,8 @@ pub use device::{Access, Device, DeviceInfo, DeviceKind, DeviceState, Errno, Mig
 pub use error::{Error, ErrorCode, Result};
 pub use options::{Backend, Key, Options, Policy};
 pub use session::{
-    CancelHandle, CancelOutcome, Destination, Event, EventHandler, HandoverPhase, Report, SessionPhase, Source, Stats, SwitchoverReason,
+    CancelHandle, CancelOutcome, Destination, Event, EventHandler, HandoverPhase, Protection, Report, SessionPhase, Source, Stats,
+    SwitchoverReason,
 };
 
 /// The library's ABI version (`ds_abi_version`): `(major, minor)`.

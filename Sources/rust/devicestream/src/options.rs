@@ -93,8 +93,9 @@ impl Key {
         use std::os::unix::fs::PermissionsExt;
         let path = path.as_ref();
         let hint = format!("make one with `(umask 077; openssl rand -hex 32 > {})` or Key::generate_file", path.display());
-        let unreadable =
-            |e: std::io::Error| Error::new(ErrorCode::Usage, format!("key file {}: cannot read it ({e})", path.display())).with_hint(hint.clone());
+        let unreadable = |e: std::io::Error| {
+            Error::new(ErrorCode::Usage, format!("key file {}: cannot read it ({e})", path.display())).with_hint(hint.clone())
+        };
         let mut file = std::fs::File::open(path).map_err(unreadable)?;
         let meta = file.metadata().map_err(unreadable)?;
         if !meta.is_file() {

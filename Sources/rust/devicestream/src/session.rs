@@ -15,6 +15,30 @@ fn duration(ns: i64) -> Option<Duration> {
     (ns >= 0).then(|| Duration::from_nanos(ns as u64))
 }
 
+/// Which protection a session had (`DS_PROTECTION_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protection {
+    /// Plaintext and unauthenticated ([`crate::Options::insecure`]).
+    Insecure,
+    /// TLS 1.3 with a pre-shared key.
+    TlsPsk,
+    /// TLS 1.3 with x509 certificates.
+    TlsX509,
+    Unknown(u32),
+}
+
+impl Protection {
+    fn from_raw(v: u32) -> Protection {
+        match v {
+            sys::DS_PROTECTION_INSECURE => Protection::Insecure,
+            sys::DS_PROTECTION_TLS_PSK => Protection::TlsPsk,
+            sys::DS_PROTECTION_TLS_X509 => Protection::TlsX509,
+            other => Protection::Unknown(other),
+        }
+    }
+}
+
 /// Why the source switched over (`DS_REASON_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -257,6 +281,8 @@ pub struct Report {
     pub precopy_bytes: u64,
     pub stopcopy_bytes: u64,
     pub wire_bytes: u64,
+    /// Which protection the session had.
+    pub protection: Protection,
 }
 
 impl Report {
@@ -282,6 +308,7 @@ impl Report {
             precopy_bytes: r.precopy_bytes,
             stopcopy_bytes: r.stopcopy_bytes,
             wire_bytes: r.wire_bytes,
+            protection: Protection::from_raw(r.protection),
         }
     }
 }

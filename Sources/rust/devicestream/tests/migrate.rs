@@ -59,6 +59,7 @@ fn rust_vmm_migrates_to_a_rust_destination() {
     assert!(report.completed && dst_report.completed, "{report:?} {dst_report:?}");
     assert!(report.digests_verified, "source report: {report:?}");
     assert!(dst_report.digests_verified, "destination report: {dst_report:?}");
+    assert_eq!((report.protection, dst_report.protection), (Protection::TlsPsk, Protection::TlsPsk));
     assert_eq!(vmm_src.memory_digest(), vmm_dst.memory_digest(), "the memories differ");
     assert!(vmm_src.writes.load(std::sync::atomic::Ordering::Relaxed) > 0, "the dirtier never ran");
     assert!(report.iterations >= 1 && report.precopy_bytes >= SIZE as u64, "{report:?}");
