@@ -6,7 +6,7 @@ import DSSupport
 
 // The embedding API: what `import DeviceStream` shows. The sessions, their configuration,
 // events, statistics and reports are declared in this module; the names below come from the
-// layers underneath, which stay out of the embedder's namespace (no `@_exported`; the rest of
+// layers underneath, which stay out of the embedder's namespace (nothing is re-exported; the rest of
 // each layer is `package`). `APICanaryTests` compiles a client against exactly this surface.
 
 // Configuration.
