@@ -2,7 +2,7 @@
 // libFuzzer targets for every decoder that reads bytes from a peer or text from a user, kept in
 // their own package (as Benchmarks/ is) so the main package builds without the fuzzer runtime.
 // Build and run every target from this folder with `./run.sh [SECONDS]`; one target by hand:
-//   swift build -c release --sanitize=fuzzer --sanitize=address
+//   swift build -c release --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address   (run.sh says why)
 //   mkdir -p /tmp/new && .build/release/fuzz-frame-header /tmp/new corpus/frame-header -max_total_time=60
 // (new inputs go to the first folder: keep the committed seeds second).
 // Each executable defines `LLVMFuzzerTestOneInput`; libFuzzer provides `main`.

@@ -24,7 +24,11 @@ targets=("$@")
 case "$seconds" in ''|*[!0-9]*) echo "usage: $0 [SECONDS] [TARGET ...]" >&2; exit 2 ;; esac
 
 config=release
-flags=(-c "$config" --sanitize=fuzzer --sanitize=address)
+# swiftc keeps only the last -sanitize= it is given, and SwiftPM passes each --sanitize as its
+# own flag in no fixed order: `--sanitize=fuzzer --sanitize=address` builds some modules without
+# coverage and others without ASan. So: --sanitize=fuzzer (SwiftPM then links libFuzzer's main
+# instead of the target's) and -Xswiftc -sanitize=fuzzer,address, which comes last and wins.
+flags=(-c "$config" --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address)
 mkdir -p .build/fuzz
 echo "building the fuzz targets ($config, -sanitize=fuzzer,address)" >&2
 if ! swift build "${flags[@]}" >.build/fuzz/build.log 2>&1; then
@@ -58,7 +62,10 @@ for target in "${targets[@]}"; do
         -artifact_prefix="$work/artifacts/$target/" >"$log" 2>&1
     rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    if [ "$rc" -eq 0 ] && ! grep -qE "ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|Fatal error|SUMMARY: " "$log"; then
+    if ! grep -qE "Loaded [0-9]+ modules +\([1-9][0-9]* inline 8-bit counters\)" "$log"; then
+        echo "FAIL $target: the build has no coverage instrumentation (libFuzzer would fuzz blind): log $PWD/$log"
+        failed=$((failed + 1))
+    elif [ "$rc" -eq 0 ] && ! grep -qE "ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|Fatal error|SUMMARY: " "$log"; then
         echo "ok   $target: ${execs:-?} executions in ${seconds}s"
         passed=$((passed + 1))
     else

@@ -1,13 +1,13 @@
 // The frame header decoder (`FrameHeader.decode`, `checkLengths`) and, behind a header that
 // passes, the control-payload decoder a receiver runs for its type.
 //
-// Input: a frame as it arrives (the 40-byte header, then its payload), then optionally more.
-// Each input is tried twice: as it is (the header check must hold), and with the header check
-// recomputed, so that mutations reach the type, flag and length checks behind it.
-// The reserved bytes 32 ..< 36, which the decoder ignores, carry the session the frame arrives
-// in: bytes 32-33 the chunk size `checkLengths` bounds data frames by (0: 16 MiB, else n × 256),
-// byte 34 the channel count (0: the count a device-totals payload announces). Frames whose
+// Input: a frame as it arrives (the 40-byte header, then a control frame's payload), then
+// optionally the session it arrives in: [chunk size u16][channels u8], zero when absent. The
+// chunk size bounds data frames in `checkLengths` (0: 16 MiB, else n × 256); the channel count is
+// what a device-totals payload must match (0: the count the payload announces). Frames whose
 // payload means one thing in a transfer and another in a migration are decoded both ways.
+// Each input is tried twice: as it is (the header check must hold), and with the header check
+// recomputed, so that mutations reach the type, flag, reserved-byte and length checks behind it.
 import DSWire
 import FuzzSupport
 
@@ -48,23 +48,21 @@ private func check(_ bytes: UnsafeRawBufferPointer) {
         require(!header.flags.contains(.lz4) && header.rawLength == header.wireLength
                 && Int(header.wireLength) <= WireLimits.maxControlPayload, "control lengths")
     }
-    // Encoding the decoded header gives the input back (the reserved bytes aside, which are
-    // written as zero and ignored when read).
+    require(bytes.loadUnaligned(fromByteOffset: 32, as: UInt32.self) == 0, "nonzero reserved bytes passed")
+    // Encoding the decoded header gives its bytes back, and they decode to the same header.
     var again = [UInt8](repeating: 0, count: FrameHeader.size)
     again.withUnsafeMutableBytes { header.encode(into: $0) }
-    var expected = Array(bytes[0..<FrameHeader.size])
-    expected.withUnsafeMutableBytes { b in
-        for i in 32..<36 { b[i] = 0 }
-        let check = UInt32(truncatingIfNeeded: fnv1a64(UnsafeRawBufferPointer(rebasing: b[0..<36])))
-        b.storeBytes(of: check.littleEndian, toByteOffset: 36, as: UInt32.self)
-    }
-    require(again == expected, "encode(decode(header)) differs")
+    require(again.elementsEqual(bytes[0..<FrameHeader.size]), "encode(decode(header)) differs")
     let decodedAgain = again.withUnsafeBytes { try? FrameHeader.decode($0) }
     require(decodedAgain == header, "decode(encode(header)) differs")
 
+    // The session, from the bytes after the frame.
+    let frameEnd = FrameHeader.size + (header.type.isData ? 0 : Int(header.wireLength))
+    func after(_ i: Int) -> Int { frameEnd + i < bytes.count ? Int(bytes[frameEnd + i]) : 0 }
+
     // The session's bound, as the channel applies it after decode: any chunk size a preamble
     // allows (4 KiB ... 16 MiB), and out-of-range ones too (the check must not trap on them).
-    let chunkSelector = Int(bytes[32]) | Int(bytes[33]) << 8
+    let chunkSelector = after(0) | after(1) << 8
     let maxChunk = chunkSelector == 0 ? WireLimits.maxChunkSize : chunkSelector << 8
     do throws(WireError) {
         try header.checkLengths(maxChunk: maxChunk)
@@ -78,8 +76,8 @@ private func check(_ bytes: UnsafeRawBufferPointer) {
     let wire = Int(header.wireLength)
     guard bytes.count - FrameHeader.size >= wire else { return }
     let payload = Array(bytes[FrameHeader.size..<(FrameHeader.size + wire)])
-    var channels = Int(bytes[34] % 64) + 1
-    if bytes[34] == 0, payload.count >= 19 {
+    var channels = after(2) % 64 + 1
+    if after(2) == 0, payload.count >= 19 {
         let announced = Int(payload[17]) | Int(payload[18]) << 8
         if (1...Int(WireLimits.maxChannels)).contains(announced) { channels = announced }
     }
