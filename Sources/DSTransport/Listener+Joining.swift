@@ -159,10 +159,12 @@ extension SessionListener {
     /// Tells a connection of a (possibly) matching sender why it is refused: a `reject` frame
     /// (through TLS when it has a stream), then no more sends; the session goes on.
     private func reject(_ conn: Connection, ring: Ring, _ message: String) {
+        // Counted before the peer can see anything, here and below: whoever sees the refusal
+        // (the sender, a test) sees the count too.
+        lock.withLock { rejected += 1 }
         let frame = ErrorMessage(code: 2, message: message).frame(type: .reject)
         _ = try? conn.send(frame, timeout: .seconds(2), ring: ring)
         conn.shutdown(Int32(SHUT_WR))
-        lock.withLock { rejected += 1 }
     }
 
     /// A connection that is not a (matching) devstream sender, or that failed to authenticate:
@@ -177,6 +179,11 @@ extension SessionListener {
             dropByAdmission(conn, id: id, who: Self.peerName(conn.fd))
             return
         }
+        let stopping = lock.withLock { () -> Bool in
+            rejected += 1
+            if session == nil { lastTurnedAway = (message, hint) }
+            return self.stopping
+        }
         if tellPeer, let ring {
             // Said in plaintext: the peer speaks plaintext devstream. Read its preamble first:
             // closing with unread bytes would reset the connection before it reads the reason.
@@ -188,11 +195,6 @@ extension SessionListener {
         }
         release(id)
         conn.close()
-        let stopping = lock.withLock { () -> Bool in
-            rejected += 1
-            if session == nil { lastTurnedAway = (message, hint) }
-            return self.stopping
-        }
         if !stopping { warn("warning: turned away \(message)") }
     }
 
@@ -203,9 +205,9 @@ extension SessionListener {
             dropByAdmission(conn, id: id, who: "\(who) that sent nothing")
             return
         }
+        let stopping = lock.withLock { dropped += 1; return self.stopping }
         release(id)
         conn.close()
-        let stopping = lock.withLock { dropped += 1; return self.stopping }
         if !stopping { warn("warning: dropped a connection from \(who) that sent nothing") }
     }
 
@@ -213,13 +215,13 @@ extension SessionListener {
     /// that its sender, if it is one, says so.
     private func dropByAdmission(_ conn: Connection, id: Int, who: String) {
         let why = turnedAway(id) ?? "admission turned it away"
-        release(id)
-        Self.reset(conn)
         let stopping = lock.withLock { () -> Bool in
             dropped += 1
             admissionDropped += 1
             return self.stopping
         }
+        release(id)
+        Self.reset(conn)
         if !stopping { warn("warning: dropped a connection from \(PeerText.escape(who)): \(why)") }
     }
 

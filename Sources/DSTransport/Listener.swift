@@ -287,11 +287,13 @@ package final class SessionListener: @unchecked Sendable {
         }
         guard let id else {
             let who = Self.peerName(conn.fd)
-            Self.reset(conn)
+            // Counted before the reset: whoever sees the reset (the turned-away sender, a test)
+            // sees the count too.
             let stopping = lock.withLock { () -> Bool in
                 if !self.stopping { dropped += 1; admissionDropped += 1 }
                 return self.stopping
             }
+            Self.reset(conn)
             if !stopping, let refusal {
                 warn("warning: dropped a connection from \(PeerText.escape(who)): \(refusal)")
             }

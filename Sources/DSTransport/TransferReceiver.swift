@@ -29,6 +29,10 @@ package final class TransferReceiver {
         try listener.start()
     }
 
+    /// A receiver dropped without `receive` stops its listener here: the listener's threads
+    /// hold the listener, not this object, so nothing else would.
+    deinit { listener.stop() }
+
     /// Receives one transfer into `output` (a path, or `-` for stdout).
     /// - Parameter acceptTimeout: how long to wait for a sender (nil: forever).
     package func receive(output: String, acceptTimeout: Duration? = nil) -> TransferReport {

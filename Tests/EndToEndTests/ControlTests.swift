@@ -162,6 +162,25 @@ import DSScheduler
         #expect(signal == nil, "the abort signal outlived its session")
     }
 
+    /// A destination or receiver made and dropped without a session stops its listener: the
+    /// listener's accept and admission threads hold the listener, so without the owner's
+    /// `deinit` it (and those threads) outlived its owner (ThreadSanitizer's thread-leak report
+    /// found it).
+    @Test func aListenerWhoseOwnerGoesAwayStops() throws {
+        weak var viaDestination: SessionListener?
+        weak var viaReceiver: SessionListener?
+        var options = TransferOptions()
+        options.allowInsecure = true
+        do {
+            let d = try MigrationDestination(listen: Endpoint(host: "127.0.0.1", port: 0), devices: [], options: options, warn: { _ in })
+            let r = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options, warn: { _ in })
+            viaDestination = d.listener
+            viaReceiver = r.listener
+        }
+        #expect(viaDestination == nil, "a dropped MigrationDestination left its listener running")
+        #expect(viaReceiver == nil, "a dropped TransferReceiver left its listener running")
+    }
+
     @Test func aResumeHoldThatRunsOutLeavesBothEndsStopped() throws {
         let (s, d, src, dst) = try migrate(migrationConfig(), resumeHold: .milliseconds(200))
         defer { src.close(); dst.close() }

@@ -80,6 +80,10 @@ public final class MigrationDestination: @unchecked Sendable {
         try listener.start()
     }
 
+    /// A destination dropped without `run` (or whose `run` never came) stops its listener here:
+    /// the listener's threads hold the listener, not this object, so nothing else would.
+    deinit { listener.stop() }
+
     /// Closes the devices this destination made with its factory.
     public func closeDevices() { if factory != nil { for d in devices { d.close() } } }
 
