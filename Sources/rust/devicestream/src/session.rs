@@ -454,25 +454,6 @@ unsafe impl Send for Source {}
 unsafe impl Sync for Source {}
 
 impl Source {
-    /// A source for `devices` with `options` (copied). The source keeps a clone of each device.
-    pub fn new(devices: &[Device], options: &Options) -> Result<Source> {
-        let list = device_list(devices)?;
-        let opts = options.to_raw()?;
-        let mut err = ptr::null_mut();
-        let raw = unsafe { sys::ds_source_new(list.as_ptr(), list.len(), opts.as_ptr(), &mut err) };
-        let Some(raw) = NonNull::new(raw) else {
-            return Err(unsafe { Error::check(false, err, "ds_source_new") }.unwrap_err());
-        };
-        unsafe { Error::check(true, err, "ds_source_new")? };
-        Ok(Source {
-            raw,
-            cancel: Arc::new(CancelCell(Mutex::new(Target::Source(raw)))),
-            started: false,
-            events: None,
-            devices: devices.to_vec(),
-        })
-    }
-
     /// Starts migrating to the destination at `host_port` ("HOST:PORT") and returns at once.
     /// `on_event` gets every event, on library threads. Once per source.
     pub fn connect(&mut self, host_port: &str, on_event: Option<EventHandler>) -> Result<()> {
@@ -506,27 +487,6 @@ impl Source {
         Ok(())
     }
 
-    /// Waits for the session to end: the report when it completed, the error when it failed
-    /// (the failed session's report is then [`Source::report`]). Every library thread of the
-    /// session has been joined when it returns.
-    pub fn wait(&self) -> Result<Report> {
-        self.wait_timeout(None).map(|r| r.expect("an unbounded wait ends with a result"))
-    }
-
-    /// As [`Source::wait`], at most `timeout` (`None`: forever); `Ok(None)`: still running.
-    pub fn wait_timeout(&self, timeout: Option<Duration>) -> Result<Option<Report>> {
-        let mut err = ptr::null_mut();
-        let rc = unsafe { sys::ds_source_wait(self.raw.as_ptr(), wait_timeout_ns(timeout), &mut err) };
-        match rc {
-            1 => Ok(None),
-            0 => {
-                unsafe { Error::check(true, err, "ds_source_wait")? };
-                self.report().map(Some).ok_or_else(|| Error::new(ErrorCode::State, "the session completed but has no report"))
-            }
-            _ => Err(explain(unsafe { Error::check(false, err, "ds_source_wait") }.unwrap_err(), &self.devices)),
-        }
-    }
-
     /// With [`Options::external_switchover`]: switch over after the current round.
     pub fn switchover(&self) {
         unsafe { sys::ds_source_switchover(self.raw.as_ptr()) };
@@ -535,42 +495,6 @@ impl Source {
     /// Bytes the VMM itself moves during the downtime (its RAM): added to the prediction.
     pub fn set_external_pending(&self, bytes: u64) {
         unsafe { sys::ds_source_set_external_pending(self.raw.as_ptr(), bytes) };
-    }
-
-    /// Cancels (see [`CancelOutcome`]).
-    pub fn cancel(&self) -> CancelOutcome {
-        self.cancel.cancel()
-    }
-
-    /// A handle that cancels this session from any thread.
-    pub fn cancel_handle(&self) -> CancelHandle {
-        CancelHandle(self.cancel.clone())
-    }
-
-    /// A live snapshot.
-    pub fn stats(&self) -> Stats {
-        let mut s = sys::ds_stats { struct_size: std::mem::size_of::<sys::ds_stats>() as u32, ..Default::default() };
-        unsafe { sys::ds_source_stats(self.raw.as_ptr(), &mut s) };
-        Stats::from_raw(&s)
-    }
-
-    /// The final report, once the session ended (`None` while it runs or before it starts).
-    pub fn report(&self) -> Option<Report> {
-        let mut r = sys::ds_report { struct_size: std::mem::size_of::<sys::ds_report>() as u32, ..Default::default() };
-        (unsafe { sys::ds_source_report(self.raw.as_ptr(), &mut r) } == 0).then(|| Report::from_raw(&r))
-    }
-
-    /// The devices this source migrates.
-    pub fn devices(&self) -> &[Device] {
-        &self.devices
-    }
-}
-
-impl Drop for Source {
-    fn drop(&mut self) {
-        self.cancel.detach();
-        // Cancels a running session and joins its threads: no callback runs after this.
-        unsafe { sys::ds_source_free(self.raw.as_ptr()) };
     }
 }
 
@@ -591,26 +515,6 @@ unsafe impl Send for Destination {}
 unsafe impl Sync for Destination {}
 
 impl Destination {
-    /// A destination for `devices` (each in RESUMING) with `options` (copied). It keeps a clone
-    /// of each device.
-    pub fn new(devices: &[Device], options: &Options) -> Result<Destination> {
-        let list = device_list(devices)?;
-        let opts = options.to_raw()?;
-        let mut err = ptr::null_mut();
-        let raw = unsafe { sys::ds_dest_new(list.as_ptr(), list.len(), opts.as_ptr(), &mut err) };
-        let Some(raw) = NonNull::new(raw) else {
-            return Err(unsafe { Error::check(false, err, "ds_dest_new") }.unwrap_err());
-        };
-        unsafe { Error::check(true, err, "ds_dest_new")? };
-        Ok(Destination {
-            raw,
-            cancel: Arc::new(CancelCell(Mutex::new(Target::Dest(raw)))),
-            started: false,
-            events: None,
-            devices: devices.to_vec(),
-        })
-    }
-
     /// Binds `host_port` ("HOST:PORT"; port 0 picks one) and receives one migration on library
     /// threads; returns the bound port once listening.
     pub fn listen(&mut self, host_port: &str, on_event: Option<EventHandler>) -> Result<u16> {
@@ -652,25 +556,6 @@ impl Destination {
         Ok(())
     }
 
-    /// As [`Source::wait`].
-    pub fn wait(&self) -> Result<Report> {
-        self.wait_timeout(None).map(|r| r.expect("an unbounded wait ends with a result"))
-    }
-
-    /// As [`Source::wait_timeout`].
-    pub fn wait_timeout(&self, timeout: Option<Duration>) -> Result<Option<Report>> {
-        let mut err = ptr::null_mut();
-        let rc = unsafe { sys::ds_dest_wait(self.raw.as_ptr(), wait_timeout_ns(timeout), &mut err) };
-        match rc {
-            1 => Ok(None),
-            0 => {
-                unsafe { Error::check(true, err, "ds_dest_wait")? };
-                self.report().map(Some).ok_or_else(|| Error::new(ErrorCode::State, "the session completed but has no report"))
-            }
-            _ => Err(explain(unsafe { Error::check(false, err, "ds_dest_wait") }.unwrap_err(), &self.devices)),
-        }
-    }
-
     /// With a resume hold: lets the devices run once the commit is in. Fails with
     /// [`ErrorCode::State`] before the session started.
     pub fn resume(&self) -> Result<()> {
@@ -679,39 +564,97 @@ impl Destination {
             _ => Err(Error::new(ErrorCode::State, "resume: the destination has no session yet (listen or attach_fds first)")),
         }
     }
-
-    /// Cancels (see [`CancelOutcome`]).
-    pub fn cancel(&self) -> CancelOutcome {
-        self.cancel.cancel()
-    }
-
-    /// A handle that cancels this session from any thread.
-    pub fn cancel_handle(&self) -> CancelHandle {
-        CancelHandle(self.cancel.clone())
-    }
-
-    /// A live snapshot.
-    pub fn stats(&self) -> Stats {
-        let mut s = sys::ds_stats { struct_size: std::mem::size_of::<sys::ds_stats>() as u32, ..Default::default() };
-        unsafe { sys::ds_dest_stats(self.raw.as_ptr(), &mut s) };
-        Stats::from_raw(&s)
-    }
-
-    /// The final report, once the session ended.
-    pub fn report(&self) -> Option<Report> {
-        let mut r = sys::ds_report { struct_size: std::mem::size_of::<sys::ds_report>() as u32, ..Default::default() };
-        (unsafe { sys::ds_dest_report(self.raw.as_ptr(), &mut r) } == 0).then(|| Report::from_raw(&r))
-    }
-
-    /// The devices this destination loads.
-    pub fn devices(&self) -> &[Device] {
-        &self.devices
-    }
 }
 
-impl Drop for Destination {
-    fn drop(&mut self) {
-        self.cancel.detach();
-        unsafe { sys::ds_dest_free(self.raw.as_ptr()) };
-    }
+/// What [`Source`] and [`Destination`] share: making one, waiting for its end, cancelling,
+/// statistics, the report, and freeing it. The two differ only in which `ds_source_*` or
+/// `ds_dest_*` function they call, so one body serves both.
+macro_rules! session_common {
+    ($ty:ident, $target:ident, role: $role:literal,
+     new: $new:ident, wait: $wait:ident, stats: $stats:ident, report: $report:ident, free: $free:ident) => {
+        impl $ty {
+            #[doc = concat!("A ", $role, " for `devices` with `options` (copied). It keeps a clone of each device.")]
+            pub fn new(devices: &[Device], options: &Options) -> Result<$ty> {
+                let list = device_list(devices)?;
+                let opts = options.to_raw()?;
+                let mut err = ptr::null_mut();
+                let raw = unsafe { sys::$new(list.as_ptr(), list.len(), opts.as_ptr(), &mut err) };
+                let Some(raw) = NonNull::new(raw) else {
+                    return Err(unsafe { Error::check(false, err, stringify!($new)) }.unwrap_err());
+                };
+                unsafe { Error::check(true, err, stringify!($new))? };
+                Ok($ty {
+                    raw,
+                    cancel: Arc::new(CancelCell(Mutex::new(Target::$target(raw)))),
+                    started: false,
+                    events: None,
+                    devices: devices.to_vec(),
+                })
+            }
+
+            /// Waits for the session to end: the report when it completed, the error when it
+            /// failed (the failed session's report is then `report()`). Every library thread of
+            /// the session has been joined when it returns.
+            pub fn wait(&self) -> Result<Report> {
+                self.wait_timeout(None).map(|r| r.expect("an unbounded wait ends with a result"))
+            }
+
+            /// As `wait`, at most `timeout` (`None`: forever); `Ok(None)`: still running.
+            pub fn wait_timeout(&self, timeout: Option<Duration>) -> Result<Option<Report>> {
+                let mut err = ptr::null_mut();
+                let rc = unsafe { sys::$wait(self.raw.as_ptr(), wait_timeout_ns(timeout), &mut err) };
+                match rc {
+                    1 => Ok(None),
+                    0 => {
+                        unsafe { Error::check(true, err, stringify!($wait))? };
+                        self.report()
+                            .map(Some)
+                            .ok_or_else(|| Error::new(ErrorCode::State, "the session completed but has no report"))
+                    }
+                    _ => Err(explain(unsafe { Error::check(false, err, stringify!($wait)) }.unwrap_err(), &self.devices)),
+                }
+            }
+
+            /// Cancels (see [`CancelOutcome`]).
+            pub fn cancel(&self) -> CancelOutcome {
+                self.cancel.cancel()
+            }
+
+            /// A handle that cancels this session from any thread.
+            pub fn cancel_handle(&self) -> CancelHandle {
+                CancelHandle(self.cancel.clone())
+            }
+
+            /// A live snapshot.
+            pub fn stats(&self) -> Stats {
+                let mut s = sys::ds_stats { struct_size: std::mem::size_of::<sys::ds_stats>() as u32, ..Default::default() };
+                unsafe { sys::$stats(self.raw.as_ptr(), &mut s) };
+                Stats::from_raw(&s)
+            }
+
+            /// The final report, once the session ended (`None` while it runs or before it starts).
+            pub fn report(&self) -> Option<Report> {
+                let mut r = sys::ds_report { struct_size: std::mem::size_of::<sys::ds_report>() as u32, ..Default::default() };
+                (unsafe { sys::$report(self.raw.as_ptr(), &mut r) } == 0).then(|| Report::from_raw(&r))
+            }
+
+            #[doc = concat!("The devices this ", $role, " migrates.")]
+            pub fn devices(&self) -> &[Device] {
+                &self.devices
+            }
+        }
+
+        impl Drop for $ty {
+            fn drop(&mut self) {
+                self.cancel.detach();
+                // Cancels a running session and joins its threads: no callback runs after this.
+                unsafe { sys::$free(self.raw.as_ptr()) };
+            }
+        }
+    };
 }
+
+session_common!(Source, Source, role: "source",
+    new: ds_source_new, wait: ds_source_wait, stats: ds_source_stats, report: ds_source_report, free: ds_source_free);
+session_common!(Destination, Dest, role: "destination",
+    new: ds_dest_new, wait: ds_dest_wait, stats: ds_dest_stats, report: ds_dest_report, free: ds_dest_free);
