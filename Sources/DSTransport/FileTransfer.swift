@@ -84,12 +84,16 @@ package final class TransferSource: @unchecked Sendable {
             return true
         case .ordered, .migration:
             // One reader at a time keeps the order; the sequence number is taken with the read.
+            // A chunk is filled while the input has data ready and sent as soon as it has none
+            // (`readWhileReady`): a paused producer's last bytes leave at once, not when it
+            // writes more or closes its end (the stream's tail), and a steady producer still
+            // fills whole chunks.
             var seq: UInt64 = 0
             var n = 0
             var failure: Errno?
             lock.withLock {
                 guard !ended else { return }
-                do { n = try channel.ring.readFully(fd: fd, into: buf, offset: Ring.currentPosition, slot: channel.inSlot) } catch {
+                do { n = try channel.ring.readWhileReady(fd: fd, into: buf, slot: channel.inSlot) } catch {
                     failure = (error as? Errno) ?? Errno(rawValue: EIO)
                     return
                 }

@@ -1,0 +1,127 @@
+import Testing
+import Synchronization
+import Glibc
+import DSRing
+import DSWire
+@testable import DSTransport
+import DSTestSupport
+import DSSupport
+
+/// The tail of an ordered stream (`devstream send -`): a producer that writes less than a chunk
+/// and then waits must see those bytes at the receiver while its input is still open, not when
+/// it writes more or closes. These tests check where the bytes are, not how fast they got there.
+@Suite(.serialized) struct StreamTailTests {
+    /// A pipe in, a pipe out, a reader that collects the output, and a writer the test drives.
+    final class Pipes: @unchecked Sendable {
+        // @unchecked: `collected` is under its mutex; the fds are set in init and closed once by
+        // the test's own thread (`closeInput`, `finish`).
+        let inRead: Int32, inWrite: Int32, outRead: Int32, outWrite: Int32
+        let collected = Mutex<[UInt8]>([])
+        private var reader: OSThread?
+
+        init() throws {
+            var i: [Int32] = [0, 0], o: [Int32] = [0, 0]
+            guard pipe(&i) == 0, pipe(&o) == 0 else { throw TransferError(.localIO, "pipe: \(Errno.current)") }
+            (inRead, inWrite, outRead, outWrite) = (i[0], i[1], o[0], o[1])
+            let fd = outRead, collected = self.collected
+            reader = try OSThread(name: "ds-test") {
+                var buf = [UInt8](repeating: 0, count: 65536)
+                while true {
+                    let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                    if n <= 0 { break }
+                    collected.withLock { $0 += buf[0..<n] }
+                }
+            }
+        }
+
+        func write(_ bytes: [UInt8]) {
+            var off = 0
+            while off < bytes.count {
+                let n = bytes.withUnsafeBytes { Glibc.write(inWrite, $0.baseAddress! + off, $0.count - off) }
+                if n <= 0 { return }
+                off += n
+            }
+        }
+
+        /// Waits until the output holds `count` bytes; false if it does not within `limit` (a
+        /// bound so a held chunk fails the test instead of hanging it, not a measurement).
+        func waitForOutput(_ count: Int, limit: Duration = .seconds(10)) -> Bool {
+            let end = Monotonic.now + limit
+            while Monotonic.now < end {
+                if collected.withLock({ $0.count }) >= count { return true }
+                usleep(1000)
+            }
+            return false
+        }
+
+        func closeInput() { close(inWrite) }
+
+        /// After the receive ended: closes the output, joins the reader, returns what it read.
+        func finish() -> [UInt8] {
+            close(outWrite)
+            reader?.join()
+            close(outRead)
+            return collected.withLock { $0 }
+        }
+    }
+
+    /// Two bursts smaller than a chunk, each followed by a pause with the input still open: each
+    /// must reach the receiver's output before the next is written (the old reader held a partial
+    /// chunk until its input ended, so the first wait failed). Then the input closes, and the
+    /// transfer completes with equal digests and the bytes in order.
+    @Test(arguments: [(1, false), (2, false), (2, true)])
+    func partialChunkLeavesBeforeEndOfInput(connections: Int, tls: Bool) throws {
+        let p = try Pipes()
+        var o = options(connections: connections, chunk: 256 << 10)
+        if tls { o.security = pskOptions().security }
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
+        nonisolated(unsafe) var received: TransferReport?
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: "/proc/self/fd/\(p.outWrite)", acceptTimeout: .seconds(10)) }
+        let source = try TransferSource(path: "/proc/self/fd/\(p.inRead)")
+        nonisolated(unsafe) var sent: TransferReport?
+        let endpoint = receiver.listener.endpoint
+        let s = try OSThread(name: "ds-test") { sent = TransferSender.send(source, to: endpoint, options: o, warn: { _ in }) }
+
+        let first = testData(100_000, seed: 41), second = testData(37_000, seed: 42)
+        p.write(first)
+        let firstArrived = p.waitForOutput(first.count)
+        #expect(firstArrived, "the first 100000 bytes (less than a 256 KiB chunk) did not reach the output while the input stayed open")
+        p.write(second)
+        let secondArrived = p.waitForOutput(first.count + second.count)
+        #expect(secondArrived, "the second burst did not reach the output while the input stayed open")
+        p.closeInput()
+        s.join(); t.join()
+        close(p.inRead)
+        let out = p.finish()
+        #expect(sent?.completed == true, "\(sent?.error?.message ?? "")")
+        #expect(received?.completed == true, "\(received?.error?.message ?? "")")
+        #expect(out == first + second)
+        #expect(sent?.digest != nil && sent?.digest == received?.digest)
+        // Each burst left as its own chunk (at least two), none of them empty.
+        #expect((sent?.chunks ?? 0) >= 2 && sent?.bytes == UInt64(first.count + second.count))
+    }
+
+    /// A steady producer (the input refilled faster than it is read) still fills whole chunks:
+    /// sending partial chunks is for an input that has nothing ready, not a smaller chunk size.
+    /// The whole input is queued in a 1 MiB pipe before the first read, so every read finds
+    /// data: every chunk but the last must be full.
+    @Test func steadyInputFillsWholeChunks() throws {
+        let chunk = 64 << 10
+        let data = testData(15 * chunk + 123, seed: 43)
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        #expect(fcntl(fds[1], F_SETPIPE_SZ, Int32(1 << 20)) >= data.count, "a 1 MiB pipe")
+        data.withUnsafeBytes { b in
+            var off = 0
+            while off < b.count { let n = write(fds[1], b.baseAddress! + off, b.count - off); if n <= 0 { break }; off += n }
+        }
+        close(fds[1])
+        let out = tmpPath("steady")
+        defer { unlink(out) }
+        let (sent, received) = try transfer(source: "/proc/self/fd/\(fds[0])", output: out, options: options(connections: 2, chunk: chunk))
+        close(fds[0])
+        #expect(sent.completed && received.completed, "\(sent.error?.message ?? "") \(received.error?.message ?? "")")
+        #expect(readFile(out) == data)
+        #expect(sent.chunks == 16, "\(sent.chunks) chunks for 15 full chunks and 123 bytes")
+    }
+}
