@@ -20,7 +20,7 @@ struct StreamBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stream-bench",
         abstract: "Loopback throughput of the devstream data path against a plain-socket baseline.",
-        subcommands: [Throughput.self, Generate.self, MigrationSweep.self],
+        subcommands: [Throughput.self, Generate.self, MigrationSweep.self, StreamTail.self],
         defaultSubcommand: Throughput.self)
 }
 
@@ -57,11 +57,7 @@ struct Throughput: ParsableCommand {
         options.allowInsecure = true
         try options.validate()
         guard tls == "none" || tls == "psk" else { throw ValidationError("--tls must be psk or none") }
-        // A random key: the benchmark measures the cipher, not key management.
-        var rng = SystemRandomNumberGenerator()
-        var secured = options
-        secured.allowInsecure = false
-        secured.security = SecurityOptions(.psk(key: (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }))
+        let secured = Bench.withRandomPSK(options)
         if tls == "psk" && !compareTls { options = secured }
 
         let path = "\(dir)/stream-bench-\(profile)-\(seed)-\(bytes).img"
@@ -158,6 +154,16 @@ enum Bench {
             }
             off += UInt64(n)
         }
+    }
+
+    /// `options` over TLS 1.3 with a random pre-shared key made in this process: the benchmark
+    /// measures the cipher, not key management.
+    static func withRandomPSK(_ options: TransferOptions) -> TransferOptions {
+        var rng = SystemRandomNumberGenerator()
+        var secured = options
+        secured.allowInsecure = false
+        secured.security = SecurityOptions(.psk(key: (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }))
+        return secured
     }
 
     static func warmPageCache(_ path: String) {
