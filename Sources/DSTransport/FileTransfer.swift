@@ -127,12 +127,12 @@ package enum TransferSender {
         do {
             try options.validate()
             if let size = source.size { progress.total.store(size, ordering: .relaxed) }
-            let (totals, ran) = try run(source, endpoint, options, backend, progress, warn)
+            let (totals, traffic, ran) = try run(source, endpoint, options, backend, progress, warn)
             if let ran { report.backend = ran }
             report.completed = true
             report.bytes = totals.rawBytes
             report.chunks = totals.chunks
-            report.wireBytes = progress.wireBytes
+            (report.wireBytes, report.keepalives) = traffic
             report.digest = totals.digest
         } catch {
             report.error = error
@@ -145,7 +145,7 @@ package enum TransferSender {
 
     private static func run(_ source: TransferSource, _ endpoint: Endpoint, _ options: TransferOptions,
                             _ backend: IOBackendKind, _ progress: TransferProgress,
-                            _ warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (TransferTotals, IOBackendKind?) {
+                            _ warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (TransferTotals, (UInt64, UInt64), IOBackendKind?) {
         let abort = AbortSignal(side: "sender")
         let (group, connections) = try ChannelSet.connect(to: endpoint, options: options, mode: source.mode, totalSize: source.size,
                                                       abort: abort, backend: backend, warn: warn)
@@ -196,7 +196,8 @@ package enum TransferSender {
                 throw TransferError(.corruption, "the receiver acknowledged different totals (\(acked.rawBytes) bytes, digest \(TransferDigest.hex(acked.digest))) than were sent (\(totals.rawBytes) bytes, digest \(TransferDigest.hex(totals.digest)))")
             }
         }
-        return (totals, rings.single)
+        // Every frame both ways, the ack and the keepalives included: what the receiver counts.
+        return (totals, group.traffic(), rings.single)
     }
 }
 

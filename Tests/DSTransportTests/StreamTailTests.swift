@@ -125,3 +125,54 @@ import DSSupport
         #expect(sent.chunks == 16, "\(sent.chunks) chunks for 15 full chunks and 123 bytes")
     }
 }
+
+/// `wire_bytes`: every frame after admission, both ways, keepalives included, the same figure at
+/// both ends (the pacer's keepalives used to be counted by the receiver only).
+@Suite(.serialized) struct WireBytesTests {
+    /// A producer pauses long enough for keepalives on both channels; both ends count them, and
+    /// the figure is exactly the frames: data (header + raw bytes, compression off), two channel
+    /// ends, the end of stream and its ack, and 40 bytes a keepalive.
+    @Test(arguments: [false, true])
+    func equalAtBothEndsWithKeepalives(tls: Bool) throws {
+        let p = try StreamTailTests.Pipes()
+        var o = options(connections: 2, compression: false, chunk: 64 << 10, timeout: .seconds(1))  // keepalives after 250 ms
+        if tls { o.security = pskOptions().security }
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
+        nonisolated(unsafe) var received: TransferReport?
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: "/proc/self/fd/\(p.outWrite)", acceptTimeout: .seconds(10)) }
+        let source = try TransferSource(path: "/proc/self/fd/\(p.inRead)")
+        nonisolated(unsafe) var sent: TransferReport?
+        let endpoint = receiver.listener.endpoint
+        let s = try OSThread(name: "ds-test") { sent = TransferSender.send(source, to: endpoint, options: o, warn: { _ in }) }
+        let first = testData(150_000, seed: 51), second = testData(90_000, seed: 52)
+        p.write(first)
+        usleep(800_000)  // both channels idle: one waits on the input, the other on the reader's turn
+        p.write(second)
+        p.closeInput()
+        s.join(); t.join()
+        close(p.inRead)
+        let out = p.finish()
+        guard let sent, let received else { Issue.record("no report"); return }
+        #expect(sent.completed && received.completed, "\(sent.error?.message ?? "") \(received.error?.message ?? "")")
+        #expect(out == first + second)
+        #expect(sent.keepalives > 0, "the pause produced no keepalive")
+        #expect(sent.keepalives == received.keepalives)
+        #expect(sent.wireBytes == received.wireBytes, "sender \(sent.wireBytes), receiver \(received.wireBytes)")
+        let header = UInt64(FrameHeader.size)
+        let channelEnds = 2 * (header + UInt64(ChannelEnd(chunks: 0, rawBytes: 0).encoded().count))
+        let totals = 2 * (header + UInt64(TransferTotals(chunks: 0, rawBytes: 0, wireBytes: 0, digest: 0).encoded().count))
+        let expected = sent.chunks * header + sent.bytes + channelEnds + totals + sent.keepalives * header
+        #expect(sent.wireBytes == expected, "\(sent.wireBytes) reported, \(expected) in the frames")
+    }
+
+    /// Without keepalives (a regular file), the figures agree as well.
+    @Test func equalAtBothEndsForAFile() throws {
+        let src = tmpPath("wire-src"), out = tmpPath("wire-out")
+        defer { unlink(src); unlink(out) }
+        writeFile(src, testData(700_000, seed: 53))
+        let (sent, received) = try transfer(source: src, output: out, options: options(connections: 3))
+        #expect(sent.completed && received.completed)
+        #expect(sent.keepalives == 0 && received.keepalives == 0)
+        #expect(sent.wireBytes == received.wireBytes, "sender \(sent.wireBytes), receiver \(received.wireBytes)")
+    }
+}
