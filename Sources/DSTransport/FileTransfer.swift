@@ -59,6 +59,23 @@ package final class TransferSource: @unchecked Sendable {
 
     deinit { if ownsFD { close(fd) } }
 
+    /// For a pipe: asks the kernel for a pipe buffer of one chunk (`F_SETPIPE_SZ`, up to
+    /// /proc/sys/fs/pipe-max-size, 1 MiB by default), best effort. A chunk is sent as soon as the
+    /// input has nothing ready (`Ring.readWhileReady`); with the default 64 KiB pipe a fast
+    /// producer blocked on a full pipe may not have refilled it by the time the reader has emptied
+    /// it, and steady input would go out in 64 KiB chunks. With a chunk's room in the pipe, a
+    /// producer ahead of the sender has a whole chunk waiting at each read.
+    func growPipe(toHold chunkSize: Int) {
+        guard mode == .ordered else { return }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFIFO else { return }
+        let setPipeSize: Int32 = 1031  // F_SETPIPE_SZ (Linux; Glibc's module does not import it)
+        let getPipeSize: Int32 = 1032  // F_GETPIPE_SZ
+        var size = Int32(clamping: chunkSize)
+        // Refused above pipe-max-size (EPERM) or the user's pipe pages (EPERM): try smaller.
+        while size > 64 << 10, fcntl(fd, getPipeSize) < size, fcntl(fd, setPipeSize, size) < 0 { size /= 2 }
+    }
+
     /// Reads the next chunk into `channel.readBuffer` and sends it. Called concurrently by
     /// every channel thread. Returns false when there is nothing left.
     func sendNext(on channel: Channel, progress: TransferProgress) throws(TransferError) -> Bool {
@@ -163,6 +180,8 @@ package enum TransferSender {
             throw error
         }
         defer { pacer?.stop() }
+
+        source.growPipe(toHold: options.chunkSize)
 
         // Data: every channel claims chunks until the source is exhausted, then ends its channel.
         let merged = Mutex(ChannelStats())
