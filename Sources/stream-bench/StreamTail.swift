@@ -13,9 +13,9 @@ import Synchronization
 /// the tail is the time from the burst's last byte written to the same byte read from the
 /// receiver's output pipe. Measured in this process, in the same run, for devstream plaintext,
 /// devstream over TLS 1.3 PSK, and a plain TCP socket (the producer writing into the socket, the
-/// reader reading it: what QEMU's `tcp:` migration does). The two stamps are taken on two
-/// threads: a reader can have the last byte before the writer's `write` has returned, so a tail
-/// can come out a few microseconds below zero; it is reported as measured.
+/// reader reading it: what QEMU's `tcp:` migration does). The writer's stamp is taken just
+/// before the `write` of the burst's last page (once that write cannot block), so a tail
+/// includes that syscall and is never below zero.
 struct StreamTail: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tail",
@@ -96,14 +96,16 @@ struct TailPlan {
         var failure: String?
         for k in 0..<bursts {
             ContentGenerator.fill(data, profile: profile, seed: 7, offset: UInt64(k * size))
-            var off = 0
-            while off < size {
-                let n = write(run.input, data.baseAddress! + off, size - off)
-                guard n > 0 else { failure = "writing burst \(k) failed: \(Errno.current)"; break }
-                off += n
+            // The burst but its last page, then (once the pipe or socket has room for it, so the
+            // write does not wait) the clock, then the last page: the stamp comes before the
+            // last byte is written, never after it arrived (a stamp taken after `write` returns
+            // can land after the reader's, when this thread is preempted in between).
+            let last = min(4096, size)
+            if !put(run.input, data.baseAddress!, size - last) || !waitForRoom(run.input) {
+                failure = "writing burst \(k) failed: \(Errno.current)"; break
             }
             written[k] = Monotonic.now.seconds
-            if failure != nil { break }
+            guard put(run.input, data.baseAddress! + size - last, last) else { failure = "writing burst \(k) failed: \(Errno.current)"; break }
             // Not part of the figure: the reader stamps the arrival; this only keeps the bursts apart.
             guard probe.waitForBurst(k, limit: .seconds(30)) else { failure = "burst \(k) did not arrive within 30 s"; break }
             usleep(UInt32(pause.seconds * 1e6))
@@ -111,6 +113,27 @@ struct TailPlan {
         try run.finish()
         if let failure { throw ValidationError("\(run.name): \(failure)") }
         return (1..<bursts).map { probe.arrival($0) - written[$0] }
+    }
+
+    private func put(_ fd: Int32, _ bytes: UnsafeMutableRawPointer, _ count: Int) -> Bool {
+        var off = 0
+        while off < count {
+            let n = write(fd, bytes + off, count - off)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return false }
+            off += n
+        }
+        return true
+    }
+
+    /// Waits until `fd` takes a write without blocking (a pipe: a free page; a socket: room).
+    private func waitForRoom(_ fd: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        while true {
+            let rc = poll(&p, 1, 30_000)
+            if rc > 0 { return p.revents & Int16(POLLOUT) != 0 }
+            if rc == 0 || errno != EINTR { return false }
+        }
     }
 }
 
