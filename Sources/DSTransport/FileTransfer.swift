@@ -59,21 +59,10 @@ package final class TransferSource: @unchecked Sendable {
 
     deinit { if ownsFD { close(fd) } }
 
-    /// For a pipe: asks the kernel for a pipe buffer of one chunk (`F_SETPIPE_SZ`, up to
-    /// /proc/sys/fs/pipe-max-size, 1 MiB by default), best effort. A chunk is sent as soon as the
-    /// input has nothing ready (`Ring.readWhileReady`); with the default 64 KiB pipe a fast
-    /// producer blocked on a full pipe may not have refilled it by the time the reader has emptied
-    /// it, and steady input would go out in 64 KiB chunks. With a chunk's room in the pipe, a
-    /// producer ahead of the sender has a whole chunk waiting at each read.
+    /// For a pipe: a pipe buffer of one chunk, so steady input fills whole chunks
+    /// (`FileSystem.growPipe` says why).
     func growPipe(toHold chunkSize: Int) {
-        guard mode == .ordered else { return }
-        var st = stat()
-        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFIFO else { return }
-        let setPipeSize: Int32 = 1031  // F_SETPIPE_SZ (Linux; Glibc's module does not import it)
-        let getPipeSize: Int32 = 1032  // F_GETPIPE_SZ
-        var size = Int32(clamping: chunkSize)
-        // Refused above pipe-max-size (EPERM) or the user's pipe pages (EPERM): try smaller.
-        while size > 64 << 10, fcntl(fd, getPipeSize) < size, fcntl(fd, setPipeSize, size) < 0 { size /= 2 }
+        if mode == .ordered { FileSystem.growPipe(fd, toHold: chunkSize) }
     }
 
     /// Reads the next chunk into `channel.readBuffer` and sends it. Called concurrently by
