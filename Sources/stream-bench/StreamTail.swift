@@ -25,6 +25,7 @@ struct StreamTail: ParsableCommand {
     @Option(help: "Pause after each burst has arrived, with the input open.") var pause: String = "20ms"
     @Option(help: "TCP connections (devstream).") var connections: Int = 2
     @Option(help: "Chunk size (devstream).") var chunkSize: String = "1M"
+    @Option(help: "lz4 or none (devstream).") var compression: String = "lz4"
     @Option(help: "Content: mixed (device-memory-like), zero, random, text.") var profile: String = "mixed"
     @Flag(help: "Print one JSON object.") var json = false
 
@@ -35,8 +36,10 @@ struct StreamTail: ParsableCommand {
         let size = Int(try SizeParsing.parse(burstSize))
         guard size > 0 else { throw ValidationError("--burst-size must be at least 1 byte") }
         let gap = try DurationParsing.parse(pause)
+        guard compression == "lz4" || compression == "none" else { throw ValidationError("--compression must be lz4 or none") }
         var options = TransferOptions()
         options.connections = connections
+        options.compression = compression == "lz4"
         options.chunkSize = Int(try SizeParsing.parse(chunkSize))
         options.backend = try CLIEnvironment.backend()
         options.allowInsecure = true  // the benchmark's own generated data, between its own two ends
@@ -58,13 +61,13 @@ struct StreamTail: ParsableCommand {
             "devstream_minus_tcp_ms": round3((Output.median(plain) - Output.median(tcp)) * 1000),
             "devstream_psk_minus_tcp_ms": round3((Output.median(psk) - Output.median(tcp)) * 1000),
             "config": ["bursts": bursts - 1, "burst_size": size, "pause_ms": gap.milliseconds, "connections": connections,
-                       "chunk_size": options.chunkSize, "profile": profile],
+                       "chunk_size": options.chunkSize, "compression": compression, "profile": profile],
         ]
         if json {
             Output.jsonLine(result)
             return
         }
-        print("stream-bench tail: \(bursts - 1) bursts of \(Format.bytes(UInt64(size))) \(profile), \(String(format: "%g", gap.milliseconds)) ms pauses, \(connections) connections, \(Format.bytes(UInt64(options.chunkSize))) chunks")
+        print("stream-bench tail: \(bursts - 1) bursts of \(Format.bytes(UInt64(size))) \(profile), \(String(format: "%g", gap.milliseconds)) ms pauses, \(connections) connections, \(Format.bytes(UInt64(options.chunkSize))) chunks, \(compression)")
         print("  last byte written → read, ms     median      p90      min      max")
         for (name, xs) in [("plain TCP socket", tcp), ("devstream", plain), ("devstream PSK", psk)] {
             let s = xs.sorted()
