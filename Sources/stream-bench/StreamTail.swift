@@ -54,7 +54,8 @@ struct StreamTail: ParsableCommand {
         func summary(_ xs: [Double]) -> [String: Any] {
             let s = xs.sorted()
             return ["median_ms": round3(Output.median(s) * 1000), "p90_ms": round3(s[s.count * 9 / 10] * 1000),
-                    "min_ms": round3(s[0] * 1000), "max_ms": round3(s[s.count - 1] * 1000)]
+                    "min_ms": round3(s[0] * 1000), "max_ms": round3(s[s.count - 1] * 1000),
+                    "samples_ms": xs.map { round3($0 * 1000) }]
         }
         let result: [String: Any] = [
             "mode": "tail", "tcp": summary(tcp), "devstream": summary(plain), "devstream_psk": summary(psk),
