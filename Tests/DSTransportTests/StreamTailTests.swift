@@ -13,11 +13,13 @@ import DSSupport
 @Suite(.serialized) struct StreamTailTests {
     /// A pipe in, a pipe out, a reader that collects the output, and a writer the test drives.
     final class Pipes: @unchecked Sendable {
-        // @unchecked: `collected` is under its mutex; the fds are set in init and closed once by
-        // the test's own thread (`closeInput`, `finish`).
+        // @unchecked: `collected` and `reports` are under their mutexes; the fds and threads are
+        // set by the test's own thread (init, `startTransfer`) and closed or joined once by it
+        // (`finish`).
         let inRead: Int32, inWrite: Int32, outRead: Int32, outWrite: Int32
         let collected = Mutex<[UInt8]>([])
-        private var reader: OSThread?
+        private let reports = Mutex<(sent: TransferReport?, received: TransferReport?)>((nil, nil))
+        private var reader: OSThread?, sending: OSThread?, receiving: OSThread?
 
         init() throws {
             var i: [Int32] = [0, 0], o: [Int32] = [0, 0]
@@ -54,14 +56,33 @@ import DSSupport
             return false
         }
 
-        func closeInput() { close(inWrite) }
+        /// Starts a receiver writing into the output pipe and a sender reading the input pipe,
+        /// each on its own thread, with `options` at both ends.
+        func startTransfer(_ options: TransferOptions) throws {
+            let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options, warn: { _ in })
+            let output = "/proc/self/fd/\(outWrite)"
+            receiving = try OSThread(name: "ds-test") { [self] in
+                reports.withLock { $0.received = receiver.receive(output: output, acceptTimeout: .seconds(10)) }
+            }
+            let source = try TransferSource(path: "/proc/self/fd/\(inRead)")
+            let endpoint = receiver.listener.endpoint
+            sending = try OSThread(name: "ds-test") { [self] in
+                let r = TransferSender.send(source, to: endpoint, options: options, warn: { _ in })
+                reports.withLock { $0.sent = r }
+            }
+        }
 
-        /// After the receive ended: closes the output, joins the reader, returns what it read.
-        func finish() -> [UInt8] {
+        /// Ends the input, waits for both ends and the reader; returns both reports and every
+        /// byte the reader got from the output.
+        func finish() -> (sent: TransferReport?, received: TransferReport?, output: [UInt8]) {
+            close(inWrite)
+            sending?.join(); receiving?.join()
+            close(inRead)
             close(outWrite)
             reader?.join()
             close(outRead)
-            return collected.withLock { $0 }
+            let r = reports.withLock { $0 }
+            return (r.sent, r.received, collected.withLock { $0 })
         }
     }
 
@@ -74,14 +95,7 @@ import DSSupport
         let p = try Pipes()
         var o = options(connections: connections, chunk: 256 << 10)
         if tls { o.security = pskOptions().security }
-        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
-        nonisolated(unsafe) var received: TransferReport?
-        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: "/proc/self/fd/\(p.outWrite)", acceptTimeout: .seconds(10)) }
-        let source = try TransferSource(path: "/proc/self/fd/\(p.inRead)")
-        nonisolated(unsafe) var sent: TransferReport?
-        let endpoint = receiver.listener.endpoint
-        let s = try OSThread(name: "ds-test") { sent = TransferSender.send(source, to: endpoint, options: o, warn: { _ in }) }
-
+        try p.startTransfer(o)
         let first = testData(100_000, seed: 41), second = testData(37_000, seed: 42)
         p.write(first)
         let firstArrived = p.waitForOutput(first.count)
@@ -89,10 +103,7 @@ import DSSupport
         p.write(second)
         let secondArrived = p.waitForOutput(first.count + second.count)
         #expect(secondArrived, "the second burst did not reach the output while the input stayed open")
-        p.closeInput()
-        s.join(); t.join()
-        close(p.inRead)
-        let out = p.finish()
+        let (sent, received, out) = p.finish()
         #expect(sent?.completed == true, "\(sent?.error?.message ?? "")")
         #expect(received?.completed == true, "\(received?.error?.message ?? "")")
         #expect(out == first + second)
@@ -137,22 +148,13 @@ import DSSupport
         let p = try StreamTailTests.Pipes()
         var o = options(connections: 2, compression: false, chunk: 64 << 10, timeout: .seconds(1))  // keepalives after 250 ms
         if tls { o.security = pskOptions().security }
-        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: o, warn: { _ in })
-        nonisolated(unsafe) var received: TransferReport?
-        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: "/proc/self/fd/\(p.outWrite)", acceptTimeout: .seconds(10)) }
-        let source = try TransferSource(path: "/proc/self/fd/\(p.inRead)")
-        nonisolated(unsafe) var sent: TransferReport?
-        let endpoint = receiver.listener.endpoint
-        let s = try OSThread(name: "ds-test") { sent = TransferSender.send(source, to: endpoint, options: o, warn: { _ in }) }
+        try p.startTransfer(o)
         let first = testData(150_000, seed: 51), second = testData(90_000, seed: 52)
         p.write(first)
         usleep(800_000)  // both channels idle: one waits on the input, the other on the reader's turn
         p.write(second)
-        p.closeInput()
-        s.join(); t.join()
-        close(p.inRead)
-        let out = p.finish()
-        guard let sent, let received else { Issue.record("no report"); return }
+        let (sentReport, receivedReport, out) = p.finish()
+        guard let sent = sentReport, let received = receivedReport else { Issue.record("no report"); return }
         #expect(sent.completed && received.completed, "\(sent.error?.message ?? "") \(received.error?.message ?? "")")
         #expect(out == first + second)
         #expect(sent.keepalives > 0, "the pause produced no keepalive")
