@@ -213,10 +213,7 @@ enum Bench {
             buf.deallocate(); close(c)
         }
         let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET); addr.sin_port = port.bigEndian
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        _ = connectLoopback(s, port: port)
         let buf = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
         defer { buf.deallocate() }
         let t0 = Monotonic.now
@@ -234,6 +231,14 @@ enum Bench {
         let dt = (Monotonic.now - t0).seconds
         guard got == size else { throw ValidationError("baseline moved \(got) of \(size) bytes") }
         return Double(size) / dt
+    }
+
+    /// Connects the TCP socket `s` to 127.0.0.1:`port` (blocking); returns `connect`'s result.
+    static func connectLoopback(_ s: Int32, port: UInt16) -> Int32 {
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET); addr.sin_port = port.bigEndian
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
     }
 
     /// `lz4 -1 -c FILE | nc HOST PORT` into `nc -l PORT | lz4 -d -c > OUTPUT`, timed end to end.

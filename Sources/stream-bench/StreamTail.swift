@@ -203,11 +203,7 @@ struct TailRun {
             close(c)
         }
         let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET); addr.sin_port = port.bigEndian
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard rc == 0 else { close(s); close(lfd); reader.join(); throw ValidationError("connecting the baseline socket failed: \(Errno.current)") }
+        guard Bench.connectLoopback(s, port: port) == 0 else { close(s); close(lfd); reader.join(); throw ValidationError("connecting the baseline socket failed: \(Errno.current)") }
         Sockets.configure(s)
         return TailRun(name: "plain TCP", input: s, finish: { close(s); reader.join(); close(lfd) })
     }
