@@ -324,6 +324,41 @@ package final class Ring {
         return done
     }
 
+    /// Reads an ordered input (a pipe, stdin, a socket: from its current position) into `buffer`
+    /// until the buffer is full, the input ends, or the input has **nothing more ready**; returns
+    /// the count read (0: the input ended).
+    ///
+    /// The first read waits for data; each later one is made only while `poll` says the input is
+    /// readable now. This is TCP_NODELAY for a stream source: a producer that pauses (QEMU
+    /// writing its last bytes into `devstream send -`, then waiting) gets its partial chunk sent
+    /// at once rather than held until more input or its end, while a producer that keeps the
+    /// input full still fills whole chunks (every read returns data at once).
+    /// - Warning: `fd` must be pollable for the "nothing ready" rule to apply; one that polls as
+    ///   always readable (a character device) fills whole chunks like `readFully`.
+    package func readWhileReady(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, slot: Int? = nil) throws(Errno) -> Int {
+        var done = 0
+        while done < buffer.count {
+            if done > 0 && !Ring.readableNow(fd) { break }
+            let n = try perform(.read(fd: fd, buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]),
+                                      offset: Ring.currentPosition, slot: slot))
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    /// Whether a read of `fd` would return at once (data, end of input or an error): `poll`
+    /// with no wait. A failed poll counts as readable, so the caller reads (and blocks, or sees
+    /// the error) as it would have without asking.
+    package static func readableNow(_ fd: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        while true {
+            let rc = poll(&p, 1, 0)
+            if rc >= 0 { return rc > 0 }
+            if errno != EINTR { return true }
+        }
+    }
+
     /// Writes all of `buffer` at `offset`, resuming short writes.
     package func writeAll(fd: Int32, _ buffer: UnsafeRawBufferPointer, offset: UInt64, slot: Int? = nil) throws(Errno) {
         var done = 0

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import DSRing
 import DSWire
 import DSCodec
@@ -8,12 +9,19 @@ import DSSupport
 package struct ChannelStats: Sendable {
     package var chunks: UInt64 = 0
     package var rawBytes: UInt64 = 0
-    /// Bytes on the socket: headers, payloads, control frames.
+    /// Frame bytes on the channel, both ways, once the session is admitted: every data, control
+    /// and keepalive frame this channel sent or received, header and payload. Not counted:
+    /// admission (the preamble and the accept), TLS records' overhead, TCP/IP headers. Keepalives
+    /// this end sent are not here but in `Connection.keepalivesSent` (the pacer sends them from
+    /// its own thread); `Channel.wireBytes` adds them. With that rule both ends of a complete
+    /// transfer count the same frames and report the same figure.
     package var wireBytes: UInt64 = 0
+    /// Keepalive frames received (those sent are counted by the connection).
+    package var keepalives: UInt64 = 0
     package var digest = TransferDigest()
     package init() {}
     package mutating func merge(_ o: ChannelStats) {
-        chunks += o.chunks; rawBytes += o.rawBytes; wireBytes += o.wireBytes; digest.merge(o.digest)
+        chunks += o.chunks; rawBytes += o.rawBytes; wireBytes += o.wireBytes; keepalives += o.keepalives; digest.merge(o.digest)
     }
 }
 
@@ -82,6 +90,13 @@ package final class Channel {
         outSlot = pool.checkout()!
         if let w = ring.register(pool) { warn(w) }
     }
+
+    /// Frame bytes on this channel, both ways (`ChannelStats.wireBytes`), with the keepalives
+    /// the pacer sent on its connection.
+    package var wireBytes: UInt64 { stats.wireBytes + connection.keepalivesSent * KeepalivePacer.frameSize }
+
+    /// Keepalive frames on this channel, both ways.
+    package var keepalives: UInt64 { stats.keepalives + connection.keepalivesSent }
 
     /// The payload area to read a chunk into before `sendChunk`.
     package var readBuffer: UnsafeMutableRawBufferPointer {
@@ -220,8 +235,11 @@ package final class Channel {
                 throw TransferError(.protocolViolation, "invalid frame on channel \(index): \(error)")
             }
             stats.wireBytes += UInt64(FrameHeader.size) + UInt64(header.wireLength)
-            if header.type == .keepalive && header.wireLength != 0 {
-                throw TransferError(.protocolViolation, "invalid frame on channel \(index): a keepalive with a \(header.wireLength)-byte payload")
+            if header.type == .keepalive {
+                guard header.wireLength == 0 else {
+                    throw TransferError(.protocolViolation, "invalid frame on channel \(index): a keepalive with a \(header.wireLength)-byte payload")
+                }
+                stats.keepalives += 1
             }
         } while header.type == .keepalive
         let wire = Int(header.wireLength)
@@ -269,6 +287,23 @@ package final class Channel {
         }
         return TransferError(.protocolViolation, "unexpected \(frame.header.type) frame on channel \(channel), expected \(expecting)")
     }
+}
+
+extension WorkerGroup where Context == Channel {
+    /// Frame bytes over every channel, both ways, keepalives included (`Channel.wireBytes`): a
+    /// session's `wire_bytes`; and the keepalive frames among them. Runs on the channels' own
+    /// threads (each owns its counters); zeros when the group no longer runs.
+    package func traffic() -> (wireBytes: UInt64, keepalives: UInt64) {
+        let total = Mutex<(UInt64, UInt64)>((0, 0))
+        try? run { (_, ch) throws(TransferError) in
+            let (w, k) = (ch.wireBytes, ch.keepalives)
+            total.withLock { $0.0 += w; $0.1 += k }
+        }
+        return total.withLock { $0 }
+    }
+
+    /// `traffic().wireBytes`.
+    package func wireBytes() -> UInt64 { traffic().wireBytes }
 }
 
 /// A whole control frame, header and payload: the one place control frames are built.

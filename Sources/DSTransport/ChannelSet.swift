@@ -107,6 +107,10 @@ package enum ChannelSet {
                     throw Channel.unexpected(reply, expecting: "accept", channel: i)
                 }
                 if i == 0 { token.publish(connection.secure?.token ?? []) }
+                // Wire bytes count the session's frames from here on: the receiver never sees
+                // its listener's admission (the preamble and this accept) on a channel, so
+                // neither end counts them (see `ChannelStats.wireBytes`).
+                ch.stats.wireBytes = 0
                 return ch
             }
             return (group, connections.withLock { $0.map { $0! } })

@@ -51,6 +51,7 @@ package final class Connection: Sendable {
     package let faults: FaultPlan?
     private let stream = AtomicLazyReference<SecureStream>()
     private let closed = Mutex(false)
+    private let keepalives = Atomic<UInt64>(0)
 
     /// Adopts the connected socket `fd`: the connection closes it.
     package convenience init(fd: Int32) { self.init(fd: fd, faults: nil) }
@@ -166,6 +167,13 @@ package final class Connection: Sendable {
         }
         return try outcome.get()
     }
+
+    /// The keepalive frames the pacer sent on this connection (wire bytes the channel's own
+    /// counters do not see: see `ChannelStats.wireBytes`).
+    package var keepalivesSent: UInt64 { keepalives.load(ordering: .relaxed) }
+
+    /// Counts a keepalive frame that went out whole.
+    func countKeepalive() { keepalives.add(1, ordering: .relaxed) }
 
     /// Whether the socket's send buffer has at least `bytes` free (SO_SNDBUF less what is queued).
     func hasRoom(for bytes: Int) -> Bool {

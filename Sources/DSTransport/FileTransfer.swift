@@ -59,6 +59,12 @@ package final class TransferSource: @unchecked Sendable {
 
     deinit { if ownsFD { close(fd) } }
 
+    /// For a pipe: a pipe buffer of one chunk, so steady input fills whole chunks
+    /// (`FileSystem.growPipe` says why).
+    func growPipe(toHold chunkSize: Int) {
+        if mode == .ordered { FileSystem.growPipe(fd, toHold: chunkSize) }
+    }
+
     /// Reads the next chunk into `channel.readBuffer` and sends it. Called concurrently by
     /// every channel thread. Returns false when there is nothing left.
     func sendNext(on channel: Channel, progress: TransferProgress) throws(TransferError) -> Bool {
@@ -84,12 +90,16 @@ package final class TransferSource: @unchecked Sendable {
             return true
         case .ordered, .migration:
             // One reader at a time keeps the order; the sequence number is taken with the read.
+            // A chunk is filled while the input has data ready and sent as soon as it has none
+            // (`readWhileReady`): a paused producer's last bytes leave at once, not when it
+            // writes more or closes its end (the stream's tail), and a steady producer still
+            // fills whole chunks.
             var seq: UInt64 = 0
             var n = 0
             var failure: Errno?
             lock.withLock {
                 guard !ended else { return }
-                do { n = try channel.ring.readFully(fd: fd, into: buf, offset: Ring.currentPosition, slot: channel.inSlot) } catch {
+                do { n = try channel.ring.readWhileReady(fd: fd, into: buf, slot: channel.inSlot) } catch {
                     failure = (error as? Errno) ?? Errno(rawValue: EIO)
                     return
                 }
@@ -123,12 +133,12 @@ package enum TransferSender {
         do {
             try options.validate()
             if let size = source.size { progress.total.store(size, ordering: .relaxed) }
-            let (totals, ran) = try run(source, endpoint, options, backend, progress, warn)
+            let (totals, traffic, ran) = try run(source, endpoint, options, backend, progress, warn)
             if let ran { report.backend = ran }
             report.completed = true
             report.bytes = totals.rawBytes
             report.chunks = totals.chunks
-            report.wireBytes = progress.wireBytes
+            (report.wireBytes, report.keepalives) = traffic
             report.digest = totals.digest
         } catch {
             report.error = error
@@ -141,7 +151,7 @@ package enum TransferSender {
 
     private static func run(_ source: TransferSource, _ endpoint: Endpoint, _ options: TransferOptions,
                             _ backend: IOBackendKind, _ progress: TransferProgress,
-                            _ warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (TransferTotals, IOBackendKind?) {
+                            _ warn: @escaping @Sendable (String) -> Void) throws(TransferError) -> (TransferTotals, (UInt64, UInt64), IOBackendKind?) {
         let abort = AbortSignal(side: "sender")
         let (group, connections) = try ChannelSet.connect(to: endpoint, options: options, mode: source.mode, totalSize: source.size,
                                                       abort: abort, backend: backend, warn: warn)
@@ -159,6 +169,8 @@ package enum TransferSender {
             throw error
         }
         defer { pacer?.stop() }
+
+        source.growPipe(toHold: options.chunkSize)
 
         // Data: every channel claims chunks until the source is exhausted, then ends its channel.
         let merged = Mutex(ChannelStats())
@@ -192,7 +204,8 @@ package enum TransferSender {
                 throw TransferError(.corruption, "the receiver acknowledged different totals (\(acked.rawBytes) bytes, digest \(TransferDigest.hex(acked.digest))) than were sent (\(totals.rawBytes) bytes, digest \(TransferDigest.hex(totals.digest)))")
             }
         }
-        return (totals, rings.single)
+        // Every frame both ways, the ack and the keepalives included: what the receiver counts.
+        return (totals, group.traffic(), rings.single)
     }
 }
 

@@ -17,6 +17,8 @@ package final class KeepalivePacer: @unchecked Sendable {
     private let interval: Duration
     private let abort: AbortSignal
     private static let frame = controlFrame(.keepalive)
+    /// The bytes of one keepalive frame (a header, no payload).
+    package static let frameSize = UInt64(FrameHeader.size)
 
     /// The idle time after which a channel sends a keepalive: 250 ms, or a quarter of `timeout`
     /// if that is less (well under any receiver's stall timeout of a second or more).
@@ -75,7 +77,9 @@ package final class KeepalivePacer: @unchecked Sendable {
     /// finished (the stream is torn). A send that fails before any byte went out is left for the
     /// channel's own next send or receive to report, with the peer's reason if it left one.
     static func send(on c: Connection) -> Bool {
-        do { try c.send(frame, timeout: .seconds(1), mode: .ifRoom) } catch {
+        do {
+            if try c.send(frame, timeout: .seconds(1), mode: .ifRoom) { c.countKeepalive() }
+        } catch {
             return !c.socketGuard.midFrame
         }
         return true

@@ -97,8 +97,15 @@ package struct TransferReport: Sendable {
     package var error: TransferError?
     /// Raw bytes moved.
     package var bytes: UInt64 = 0
-    /// Bytes on the wire (headers, payloads, control).
+    /// Frame bytes on the wire once the session was admitted, both ways: data, control and
+    /// keepalive frames, header and payload (not the preamble and accept, TLS overhead or TCP/IP
+    /// headers). A complete transfer reports the same figure at both ends; a failed one reports
+    /// what its progress had counted (the data frames, and at the receiver the keepalives before
+    /// them).
     package var wireBytes: UInt64 = 0
+    /// Keepalive frames (each 40 bytes of `wireBytes`), both ways; equal at both ends of a
+    /// complete transfer.
+    package var keepalives: UInt64 = 0
     package var chunks: UInt64 = 0
     package var elapsed: Duration = .zero
     package var connections: Int

@@ -55,25 +55,26 @@ package final class TransferReceiver {
                 for c in connections { c.close() }
                 throw error
             }
-            let (totals, ran) = try run(session, connections, sink!, backend)
+            let (totals, traffic, ran) = try run(session, connections, sink!, backend)
             if let ran { report.backend = ran }
             report.completed = true
             report.bytes = totals.rawBytes
             report.chunks = totals.chunks
             report.digest = totals.digest
+            (report.wireBytes, report.keepalives) = traffic
         } catch {
             sink?.discard()
             report.error = error
             report.bytes = progress.bytes
+            report.wireBytes = progress.wireBytes
         }
         listener.stop()
-        report.wireBytes = progress.wireBytes
         report.elapsed = Monotonic.now - start
         return report
     }
 
     private func run(_ session: SessionInfo, _ connections: [Connection], _ sink: FileSink,
-                     _ backend: IOBackendKind) throws(TransferError) -> (TransferTotals, IOBackendKind?) {
+                     _ backend: IOBackendKind) throws(TransferError) -> (TransferTotals, (UInt64, UInt64), IOBackendKind?) {
         defer { for c in connections { c.close() } }
         let abort = AbortSignal(side: "receiver")
         let chunk = UInt64(session.chunkSize)
@@ -168,8 +169,10 @@ package final class TransferReceiver {
                 let ack = TransferTotals(chunks: stats.chunks, rawBytes: stats.rawBytes, wireBytes: stats.wireBytes, digest: stats.digest.value)
                 try ch.sendControl(.ack, payload: ack.encoded())
             }
+            // Every frame both ways, the ack included: what the sender counts (see
+            // `ChannelStats.wireBytes`).
             return (TransferTotals(chunks: stats.chunks, rawBytes: stats.rawBytes, wireBytes: stats.wireBytes, digest: stats.digest.value),
-                    rings.single)
+                    group.traffic(), rings.single)
         } catch {
             abort.abort(error)
             throw abort.error ?? error

@@ -20,7 +20,7 @@ struct StreamBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stream-bench",
         abstract: "Loopback throughput of the devstream data path against a plain-socket baseline.",
-        subcommands: [Throughput.self, Generate.self, MigrationSweep.self],
+        subcommands: [Throughput.self, Generate.self, MigrationSweep.self, StreamTail.self],
         defaultSubcommand: Throughput.self)
 }
 
@@ -57,11 +57,7 @@ struct Throughput: ParsableCommand {
         options.allowInsecure = true
         try options.validate()
         guard tls == "none" || tls == "psk" else { throw ValidationError("--tls must be psk or none") }
-        // A random key: the benchmark measures the cipher, not key management.
-        var rng = SystemRandomNumberGenerator()
-        var secured = options
-        secured.allowInsecure = false
-        secured.security = SecurityOptions(.psk(key: (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }))
+        let secured = Bench.withRandomPSK(options)
         if tls == "psk" && !compareTls { options = secured }
 
         let path = "\(dir)/stream-bench-\(profile)-\(seed)-\(bytes).img"
@@ -160,6 +156,16 @@ enum Bench {
         }
     }
 
+    /// `options` over TLS 1.3 with a random pre-shared key made in this process: the benchmark
+    /// measures the cipher, not key management.
+    static func withRandomPSK(_ options: TransferOptions) -> TransferOptions {
+        var rng = SystemRandomNumberGenerator()
+        var secured = options
+        secured.allowInsecure = false
+        secured.security = SecurityOptions(.psk(key: (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }))
+        return secured
+    }
+
     static func warmPageCache(_ path: String) {
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { return }
@@ -207,10 +213,7 @@ enum Bench {
             buf.deallocate(); close(c)
         }
         let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET); addr.sin_port = port.bigEndian
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        _ = connectLoopback(s, port: port)
         let buf = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
         defer { buf.deallocate() }
         let t0 = Monotonic.now
@@ -228,6 +231,14 @@ enum Bench {
         let dt = (Monotonic.now - t0).seconds
         guard got == size else { throw ValidationError("baseline moved \(got) of \(size) bytes") }
         return Double(size) / dt
+    }
+
+    /// Connects the TCP socket `s` to 127.0.0.1:`port` (blocking); returns `connect`'s result.
+    static func connectLoopback(_ s: Int32, port: UInt16) -> Int32 {
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET); addr.sin_port = port.bigEndian
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
     }
 
     /// `lz4 -1 -c FILE | nc HOST PORT` into `nc -l PORT | lz4 -d -c > OUTPUT`, timed end to end.

@@ -231,9 +231,5 @@ final class DestinationRun: @unchecked Sendable {
         }
     }
 
-    private func wireBytes() -> UInt64 {
-        let total = Mutex<UInt64>(0)
-        try? group.run { (_, ch) throws(TransferError) in let x = ch.stats.wireBytes; total.withLock { $0 += x } }
-        return total.withLock { $0 }
-    }
+    private func wireBytes() -> UInt64 { group.wireBytes() }
 }

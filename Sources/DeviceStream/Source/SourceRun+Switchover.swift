@@ -109,9 +109,5 @@ extension SourceRun {
     }
 
     /// Wire bytes over every channel.
-    func wireBytes() -> UInt64 {
-        let total = Mutex<UInt64>(0)
-        try? group?.run { (_, ch) throws(TransferError) in let x = ch.stats.wireBytes; total.withLock { $0 += x } }
-        return total.withLock { $0 }
-    }
+    func wireBytes() -> UInt64 { group?.wireBytes() ?? 0 }
 }
