@@ -72,22 +72,24 @@ import DSSupport
         defer { close(b) }
         let ring = try Ring(entries: 8)
         let ch = try Channel(index: 0, connection: Connection(fd: a), ring: ring, chunkSize: 64 << 10, compression: false,
-                             acceleration: 1, timeout: .milliseconds(300))
+                             acceleration: 1, timeout: .seconds(1))
+        // Margins for a loaded machine (or TSan): keepalives every 50 ms against a 1 s stall
+        // timeout, so only a pacer starved for a whole second could let the stall fire first.
         let stop = Atomic<Bool>(false)
         let pacer = try OSThread(name: "ds-test-keepalive") {
             while !stop.load(ordering: .relaxed) {
                 sendRaw(b, controlFrame(.keepalive))
-                usleep(100_000)
+                usleep(50_000)
             }
         }
         defer { stop.store(true, ordering: .relaxed); pacer.join() }
         let start = Monotonic.now
-        let e = #expect(throws: TransferError.self) { _ = try ch.receive(before: Monotonic.now + .milliseconds(700), phase: "waiting for the commit") }
+        let e = #expect(throws: TransferError.self) { _ = try ch.receive(before: Monotonic.now + .milliseconds(2500), phase: "waiting for the commit") }
         let took = Monotonic.now - start
         #expect(e?.code == .timeout && e?.message.contains("waiting for the commit on channel 0") == true, "\(e?.message ?? "")")
-        #expect(took >= .milliseconds(600) && took < .seconds(3), "\(took)")
-        // The stall timeout (300 ms) alone would still be waiting: keepalives keep it alive.
-        let t = try OSThread(name: "ds-test-late") { usleep(900_000); sendRaw(b, controlFrame(.ping)) }
+        #expect(took >= .milliseconds(2400) && took < .seconds(10), "\(took)")
+        // The stall timeout (1 s) alone would still be waiting: keepalives keep it alive.
+        let t = try OSThread(name: "ds-test-late") { usleep(2_500_000); sendRaw(b, controlFrame(.ping)) }
         defer { t.join() }
         let f = try ch.receive()
         #expect(f.header.type == .ping)
