@@ -30,6 +30,7 @@ struct MigrationSweep: ParsableCommand {
     @Option(help: "loopback, or a link between two network namespaces: \(NetLink.Shape.all.map(\.name).joined(separator: ", ")) (root).")
     var link: String = "loopback"
     @Flag(help: "Print one JSON object.") var json = false
+    @Option(help: "Also write the JSON object (every run's rounds included) to this file.") var jsonFile: String?
 
     /// The large-device case (issue 14, item 6): scattered dirtying of a device several times the
     /// size of the table's, at a quarter of the measured bandwidth, under a 300 ms limit.
@@ -140,15 +141,21 @@ struct MigrationSweep: ParsableCommand {
                              Self.sentOverDirtyTolerance * 100, sentOK ? "yes" : "NO"))
             }
         }
-        if json {
+        do {
             var o: [String: Any] = [
                 "bandwidth_bytes_per_sec": bandwidth.rounded(), "size": bytes, "link": where_, "runs": rows,
                 "converged_runs": convergedRuns, "converged_over_limit": overLimit, "worst_prediction_error_of_limit": worst,
             ]
             if let large { o["large_device"] = large }
             let data = try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])
-            print(String(decoding: data, as: UTF8.self))
-        } else {
+            if let jsonFile {
+                guard FileManager.default.createFile(atPath: jsonFile, contents: data) else {
+                    throw ValidationError("cannot write --json-file \(jsonFile)")
+                }
+            }
+            if json { print(String(decoding: data, as: UTF8.self)) }
+        }
+        if !json {
             print(String(format: "converged runs: %d, over their limit: %d; worst |measured − predicted| among them: %.1f%% of the limit",
                          convergedRuns, overLimit, worst * 100))
         }
