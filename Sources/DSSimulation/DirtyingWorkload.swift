@@ -151,8 +151,9 @@ package struct DirtySchedule: Sendable, Equatable {
 /// `pagesWritten` and `runningTime` let a caller check the rate against the device's own clock.
 package final class DirtyingWorkload: DeviceActivity, @unchecked Sendable {
     // Invariant: `cond` guards active/shutdown/idle/exited and `schedule`. The thread writes
-    // memory only while `idle` is false, and sets `idle` to false only while `active` is true, so
-    // once `pause()` has seen `idle == true` no write can happen until the next `resume()`.
+    // memory only while `idle` is false, and sets `idle` to false only while `active` is true
+    // (`waitForTurn`, after every sleep), so once `pause()` has seen `idle == true` no write can
+    // happen until the next `resume()`.
     // `thread` is set by `init` and cleared by `stop`, which only the owning device calls, once.
     private let base: UnsafeMutableRawPointer
     private let pages: UInt64
@@ -256,8 +257,16 @@ package final class DirtyingWorkload: DeviceActivity, @unchecked Sendable {
 
     private func run() {
         var rng = ContentGenerator.mix(seed ^ 0xD1127) | 1
-        while waitForTurn() {
-            sleep(for: .milliseconds(1))
+        while true {
+            // The tick's sleep counts as idle, so `pause()` (a device stopping: the start of the
+            // downtime) waits at most for a burst of writes in progress, never for this thread
+            // to be scheduled again after its sleep, which takes milliseconds on a busy machine.
+            cond.withLock {
+                idle = true
+                cond.broadcast()
+                _ = cond.wait(until: { shutdown }, timeout: .milliseconds(1))
+            }
+            guard waitForTurn() else { return }
             let n = cond.withLock { schedule.take(at: clock()) }
             if pages > 0 && n > 0 {
                 for _ in 0 ..< n { writePage(&rng) }

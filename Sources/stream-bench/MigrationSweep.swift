@@ -61,15 +61,18 @@ struct MigrationSweep: ParsableCommand {
         }
         defer { net?.close() }
         let ends = Ends(link: net)
-        // The bandwidth the fractions refer to: a migration with no dirtying, measured here
-        // (its bulk round's sent_bytes over its duration: the page-granular figures; the first
-        // run warms the page cache and the binaries).
-        _ = try ends.migrate(size: bytes, dirtyRate: 0, hot: hot, limit: .milliseconds(300), connections: connections, deadline: dl)
-        let probe = try ends.migrate(size: bytes, dirtyRate: 0, hot: hot, limit: .milliseconds(300), connections: connections, deadline: dl)
-        guard probe.completed, let first = probe.rounds.first, first.durationMs > 0 else {
-            throw ValidationError("the probe migration failed: \(probe.error ?? "?")")
+        // The bandwidth the fractions refer to: migrations with no dirtying, measured here (the
+        // bulk round's sent_bytes over its duration: the page-granular figures). Two of them,
+        // the faster counts: the first also warms the page cache and the binaries, and other
+        // load on the machine only ever slows a round down.
+        var bandwidth = 0.0
+        for _ in 0 ..< 2 {
+            let probe = try ends.migrate(size: bytes, dirtyRate: 0, hot: hot, limit: .milliseconds(300), connections: connections, deadline: dl)
+            guard probe.completed, let first = probe.rounds.first, first.durationMs > 0 else {
+                throw ValidationError("the probe migration (no dirtying) failed: \(probe.error ?? "?")")
+            }
+            bandwidth = max(bandwidth, first.sentBytes / (first.durationMs / 1000))
         }
-        let bandwidth = first.sentBytes / (first.durationMs / 1000)
         let where_ = net?.description ?? "loopback"
         var rows: [[String: Any]] = []
         if !json {
