@@ -188,8 +188,10 @@ struct Ends {
         struct Round {
             var dirtyBytes: Double, sentBytes: Double, wireBytes: Double, remainingBytes: Double
             var durationMs: Double, predictedMs: Double?
+            var extents: Double = 0, remainingExtents: Double = 0
             var json: [String: Any] {
                 ["dirty_bytes": dirtyBytes, "sent_bytes": sentBytes, "wire_bytes": wireBytes, "remaining_bytes": remainingBytes,
+                 "extents": extents, "remaining_extents": remainingExtents,
                  "duration_ms": durationMs, "predicted_downtime_ms": predictedMs ?? -1]
             }
         }
@@ -266,7 +268,8 @@ struct Ends {
             func n(_ k: String) -> Double { (r[k] as? NSNumber)?.doubleValue ?? 0 }
             return Run.Round(dirtyBytes: n("dirty_bytes"), sentBytes: n("sent_bytes"), wireBytes: n("wire_bytes"),
                              remainingBytes: n("remaining_bytes"), durationMs: n("duration_ms"),
-                             predictedMs: (r["predicted_downtime_ms"] as? NSNumber)?.doubleValue)
+                             predictedMs: (r["predicted_downtime_ms"] as? NSNumber)?.doubleValue,
+                             extents: n("extents"), remainingExtents: n("remaining_extents"))
         }
         func num(_ k: String) -> Double? { (j[k] as? NSNumber)?.doubleValue }
         let completed = j["status"] as? String == "completed" && receiver.terminationStatus == 0

@@ -149,6 +149,8 @@ extension SourceRun {
                                      bandwidth: scheduler.bandwidthBytesPerSecond, predictedDowntime: scheduler.predictedDowntime,
                                      duration: duration, unthrottledProbe: plan.probe)
         result.remainingBytes = dirty
+        result.extents = UInt64(planned.extents.count)
+        result.remainingExtents = scheduler.remainingExtents
         result.startedAt = roundStart - start
         result.endedAt = roundStart + duration - start
         result.harvestInterval = lastHarvest.map { harvestAt - $0 }
