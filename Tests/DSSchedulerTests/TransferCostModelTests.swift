@@ -64,6 +64,31 @@ import Testing
         #expect(try #require(m.transferTime(bytes: 40 * MiB, extents: 0)) == max(cpu, wire))
     }
 
+    /// The latest round ran 1.5× slower than the fit says (the machine got busier): the CPU time
+    /// of what remains is scaled by that, within 0.5...2.
+    @Test func latestRoundScalesTheCPUTime() throws {
+        var m = TransferCostModel()
+        m.record(Self.sample(extents: 512, bytes: 512 * MiB))
+        m.record(Self.sample(extents: 20_000, bytes: 80 * MiB))
+        m.record(Self.sample(extents: 9_000, bytes: 36 * MiB))
+        #expect(approx(m.loadFactor, 1, tolerance: 1e-4))
+        let perExtent = m.perExtent, perByte = try #require(m.perByte)
+        var slow = Self.sample(extents: 8_000, bytes: 30 * MiB)
+        slow.duration = slow.duration * 1.5
+        m.record(slow)
+        let fitted = m.perExtent * 8_000 + m.perByte! * Double(30 * MiB)
+        #expect(approx(m.loadFactor, slow.duration.seconds / fitted))
+        #expect(m.loadFactor > 1.2 && m.loadFactor < 1.5)
+        let t = try #require(m.cpuTime(bytes: 20 * MiB, extents: 5_000))
+        #expect(abs(t.seconds - m.loadFactor * (m.perExtent * 5_000 + m.perByte! * Double(20 * MiB))) < 1e-9)
+        #expect(perExtent > 0 && perByte > 0)
+        // An outlier ten times slower counts as twice.
+        var outlier = Self.sample(extents: 8_000, bytes: 30 * MiB)
+        outlier.duration = outlier.duration * 10
+        m.record(outlier)
+        #expect(m.loadFactor == 2)
+    }
+
     @Test func keepsTheBulkRoundAndTheLatestWindow() {
         var m = TransferCostModel(window: 2)
         for i in 1 ... 5 { m.record(Self.sample(extents: UInt64(i * 1000), bytes: UInt64(i) * MiB)) }
