@@ -15,6 +15,21 @@ final class ManualClock: Sendable {
     var function: @Sendable () -> Duration { { [self] in now } }
 }
 
+/// Zeroed, page-aligned memory for a bare `DirtyingWorkload`, with one dirty bit per page; freed
+/// with the object (keep it alive until the workload has stopped).
+final class WorkloadMemory {
+    let size: Int
+    let base: UnsafeMutableRawPointer
+    let bitmap: AtomicBitmap
+    init(size: Int) {
+        self.size = size
+        base = .allocate(byteCount: size, alignment: 4096)
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+        bitmap = AtomicBitmap(bitCount: size / 4096)
+    }
+    deinit { base.deallocate() }
+}
+
 /// Waits (up to 60 s of real time, for a loaded machine) until `value()` reaches `target`, then a
 /// little longer to see that it does not go past it.
 private func settle(_ value: () -> UInt64, at target: UInt64) -> UInt64 {
@@ -78,15 +93,11 @@ private func settle(_ value: () -> UInt64, at target: UInt64) -> UInt64 {
     // MARK: The workload thread, driven by a manual clock
 
     @Test func workloadWritesItsRateByItsClock() throws {
-        let size = 4 << 20
-        let memory = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
-        defer { memory.deallocate() }
-        memory.initializeMemory(as: UInt8.self, repeating: 0, count: size)
-        let bitmap = AtomicBitmap(bitCount: size / 4096)
+        let memory = WorkloadMemory(size: 4 << 20)
         let clock = ManualClock()
         let rate: UInt64 = 64 << 20  // 16384 pages per second
-        let w = try DirtyingWorkload(base: memory, size: UInt64(size), rate: rate, hotFraction: 1, seed: 9,
-                                     bitmap: bitmap, chunkShift: 12, clock: clock.function)
+        let w = try DirtyingWorkload(base: memory.base, size: UInt64(memory.size), rate: rate, hotFraction: 1, seed: 9,
+                                     bitmap: memory.bitmap, chunkShift: 12, clock: clock.function)
         defer { w.stop() }
         let written = { w.pagesWritten.load(ordering: .relaxed) }
         w.resume()
