@@ -131,12 +131,12 @@ struct MigrationSweep: ParsableCommand {
             row["sent_within_tolerance_of_dirty"] = sentOK
             large = row
             if !json {
-                print("\n| round | dirty | sent | wire | sent − dirty | duration | remaining after |")
-                print("|---|---|---|---|---|---|---|")
+                print("\n| round | dirty | sent | wire | sent − dirty | extents | duration | remaining after |")
+                print("|---|---|---|---|---|---|---|---|")
                 for (i, x) in r.rounds.enumerated() {
                     let diff = x.dirtyBytes > 0 ? String(format: "%+.1f%%", (x.sentBytes - x.dirtyBytes) / x.dirtyBytes * 100) : "-"
-                    print(String(format: "| %d | %@ | %@ | %@ | %@ | %.1f ms | %@ |", i + 1, Format.bytes(UInt64(x.dirtyBytes)),
-                                 Format.bytes(UInt64(x.sentBytes)), Format.bytes(UInt64(x.wireBytes)), diff, x.durationMs,
+                    print(String(format: "| %d | %@ | %@ | %@ | %@ | %.0f | %.1f ms | %@ |", i + 1, Format.bytes(UInt64(x.dirtyBytes)),
+                                 Format.bytes(UInt64(x.sentBytes)), Format.bytes(UInt64(x.wireBytes)), diff, x.extents, x.durationMs,
                                  Format.bytes(UInt64(x.remainingBytes))))
                 }
                 print(String(format: "large device: %@; every round after the first sent within %.1f%% of its dirty bytes (tolerance %.0f%%): %@",
