@@ -135,7 +135,7 @@ package struct PrecopyScheduler: Sendable {
         roundWireBytes &+= wireBytes
         totalSentBytes &+= bytes
         totalWireBytes &+= wireBytes
-        if let extents, isUnthrottled(round: iteration) && (iteration > 1 || configuration.maxBandwidth == nil) {
+        if let extents, isUnthrottled(round: iteration) {
             costModel.record(.init(extents: extents, sentBytes: bytes, wireBytes: wireBytes, duration: duration))
         }
         guard iteration > 1, let rate = Self.rate(bytes: bytes, over: duration) else { return }
