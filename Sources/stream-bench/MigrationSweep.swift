@@ -41,8 +41,11 @@ struct MigrationSweep: ParsableCommand {
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
-        let bytes = try SizeParsing.parse(size)
-        let largeBytes = try SizeParsing.parse(largeSize)
+        func sizeOption(_ value: String, _ name: String) throws -> UInt64 {
+            do { return try SizeParsing.parse(value) } catch { throw ValidationError("\(name): \(error)") }
+        }
+        let bytes = try sizeOption(size, "--size")
+        let largeBytes = try sizeOption(largeSize, "--large-size")
         var fractions: [Double] = []
         for item in dirtyFractions.split(separator: ",") {
             guard let f = Double(item), f >= 0, f.isFinite else {
