@@ -84,8 +84,10 @@ package final class AtomicBitmap: @unchecked Sendable {
 /// computed in integers (no drift from rounding), with nothing forgiven: a writer that was held
 /// off the CPU for a while writes what fell due as soon as it runs again. (An earlier version
 /// capped the debt at 50 ms of writes and so fell short of its rate on a loaded machine.) Running
-/// time accrues only while the device runs (`start`/`stop` of a stretch); so after any running
-/// time `t` the bytes written are within one page of `rate × t`, whatever the clock's steps.
+/// time accrues only while the device runs (`start`/`stop` of a stretch); so a `take` at running
+/// time `t` brings the pages handed out to `floor(rate × t / 4 KiB)`, within one page of
+/// `rate × t`, whatever the clock's steps. (When the device stops, what fell due since the
+/// writer's last tick is handed out after it runs again.)
 package struct DirtySchedule: Sendable, Equatable {
     package static let pageSize: UInt64 = 4096
     /// Bytes of pages per second of running time.
@@ -117,8 +119,8 @@ package struct DirtySchedule: Sendable, Equatable {
 
     /// Pages due by `floor(rate × running / 4 KiB)` for a running time `running`.
     package func pagesDue(running: Duration) -> UInt64 {
+        guard running > .zero else { return 0 }
         let (sec, atto) = running.components
-        guard sec >= 0 || atto >= 0, running > .zero else { return 0 }
         let ns = UInt64(sec) &* 1_000_000_000 &+ UInt64(atto / 1_000_000_000)
         // rate × ns / (4096 × 10⁹), in 128 bits: no overflow for any rate and any run shorter
         // than centuries.
@@ -148,7 +150,7 @@ package struct DirtySchedule: Sendable, Equatable {
 /// with ~90% of the pages in a contiguous hot region of `hotFraction` of the memory, and sets the
 /// page's bit in `bitmap` (bit = page offset >> `chunkShift`) after writing it. With
 /// `hotFraction` 1 every page is drawn uniformly from the whole memory (scattered dirtying).
-/// `pagesWritten` and `runningTime` let a caller check the rate against the device's own clock.
+/// `pagesWritten` and `progress` let a caller check the rate against the workload's own clock.
 package final class DirtyingWorkload: DeviceActivity, @unchecked Sendable {
     // Invariant: `cond` guards active/shutdown/idle/exited and `schedule`. The thread writes
     // memory only while `idle` is false, and sets `idle` to false only while `active` is true

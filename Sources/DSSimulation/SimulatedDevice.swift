@@ -10,8 +10,9 @@
 ///   profile and seed; while it is in a running state (RUNNING, PRE_COPY and their P2P forms) a
 ///   `DirtyingWorkload` thread writes `dirty-rate` bytes per second of 4 KiB pages: bytes of pages
 ///   written (rewrites of a dirty page count again) per second of running time, as a pure function
-///   of the workload's clock (`DirtySchedule`), so a run's total is within a page of
-///   rate × running time however the threads were scheduled. The workload is paused and quiesced (no write after `setState` returns) when the device leaves the running
+///   of the workload's clock (`DirtySchedule`), so at each of its ~1 ms ticks the total is within
+///   a page of rate × running time however the threads were scheduled (when the device stops,
+///   short by at most what fell due since the last tick). The workload is paused and quiesced (no write after `setState` returns) when the device leaves the running
 ///   states and resumes when it enters one again.
 /// - A destination (`init(destinationSize:)`) starts empty (zeros) in RESUMING, with no workload.
 ///
