@@ -99,6 +99,8 @@ package final class Ring {
     package var faultInjector: FaultInjector?
     private var inFlight = 0
     private var nextOperationID: UInt64 = 0
+    /// `writeScattered`'s pieces in flight: bytes, offset, bytes written, done. Reused.
+    private var scatterPending: [(bytes: UnsafeRawBufferPointer, offset: UInt64, written: Int, done: Bool)] = []
     /// The timeout of the operation being performed, for the blocking backend's poll.
     private var blockingTimeout: Duration?
     /// user_data values at or above this are the ring's own (cancellations).
@@ -369,6 +371,56 @@ package final class Ring {
             done += n
         }
     }
+
+    /// Writes pieces of one registered slot (or plain memory) at their offsets, many in flight at
+    /// once: `body` calls `add(bytes, offset)` for each piece, in order. Up to
+    /// `Ring.scatterDepth` writes go to the kernel per `io_uring_enter` instead of one, which is
+    /// what a `pages` frame of isolated 4 KiB extents needs; a short write is resumed piece by
+    /// piece (`writeAll`). Every write has completed when this returns or throws (the first
+    /// error, after the rest were reaped). Allocates nothing once `scatterPending` has grown.
+    package func writeScattered(fd: Int32, slot: Int?,
+                                _ body: (_ add: (UnsafeRawBufferPointer, UInt64) -> Void) -> Void) throws(Errno) {
+        scatterPending.removeAll(keepingCapacity: true)
+        var failure: Errno?
+        var inFlightHere = 0
+        var base: UInt64 = 0
+        func reap() {
+            guard inFlightHere > 0 else { return }
+            var c: Completion
+            do { c = try wait() } catch { failure = failure ?? error; inFlightHere = 0; cancelAll(); return }
+            guard c.userData >= base, c.userData < base + UInt64(scatterPending.count) else { return }  // a stale one
+            inFlightHere -= 1
+            let i = Int(c.userData - base)
+            switch c.result {
+            case .success(let n) where n == scatterPending[i].bytes.count: scatterPending[i].done = true
+            case .success(let n) where n > 0: scatterPending[i].written = n
+            case .success: failure = failure ?? Errno(rawValue: EIO)
+            case .failure(let e) where e == .interrupted || e == .wouldBlock: break  // resumed below
+            case .failure(let e): failure = failure ?? e
+            }
+        }
+        nextOperationID &+= 1
+        if nextOperationID >= Ring.internalUserData - 1 << 32 { nextOperationID = 1 }
+        base = nextOperationID
+        body { bytes, offset in
+            guard failure == nil, !bytes.isEmpty else { return }
+            while inFlightHere >= Ring.scatterDepth { reap() }
+            let id = base + UInt64(scatterPending.count)
+            scatterPending.append((bytes, offset, 0, false))
+            blockingTimeout = nil
+            submit(.write(fd: fd, buffer: bytes, offset: offset, slot: slot), userData: id)
+            inFlightHere += 1
+        }
+        while inFlightHere > 0 { reap() }
+        nextOperationID = base + UInt64(scatterPending.count)
+        if let failure { throw failure }
+        for p in scatterPending where !p.done {
+            try writeAll(fd: fd, UnsafeRawBufferPointer(rebasing: p.bytes[p.written...]), offset: p.offset + UInt64(p.written), slot: slot)
+        }
+    }
+
+    /// How many scattered writes one `writeScattered` keeps in flight (within the ring's 64 entries).
+    static let scatterDepth = 32
 
     /// Sends all of `buffer`, resuming short sends (`SocketSend.sendAll` through this ring). One
     /// send is in flight at a time, so sends on one socket cannot reorder.

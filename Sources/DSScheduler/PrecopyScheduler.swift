@@ -29,7 +29,11 @@
 /// fixed switchover costs (device stop transition, config state transfer,
 /// destination resume, one round trip; conservative configured defaults
 /// until measured) plus the remaining bytes (dirty plus stop-copy-only, over
-/// all devices) divided by the effective bandwidth. The scheduler switches
+/// all devices) divided by the effective bandwidth; once rounds report the
+/// extents they sent, the time to move what remains comes instead from the
+/// transfer model (`TransferCostModel`: per-extent and per-byte CPU time,
+/// fitted over the rounds, apart from wire time at the dirty pages'
+/// compressibility; the longer counts). The scheduler switches
 /// over once the prediction is within the downtime limit (less
 /// `predictionMargin`), rests on `minimumBandwidthSamples` samples, and every
 /// registered device has acknowledged that its initial data is loaded
@@ -72,7 +76,11 @@ package struct PrecopyScheduler: Sendable {
     package private(set) var measuredFixedCosts: [FixedCost: Duration] = [:]
     package private(set) var registeredDevices: Set<Int>
     package private(set) var acknowledgedDevices: Set<Int> = []
+    /// The transfer model (CPU time apart from wire time), fed by rounds that report their
+    /// extents; until one does, the prediction is remaining bytes over the bandwidth.
+    package private(set) var costModel = TransferCostModel()
     private var dirtyByDevice: [Int: UInt64] = [:]
+    private var extentsByDevice: [Int: UInt64] = [:]
     private var stopCopyOnlyByDevice: [Int: UInt64] = [:]
 
     /// Rounds closed by `nextAction` so far.
@@ -117,11 +125,19 @@ package struct PrecopyScheduler: Sendable {
     /// wire) in `duration`. Every round counts in the totals; from round 2 on it feeds
     /// `senderRate`, and `linkCapacity` too when it ran unthrottled (no `maxBandwidth`, or
     /// it was the last probe).
-    package mutating func recordRound(iteration: Int, bytes: UInt64, wireBytes: UInt64, duration: Duration) {
+    ///
+    /// With `extents` (the extents its `pages` frames carried), an unthrottled round, round 1
+    /// included (its bulk copy pins the per-byte cost), also feeds the transfer model
+    /// (`TransferCostModel`), which then makes the prediction.
+    package mutating func recordRound(iteration: Int, bytes: UInt64, wireBytes: UInt64, duration: Duration,
+                                      extents: UInt64? = nil) {
         roundSentBytes &+= bytes
         roundWireBytes &+= wireBytes
         totalSentBytes &+= bytes
         totalWireBytes &+= wireBytes
+        if let extents, isUnthrottled(round: iteration) {
+            costModel.record(.init(extents: extents, sentBytes: bytes, wireBytes: wireBytes, duration: duration))
+        }
         guard iteration > 1, let rate = Self.rate(bytes: bytes, over: duration) else { return }
         senderRate = smooth(senderRate, rate, over: duration)
         if isUnthrottled(round: iteration) {
@@ -153,8 +169,10 @@ package struct PrecopyScheduler: Sendable {
 
     /// A device's current dirty bytes (what its next round sends) and the bytes it can only
     /// send during stop-copy. Replaces the device's previous values.
-    package mutating func updateRemaining(deviceID: Int, dirtyBytes: UInt64, stopCopyOnlyBytes: UInt64 = 0) {
+    /// `extents`: the extents its dirty bytes make (for the transfer model; 0 for a stream).
+    package mutating func updateRemaining(deviceID: Int, dirtyBytes: UInt64, stopCopyOnlyBytes: UInt64 = 0, extents: UInt64 = 0) {
         dirtyByDevice[deviceID] = dirtyBytes
+        extentsByDevice[deviceID] = extents
         stopCopyOnlyByDevice[deviceID] = stopCopyOnlyBytes
     }
 
@@ -186,12 +204,21 @@ package struct PrecopyScheduler: Sendable {
         return c
     }
 
-    /// Fixed costs + remaining / bandwidth; nil while bandwidth is unknown
-    /// (or zero) and something remains.
+    /// Extents of the remaining dirty bytes, over all devices.
+    package var remainingExtents: UInt64 { extentsByDevice.values.reduce(0, &+) }
+
+    /// Fixed costs + the time to move what remains; nil while nothing has been measured and
+    /// something remains. With the transfer model fed (rounds that report extents), that time is
+    /// the model's (CPU time apart from wire time), or the remaining bytes at the destination's
+    /// load rate if that is longer; otherwise it is remaining / bandwidth.
     package var predictedDowntime: Duration? {
         let fixed = fixedCosts.total
         let remaining = remainingBytes
         if remaining == 0 { return fixed }
+        if let model = costModel.transferTime(bytes: remaining, extents: remainingExtents) {
+            let receiver = receiverRate.flatMap { $0 > 0 ? durationFromSeconds(Double(remaining) / $0) : nil } ?? .zero
+            return fixed + max(model, receiver)
+        }
         guard let bw = bandwidthBytesPerSecond, bw > 0 else { return nil }
         return fixed + durationFromSeconds(Double(remaining) / bw)
     }

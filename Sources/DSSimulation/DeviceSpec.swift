@@ -8,7 +8,9 @@
 ///
 /// Sizes follow the one size grammar of the project (`SizeParsing`, as `--max-bandwidth` and
 /// `--chunk-size` do): binary units, `4K`, `64M`, `1G`, `1.5G`, `10MiB`, or plain bytes (`1024`),
-/// a whole number of bytes; a rate may end in `/s`. Percentages are `10%` or a fraction `0.1`.
+/// a whole number of bytes; a rate may end in `/s`. A `sim:` `dirty-rate` is bytes of 4 KiB pages
+/// written per second while the device runs, each page write counted whole, rewrites included
+/// (`DirtySchedule`). Percentages are `10%` or a fraction `0.1`.
 
 import DSDevices
 import DSSupport
@@ -164,10 +166,16 @@ public struct DeviceSpec: Sendable, Equatable, CustomStringConvertible {
     /// Opens the device as a migration source (a `sim`/`vfio-emu` source starts in RUNNING with its
     /// content and workload; a file is opened read-only).
     public func makeSource() throws(DeviceError) -> any MigratableDevice {
+        try makeSource(workloadClock: { Monotonic.now })
+    }
+
+    /// `makeSource()`, with a `sim:` device's workload keeping time by `workloadClock`.
+    package func makeSource(workloadClock: @escaping @Sendable () -> Duration) throws(DeviceError) -> any MigratableDevice {
         switch kind {
         case .sim(let o):
             return try SimulatedDevice(size: o.size, dirtyRate: o.dirtyRate, hotFraction: o.hotFraction,
-                                       profile: o.profile, seed: o.seed, chunkSize: o.chunkSize, spec: text)
+                                       profile: o.profile, seed: o.seed, chunkSize: o.chunkSize, spec: text,
+                                       workloadClock: workloadClock)
         case .vfioEmu(let o):
             return try EmulatedVFIODevice(size: o.size, dirtyRate: o.dirtyRate, seed: o.seed, spec: text)
         case .file(let path):

@@ -8,8 +8,11 @@
 ///
 /// - A source (`init(size:...)`) starts in RUNNING, filled with `ContentGenerator` content of its
 ///   profile and seed; while it is in a running state (RUNNING, PRE_COPY and their P2P forms) a
-///   `DirtyingWorkload` thread writes `dirty-rate` bytes per second of 4 KiB pages. The workload is
-///   paused and quiesced (no write after `setState` returns) when the device leaves the running
+///   `DirtyingWorkload` thread writes `dirty-rate` bytes per second of 4 KiB pages: bytes of pages
+///   written (rewrites of a dirty page count again) per second of running time, as a pure function
+///   of the workload's clock (`DirtySchedule`), so at each of its ~1 ms ticks the total is within
+///   a page of rate × running time however the threads were scheduled (when the device stops,
+///   short by at most what fell due since the last tick). The workload is paused and quiesced (no write after `setState` returns) when the device leaves the running
 ///   states and resumes when it enters one again.
 /// - A destination (`init(destinationSize:)`) starts empty (zeros) in RESUMING, with no workload.
 ///
@@ -66,13 +69,22 @@ public final class SimulatedDevice: AddressableDevice, @unchecked Sendable {
     private let chunkCount: Int
 
     /// A source device: content of `profile`/`seed`, in RUNNING, dirtied at `dirtyRate` bytes/s.
-    public init(size: UInt64, dirtyRate: UInt64 = 0, hotFraction: Double = 0.1, profile: ContentProfile = .mixed,
-                seed: UInt64 = 1, chunkSize: Int = 4 << 10, spec: String? = nil) throws(DeviceError) {
+    public convenience init(size: UInt64, dirtyRate: UInt64 = 0, hotFraction: Double = 0.1, profile: ContentProfile = .mixed,
+                            seed: UInt64 = 1, chunkSize: Int = 4 << 10, spec: String? = nil) throws(DeviceError) {
+        try self.init(size: size, dirtyRate: dirtyRate, hotFraction: hotFraction, profile: profile, seed: seed,
+                      chunkSize: chunkSize, spec: spec, workloadClock: { Monotonic.now })
+    }
+
+    /// A source device whose workload keeps time by `workloadClock` (tests drive it to check the
+    /// dirty rate without depending on the machine's timing).
+    package init(size: UInt64, dirtyRate: UInt64 = 0, hotFraction: Double = 0.1, profile: ContentProfile = .mixed,
+                 seed: UInt64 = 1, chunkSize: Int = 4 << 10, spec: String? = nil,
+                 workloadClock: @escaping @Sendable () -> Duration) throws(DeviceError) {
         let text = spec ?? "sim:size=\(size),dirty-rate=\(dirtyRate),hot=\(hotFraction),profile=\(profile.rawValue),seed=\(seed),chunk=\(chunkSize)"
         let (fd, base) = try Self.makeMapping(size: size, chunkSize: chunkSize, spec: text)
         self.fd = fd
         memory = try SimulatedMemory(base: base, size: size, chunkSize: chunkSize, content: profile, seed: seed,
-                                 dirtyRate: dirtyRate, hotFraction: hotFraction) { Self.unmap(fd, base, size) }
+                                 dirtyRate: dirtyRate, hotFraction: hotFraction, clock: workloadClock) { Self.unmap(fd, base, size) }
         self.spec = text
         self.size = size
         trackingChunkSize = chunkSize
@@ -231,6 +243,15 @@ public final class SimulatedDevice: AddressableDevice, @unchecked Sendable {
 
     public func close() {
         core.close { _ in memory.release() }
+    }
+
+    /// The workload's running time and the bytes of pages it has written for it (4 KiB a page
+    /// write, rewrites included: what `dirty-rate` counts); nil without a workload.
+    /// Pages the workload has written so far (its generation).
+    package var pagesWritten: UInt64 { memory.generation }
+
+    package var workloadProgress: (running: Duration, bytes: UInt64)? {
+        memory.workload.map { w in let p = w.progress; return (p.running, p.pages * DirtySchedule.pageSize) }
     }
 
     /// Test hook: writes `bytes` at `offset` the way the device would (through its mapping) and

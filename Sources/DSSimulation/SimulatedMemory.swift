@@ -1,4 +1,5 @@
 import DSDevices
+import DSSupport
 
 /// The state memory of a simulated device (`sim:`, `vfio-emu:`): `size` bytes filled with
 /// seeded content, a dirty bitmap with one bit per tracking chunk, and the workload that dirties
@@ -19,7 +20,8 @@ final class SimulatedMemory: @unchecked Sendable {
     /// `seed`; with a `dirtyRate`, starts a workload, already resumed (a source starts RUNNING).
     /// - Throws: when the workload cannot start; the memory is released (`free`) first.
     init(base: UnsafeMutableRawPointer, size: UInt64, chunkSize: Int, content: ContentProfile?, seed: UInt64,
-         dirtyRate: UInt64, hotFraction: Double, free: @escaping () -> Void) throws(DeviceError) {
+         dirtyRate: UInt64, hotFraction: Double, clock: @escaping @Sendable () -> Duration = { Monotonic.now },
+         free: @escaping () -> Void) throws(DeviceError) {
         self.base = base
         self.size = size
         self.free = free
@@ -30,7 +32,7 @@ final class SimulatedMemory: @unchecked Sendable {
         if dirtyRate > 0 {
             do {
                 workload = try DirtyingWorkload(base: base, size: size, rate: dirtyRate, hotFraction: hotFraction, seed: seed,
-                                                bitmap: bitmap, chunkShift: chunkSize.trailingZeroBitCount)
+                                                bitmap: bitmap, chunkShift: chunkSize.trailingZeroBitCount, clock: clock)
             } catch {
                 free()
                 throw error

@@ -12,6 +12,10 @@ public struct IterationReport: Sendable {
     public var dirtyBytes: UInt64
     /// Bytes still dirty when the round ended (what the next round would send).
     public var remainingBytes: UInt64 = 0
+    /// Extents the round's `pages` frames carried (a run of dirty pages is one, split where a
+    /// frame ends), and about how many the remaining bytes make: the transfer model's inputs.
+    public var extents: UInt64 = 0
+    public var remainingExtents: UInt64 = 0
     /// When the round started and ended, since the migration started.
     public var startedAt: Duration = .zero
     public var endedAt: Duration = .zero
@@ -94,7 +98,8 @@ public struct MigrationReport: Sendable {
             },
             "rounds": rounds.map { r -> [String: Any] in
                 ["iteration": r.iteration, "sent_bytes": r.sentBytes, "dirty_bytes": r.dirtyBytes, "wire_bytes": r.wireBytes,
-                 "remaining_bytes": r.remainingBytes, "started_ms": ms(r.startedAt), "ended_ms": ms(r.endedAt),
+                 "remaining_bytes": r.remainingBytes, "extents": r.extents, "remaining_extents": r.remainingExtents,
+                 "started_ms": ms(r.startedAt), "ended_ms": ms(r.endedAt),
                  "harvest_interval_ms": ms(r.harvestInterval),
                  "bandwidth_bytes_per_sec": r.bandwidth.map { $0.rounded() } ?? NSNullLike.null,
                  "predicted_downtime_ms": ms(r.predictedDowntime), "duration_ms": ms(r.duration),

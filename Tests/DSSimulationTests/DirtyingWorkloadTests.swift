@@ -7,11 +7,8 @@ import DSTestSupport
     /// Paused, the workload writes nothing; resumed, it writes and marks pages; stopped, its
     /// thread is joined and the workload freed (the thread's closure held it).
     @Test func pauseResumeAndStop() throws {
-        let size = 1 << 20
-        let memory = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
-        defer { memory.deallocate() }
-        memory.initializeMemory(as: UInt8.self, repeating: 0, count: size)
-        let bitmap = AtomicBitmap(bitCount: size / 4096)
+        let pages = WorkloadMemory(size: 1 << 20)
+        let size = pages.size, memory = pages.base, bitmap = pages.bitmap
         weak var gone: DirtyingWorkload?
         do {
             let workload = try DirtyingWorkload(base: memory, size: UInt64(size), rate: 64 << 20, hotFraction: 0.5, seed: 3,

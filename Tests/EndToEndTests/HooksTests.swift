@@ -115,6 +115,14 @@ import DSScheduler
         #expect(third.items.isEmpty && third.harvestedBytes == 0)
     }
 
+    /// Runs of adjacent tracking chunks: the extents a plan makes before frame boundaries split them.
+    @Test func runsOfDirtyChunks() {
+        #expect(DeviceSaver.runs(of: []) == 0)
+        #expect(DeviceSaver.runs(of: [5]) == 1)
+        #expect(DeviceSaver.runs(of: [0, 1, 2, 4, 5, 9]) == 3)
+        #expect(DeviceSaver.runs(of: [1, 3, 5, 7]) == 4)
+    }
+
     /// pending: the estimate counts dirty pages; the exact figure is what the next plan sends.
     @Test func pendingEstimateAndExact() throws {
         let src = try SimulatedDevice(size: 8 << 20, dirtyRate: 0, profile: .random, seed: 2)
@@ -132,6 +140,8 @@ import DSScheduler
         src.simulateDeviceWrite(at: (1 << 20) + 8192, [2])
         #expect(try saver.pendingEstimate().precopy == 8192)
         #expect(try saver.pending(chunkSize: 1 << 20).precopy == 8192)
+        // Two runs of one page each: two extents (and no frame boundary inside 8 KiB).
+        #expect(try saver.pending(chunkSize: 1 << 20).extents == 2)
         var next = RoundPlanItems()
         try saver.plan(chunkSize: 1 << 20, into: &next)
         #expect(next.items == [.pages(device: 0, extents: 0..<2)])

@@ -84,18 +84,32 @@ package final class DeviceSaver: @unchecked Sendable {
         return (info.initialBytes + info.dirtyBytes, 0)
     }
 
-    /// state_pending_exact: (bytes the next round would send, bytes only stop-copy can move).
-    /// For addressable devices it plans the round on a copy of the dirty bitmap, gaps closed.
-    package func pending(chunkSize: Int) throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64) {
-        if !supportsPrecopy { return (0, try device.stopCopySize()) }
+    /// state_pending_exact: (bytes the next round would send, bytes only stop-copy can move, and
+    /// about how many extents the next round's frames would carry: the runs of adjacent dirty
+    /// chunks plus one per frame, as a frame boundary splits a run; 0 for a stream).
+    /// For addressable devices it reads a copy of the dirty bitmap, without taking it.
+    package func pending(chunkSize: Int) throws(DeviceError) -> (precopy: UInt64, stopCopyOnly: UInt64, extents: UInt64) {
+        if !supportsPrecopy { return (0, try device.stopCopySize(), 0) }
         if let a = device as? any AddressableDevice {
             // Exactly what the next plan would send: the dirty chunks, nothing between them.
             chunks.removeAll(keepingCapacity: true)
             try a.peekDirtyChunks(into: &chunks)
-            return (Self.bytes(of: chunks, trackingChunk: UInt64(a.trackingChunkSize), size: a.size), 0)
+            let bytes = Self.bytes(of: chunks, trackingChunk: UInt64(a.trackingChunkSize), size: a.size)
+            return (bytes, 0, Self.runs(of: chunks) + bytes / UInt64(max(chunkSize, 1)))
         }
         let info = try device.precopyInfo()
-        return (info.initialBytes + info.dirtyBytes, 0)
+        return (info.initialBytes + info.dirtyBytes, 0, 0)
+    }
+
+    /// Runs of consecutive indices in ascending tracking chunk indices (as the bitmap yields them).
+    static func runs(of chunks: [UInt64]) -> UInt64 {
+        var n: UInt64 = 0
+        var last: UInt64?
+        for c in chunks {
+            if last.map({ c != $0 + 1 }) ?? true { n += 1 }
+            last = c
+        }
+        return n
     }
 
     /// Plans one round (save_live_iterate, or the stop-copy round): the dirty ranges of an

@@ -136,7 +136,8 @@ extension SourceRun {
         try onChannel0 { ch throws(TransferError) in try ch.sendControl(.ping, position: pingAt) }
         report.precopyBytes += bytes
         report.iterations = iteration
-        scheduler.recordRound(iteration: iteration, bytes: bytes, wireBytes: wire, duration: duration)
+        scheduler.recordRound(iteration: iteration, bytes: bytes, wireBytes: wire, duration: duration,
+                              extents: UInt64(planned.extents.count))
         let dirty = try feed(&scheduler)
         let action = scheduler.nextAction(now: Instant(nanoseconds: Monotonic.nanoseconds))
         trace(round: plan, bytes: bytes, wire: wire, duration: duration, scheduler: scheduler)
@@ -148,6 +149,8 @@ extension SourceRun {
                                      bandwidth: scheduler.bandwidthBytesPerSecond, predictedDowntime: scheduler.predictedDowntime,
                                      duration: duration, unthrottledProbe: plan.probe)
         result.remainingBytes = dirty
+        result.extents = UInt64(planned.extents.count)
+        result.remainingExtents = scheduler.remainingExtents
         result.startedAt = roundStart - start
         result.endedAt = roundStart + duration - start
         result.harvestInterval = lastHarvest.map { harvestAt - $0 }
@@ -182,9 +185,9 @@ extension SourceRun {
         scheduler.updateRemaining(deviceID: Self.externalDeviceID, dirtyBytes: 0, stopCopyOnlyBytes: control.externalPendingBytes)
         var dirty: UInt64 = 0
         for s in savers {
-            let p: (precopy: UInt64, stopCopyOnly: UInt64)
+            let p: (precopy: UInt64, stopCopyOnly: UInt64, extents: UInt64)
             do throws(DeviceError) { p = try s.pending(chunkSize: options.chunkSize) } catch { throw device(error) }
-            scheduler.updateRemaining(deviceID: s.id, dirtyBytes: p.precopy, stopCopyOnlyBytes: p.stopCopyOnly)
+            scheduler.updateRemaining(deviceID: s.id, dirtyBytes: p.precopy, stopCopyOnlyBytes: p.stopCopyOnly, extents: p.extents)
             dirty += p.precopy + p.stopCopyOnly
         }
         return dirty
@@ -193,6 +196,12 @@ extension SourceRun {
     func trace(round plan: RoundPlan, bytes: UInt64, wire: UInt64, duration: Duration, scheduler: PrecopyScheduler) {
         let t = Trace(start: start, on: configuration.trace, warn: warn)
         let mib = { (r: Double?) in r.map { Int($0 / 1048576) } ?? -1 }
-        t.mark("round \(plan.iteration)\(plan.probe ? " (probe)" : ""): \(bytes) bytes (\(wire) on the wire) in \(duration.milliseconds) ms; sender \(mib(scheduler.senderRate)) MiB/s, receiver \(mib(scheduler.receiverRate)) MiB/s, rtt \(feedback.roundTrip.map { $0.milliseconds } ?? -1) ms, remaining \(scheduler.remainingBytes), predicted \(scheduler.predictedDowntime.map { $0.milliseconds } ?? -1) ms")
+        t.mark("round \(plan.iteration)\(plan.probe ? " (probe)" : ""): \(bytes) bytes (\(wire) on the wire) in \(duration.milliseconds) ms; sender \(mib(scheduler.senderRate)) MiB/s, receiver \(mib(scheduler.receiverRate)) MiB/s, rtt \(feedback.roundTrip.map { $0.milliseconds } ?? -1) ms, remaining \(scheduler.remainingBytes) in ~\(scheduler.remainingExtents) extents; model \(modelSummary(scheduler.costModel)); predicted \(scheduler.predictedDowntime.map { $0.milliseconds } ?? -1) ms")
+    }
+
+    func modelSummary(_ m: TransferCostModel) -> String {
+        let us = { (x: Double) in Int((x * 1e6).rounded()) }
+        let perByte = m.perByte.map { "\(us($0 * 1048576)) µs/MiB" } ?? "-"
+        return "\(Int((m.perExtent * 1e9).rounded())) ns/extent, \(perByte), wire \(m.wireRate.map { Int($0 / 1048576) } ?? -1) MiB/s at ratio \(m.wireRatio ?? -1)"
     }
 }
