@@ -84,7 +84,7 @@ struct Throughput: ParsableCommand {
         // Every measurement of a round runs back to back, so each ratio compares runs made under
         // the same load (this machine is shared and noisy); medians are taken per measurement
         // and the ratios are the medians of the per-round (paired) ratios.
-        var ours: [Bench.Run] = [], base: [Double] = [], encrypted: [Bench.Run] = []
+        var ours: [Bench.Run] = [], base: [Double] = [], encrypted: [Bench.Run] = [], floor: [Double] = []
         var piped = [Bench.Pipeline: [Bench.PipeRun]]()
         for _ in 0..<max(1, runs) {
             ours.append(try Bench.transfer(path: path, output: output, options: options))
@@ -92,6 +92,10 @@ struct Throughput: ParsableCommand {
             if compareTls { encrypted.append(try Bench.transfer(path: path, output: output, options: secured)) }
             if fileOutput { Bench.removeOutput(output) }
             base.append(try Bench.baseline(path: path))
+            if fileOutput {
+                floor.append(try Bench.copyFloor(path: path, output: output))
+                Bench.removeOutput(output)
+            }
             for p in pipelines {
                 piped[p, default: []].append(try Bench.pipeline(p, path: path, output: output))
                 if fileOutput { Bench.removeOutput(output) }
@@ -117,6 +121,11 @@ struct Throughput: ParsableCommand {
                        "acceleration": acceleration, "chunk_size": options.chunkSize, "seed": seed, "output": output,
                        "input": path],
         ]
+        let floorCPU = Output.median(floor)
+        if fileOutput {
+            result["copy_floor_cpu_seconds"] = (floorCPU * 1000).rounded() / 1000
+            result["copy_floor_cpu_seconds_per_gib"] = perGiB(floorCPU)
+        }
         let tlsMid = compareTls ? Output.median(encrypted.map { $0.throughput }) : 0
         let tlsRun = compareTls ? encrypted.sorted { $0.throughput < $1.throughput }[encrypted.count / 2] : run
         result["tls"] = compareTls ? "compare" : tls
@@ -147,6 +156,9 @@ struct Throughput: ParsableCommand {
             print("  input \(path), output \(output)")
             print(String(format: "  devstream      %10.1f MiB/s  (wire %.2fx smaller, %.2f CPU s)", mid / 1048576, Double(bytes) / Double(max(run.wireBytes, 1)), bothCPU))
             print(String(format: "  CPU s per GiB  %10.3f  (sender %.3f, receiver %.3f)", perGiB(bothCPU), perGiB(sendCPU), perGiB(recvCPU)))
+            if fileOutput {
+                print(String(format: "  copy floor     %10.3f  CPU s per GiB (pread/pwrite of the file into a fresh one, one thread)", perGiB(floorCPU)))
+            }
             if compareTls {
                 print(String(format: "  devstream+TLS  %10.1f MiB/s  (TLS 1.3 PSK, AES-128-GCM, %.2f CPU s)", tlsMid / 1048576, tlsRun.cpu))
                 print(String(format: "  TLS / plain    %10.2fx", tlsMid / mid))
@@ -237,6 +249,40 @@ enum Bench {
         let elapsed = max(sent.elapsed.seconds, received.elapsed)
         return Run(throughput: Double(sent.bytes) / elapsed, elapsed: elapsed, wireBytes: sent.wireBytes,
                    senderCPU: senderCPU, receiverCPU: received.cpu, backend: sent.backend)
+    }
+
+    /// The least CPU any file-to-file transfer pays here: one thread copies the input into a fresh
+    /// output file beside the devstream output (pread, pwrite, 1 MiB at a time), no network, no
+    /// compression, no checksum. On this VM most of it is the first touch of the output's new
+    /// pages (page allocation, and the hypervisor backing guest memory it had reclaimed), which
+    /// devstream's receiver and every pipeline's last stage pay the same way.
+    static func copyFloor(path: String, output: String) throws -> Double {
+        let src = open(path, O_RDONLY | O_CLOEXEC)
+        guard src >= 0 else { throw ValidationError("cannot open \(path)") }
+        defer { close(src) }
+        unlink(output)
+        let dst = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard dst >= 0 else { throw ValidationError("cannot write \(output)") }
+        defer { close(dst) }
+        let chunk = 1 << 20
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buf.deallocate() }
+        let cpu0 = threadCPUSeconds()
+        var off = 0
+        while true {
+            let n = pread(src, buf, chunk, off_t(off))
+            guard n > 0 else { break }
+            guard pwrite(dst, buf, n, off_t(off)) == n else { throw ValidationError("writing \(output) failed") }
+            off += n
+        }
+        return threadCPUSeconds() - cpu0
+    }
+
+    /// User plus system CPU seconds of the calling thread.
+    static func threadCPUSeconds() -> Double {
+        var ru = rusage()
+        getrusage(1 /* RUSAGE_THREAD */, &ru)
+        return Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6 + Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
     }
 
     /// A regular file (or a path where one will be made): removed between runs, so tmpfs does not

@@ -18,6 +18,12 @@ package final class DeviceLoader: @unchecked Sendable {
     private(set) var loadedPerChannel: [UInt64]
     private(set) var bytesLoaded: UInt64 = 0
     private var fd: Int32 = -1
+    /// How the load fd is written: inline for a memfd or tmpfs file (`FileIOPath`: io_uring
+    /// would punt each write to a worker thread).
+    private var path: FileIOPath = .ring
+    /// Serialises inline writes: a shmem write holds the inode lock for its whole copy and a
+    /// second channel would spin on it in the kernel (see `FileSink`); here it sleeps.
+    private let inlineWrites = ConditionLock()
 
     /// load_setup: checks the source's header against the local device and takes the
     /// device's load fd (it must be in RESUMING).
@@ -31,10 +37,21 @@ package final class DeviceLoader: @unchecked Sendable {
             guard header.kind == .addressable else { throw DeviceError(.unsupported, "device \(id): the source sends an ordered stream (\(header.spec)) but \(device.spec) is addressable") }
             guard header.size == size else { throw DeviceError(.unsupported, "device \(id): the source's \(header.spec) has \(header.size) bytes, the destination's \(device.spec) has \(size)") }
             fd = try (device as! any AddressableDevice).dataFD(for: .load)
+            path = FileIOPath.forFile(fd)
         case .orderedStream:
             guard header.kind == .orderedStream else { throw DeviceError(.unsupported, "device \(id): the source sends addressable state (\(header.spec)) but \(device.spec) takes an ordered stream") }
             guard device.state == .resuming else { throw DeviceError(.invalidState, "device \(id) (\(device.spec)) is not in RESUMING") }
         }
+    }
+
+    /// Writes `bytes` at `offset` of the load fd: through the ring, or inline one writer at a time.
+    private func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int) -> Errno? {
+        var failure: Errno?
+        func run() {
+            do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot, path: path) } catch { failure = error }
+        }
+        if path.isInline { inlineWrites.withLock { run() } } else { run() }
+        return failure
     }
 
     /// load_state for a chunk of addressable state.
@@ -43,8 +60,8 @@ package final class DeviceLoader: @unchecked Sendable {
         guard offset <= header.size, UInt64(bytes.count) <= header.size - offset else {
             throw TransferError(.protocolViolation, "chunk at \(offset)+\(bytes.count) outside device \(id)'s \(header.size) bytes")
         }
-        do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot) } catch {
-            throw TransferError(.device, "writing device \(id) (\(device.spec)) at \(offset) failed: \(error)")
+        if let e = write(bytes, at: offset, ring: ring, slot: slot) {
+            throw TransferError(.device, "writing device \(id) (\(device.spec)) at \(offset) failed: \(e)")
         }
         lock.withLock { loadedPerChannel[channel] += 1; bytesLoaded += UInt64(bytes.count) }
     }
@@ -61,8 +78,8 @@ package final class DeviceLoader: @unchecked Sendable {
         var failure: TransferError?
         table.forEach { offset, bytes in
             guard failure == nil else { return }
-            do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot) } catch {
-                failure = TransferError(.device, "writing device \(id) (\(device.spec)) at \(offset) failed: \(error)")
+            if let e = write(bytes, at: offset, ring: ring, slot: slot) {
+                failure = TransferError(.device, "writing device \(id) (\(device.spec)) at \(offset) failed: \(e)")
             }
         }
         if let failure { throw failure }
