@@ -89,6 +89,39 @@ package enum FileIOPath: Sendable, Equatable {
     package var isInline: Bool { self == .inline }
 }
 
+/// Writes into one file (an output, a device's load fd) from several channel threads, each
+/// through its own ring, or inline for a file on shmem (`FileIOPath.inline`), one writer at a
+/// time.
+///
+/// Why one at a time: a tmpfs write holds the file's inode lock (i_rwsem) for its whole copy,
+/// and a second channel writing the same file spins on that lock in the kernel
+/// (`rwsem_spin_on_owner`) while the copy runs: perf on a loaded 2-core machine put 28% of the
+/// receiver's CPU time there. The writes are serial either way; waiting here sleeps on a futex
+/// instead of burning the core the other end of the transfer needs.
+package final class SharedFileWriter: @unchecked Sendable {
+    // @unchecked: `fd` and `path` are immutable; `inlineWrites` is a pthread mutex.
+    package let fd: Int32
+    package let path: FileIOPath
+    private let inlineWrites = ConditionLock()
+
+    /// `fd` stays the caller's: this never closes it.
+    package init(fd: Int32) {
+        self.fd = fd
+        path = FileIOPath.forFile(fd)
+    }
+
+    /// Writes all of `bytes` at `offset` (`Ring.currentPosition`: at the file position) from
+    /// `slot` of `ring`'s registered pool; nil when it all went, else the error.
+    package func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int?) -> Errno? {
+        var failure: Errno?
+        func run() {
+            do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot, path: path) } catch { failure = error }
+        }
+        if path.isInline { inlineWrites.withLock { run() } } else { run() }
+        return failure
+    }
+}
+
 /// What a fault injector does to one submission. Faults are injected at the one funnel every
 /// operation passes through (`Ring.submit`), for both backends, and, with the same type, at the
 /// one socket send that has no ring (`SocketSend.sendAll` with a `FaultPlan`).

@@ -17,13 +17,9 @@ package final class FileSink: @unchecked Sendable {
     package let seekable: Bool
     /// How the channels write it: `.inline` (pwrite on the channel thread) for a file on tmpfs,
     /// where io_uring would punt every write to a worker thread; else through the ring.
-    package let ioPath: FileIOPath
-    /// Serialises inline writes (`ioPath == .inline`). A tmpfs write holds the file's inode lock
-    /// (i_rwsem) for its whole copy, and a second channel writing the same file then spins on
-    /// that lock in the kernel (`rwsem_spin_on_owner`) while the copy runs: perf on a loaded
-    /// 2-core machine put 28% of the receiver's CPU time there. The writes are serial either
-    /// way; waiting here sleeps (a futex) instead of burning the core the other end needs.
-    private let inlineWrites = ConditionLock()
+    package var ioPath: FileIOPath { writer.path }
+    /// The channels' writes (inline ones serialised: see `SharedFileWriter`).
+    private let writer: SharedFileWriter
     private let ownsFD: Bool
     private let turn = ConditionLock()
     private var next: UInt64 = 0
@@ -50,7 +46,7 @@ package final class FileSink: @unchecked Sendable {
     package init(path: String, size: UInt64?) throws(TransferError) {
         self.path = path
         if path == "-" {
-            fd = 1; ownsFD = false; partialPath = nil; seekable = false; reserveSize = nil; ioPath = .ring
+            fd = 1; ownsFD = false; partialPath = nil; seekable = false; reserveSize = nil; writer = SharedFileWriter(fd: 1)
             return
         }
         var st = stat()
@@ -75,13 +71,13 @@ package final class FileSink: @unchecked Sendable {
                 throw TransferError(.localIO, "cannot write '\(partial)': \(e); check that the directory exists and is writable and that no other receive writes there")
             }
             fd = f; ownsFD = true; partialPath = partial; seekable = true
-            ioPath = FileIOPath.forFile(f)
+            writer = SharedFileWriter(fd: f)
             // tmpfs has no unwritten extents: posix_fallocate there allocates and zeroes every
             // page of the output, which the writes then overwrite (perf: 17% of a 1 GiB
             // tmpfs-to-tmpfs transfer's CPU time, the same again as the writes' own page
             // allocation). The free-space check above already refused a claim that cannot fit,
             // so on tmpfs the pages are allocated by the writes that fill them.
-            reserveSize = ioPath.isInline ? nil : size.flatMap { $0 > 0 ? $0 : nil }
+            reserveSize = writer.path.isInline ? nil : size.flatMap { $0 > 0 ? $0 : nil }
         } else {
             let f = open(path, O_WRONLY | O_CLOEXEC)
             guard f >= 0 else {
@@ -90,7 +86,7 @@ package final class FileSink: @unchecked Sendable {
             }
             fd = f; ownsFD = true; partialPath = nil; reserveSize = nil
             seekable = lseek(f, 0, SEEK_CUR) >= 0
-            ioPath = FileIOPath.forFile(f)
+            writer = SharedFileWriter(fd: f)
         }
     }
 
@@ -136,12 +132,7 @@ package final class FileSink: @unchecked Sendable {
 
     /// One chunk into the file, through the ring or inline (one inline writer at a time).
     private func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int) -> Errno? {
-        var failure: Errno?
-        func run() {
-            do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot, path: ioPath) } catch { failure = error }
-        }
-        if ioPath.isInline { inlineWrites.withLock { run() } } else { run() }
-        return failure
+        writer.write(bytes, at: offset, ring: ring, slot: slot)
     }
 
     /// Writes chunk number `index` in order: waits until every earlier chunk is written. The

@@ -18,12 +18,9 @@ package final class DeviceLoader: @unchecked Sendable {
     private(set) var loadedPerChannel: [UInt64]
     private(set) var bytesLoaded: UInt64 = 0
     private var fd: Int32 = -1
-    /// How the load fd is written: inline for a memfd or tmpfs file (`FileIOPath`: io_uring
-    /// would punt each write to a worker thread).
-    private var path: FileIOPath = .ring
-    /// Serialises inline writes: a shmem write holds the inode lock for its whole copy and a
-    /// second channel would spin on it in the kernel (see `FileSink`); here it sleeps.
-    private let inlineWrites = ConditionLock()
+    /// The channels' writes into the load fd: inline for a memfd or tmpfs file (io_uring would
+    /// punt each to a worker thread), one at a time (`SharedFileWriter`).
+    private var writer: SharedFileWriter?
 
     /// load_setup: checks the source's header against the local device and takes the
     /// device's load fd (it must be in RESUMING).
@@ -37,7 +34,7 @@ package final class DeviceLoader: @unchecked Sendable {
             guard header.kind == .addressable else { throw DeviceError(.unsupported, "device \(id): the source sends an ordered stream (\(header.spec)) but \(device.spec) is addressable") }
             guard header.size == size else { throw DeviceError(.unsupported, "device \(id): the source's \(header.spec) has \(header.size) bytes, the destination's \(device.spec) has \(size)") }
             fd = try (device as! any AddressableDevice).dataFD(for: .load)
-            path = FileIOPath.forFile(fd)
+            writer = SharedFileWriter(fd: fd)
         case .orderedStream:
             guard header.kind == .orderedStream else { throw DeviceError(.unsupported, "device \(id): the source sends addressable state (\(header.spec)) but \(device.spec) takes an ordered stream") }
             guard device.state == .resuming else { throw DeviceError(.invalidState, "device \(id) (\(device.spec)) is not in RESUMING") }
@@ -46,12 +43,8 @@ package final class DeviceLoader: @unchecked Sendable {
 
     /// Writes `bytes` at `offset` of the load fd: through the ring, or inline one writer at a time.
     private func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int) -> Errno? {
-        var failure: Errno?
-        func run() {
-            do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot, path: path) } catch { failure = error }
-        }
-        if path.isInline { inlineWrites.withLock { run() } } else { run() }
-        return failure
+        guard let writer else { return Errno(rawValue: EBADF) }
+        return writer.write(bytes, at: offset, ring: ring, slot: slot)
     }
 
     /// load_state for a chunk of addressable state.
