@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-# Classifies perf samples (perf script output with call chains) of the devstream threads by end
-# and by what the stack is doing. Usage: perf script -i DATA | classify.py
+# Classifies perf samples of devstream's threads by end (sender, receiver; io_uring io-wq
+# workers go to the end whose ring started them) and by what the stack is doing.
+# Usage: perf record -a -g -e cpu-clock -F 1999 -- stream-bench ... --repeat 1
+#        perf script -F comm,pid,tid,ip,sym,dso | Benchmarks/perf-classify.py [PID ...]
+# With PIDs (process ids: the bench and its receive-child), only their threads count, so other
+# devstream processes running at the same time stay out; without, threads are told by name.
 import sys, re, collections
+only = {int(a) for a in sys.argv[1:]}
 end_of = {}  # tid -> 'send'/'recv'
 samples = []
 cur = None
@@ -24,6 +29,7 @@ for line in sys.stdin:
             t = line.strip().split(None, 1)
             if len(t) == 2: cur[3].append(t[1])
 if cur: samples.append(cur)
+if only: samples = [x for x in samples if x[1] in only]
 tids = {}
 for comm, pid, tid, st in samples:
     if comm.startswith('ds-send'): tids[tid] = 'sender'
