@@ -35,7 +35,7 @@ struct Throughput: ParsableCommand {
     @Option(help: "Seed for the generated data.") var seed: UInt64 = 1
     @Option(name: .customLong("repeat"), help: "Runs of each measurement; medians are reported.") var runs: Int = 3
     @Option(help: "Directory for the generated file (default /tmp; /dev/shm with --file-to-file).") var dir: String?
-    @Option(help: "Receiver output (default /dev/null, so disk speed stays out of the figure; with --file-to-file a file in --dir).") var output: String?
+    @Option(help: "Receiver output (default /dev/null, so disk speed stays out of the figure; with --file-to-file a file in --dir). A regular file here is removed after each run.") var output: String?
     @Flag(help: "File to file: read the generated file from --dir (default /dev/shm, tmpfs) and write a real file there, for devstream and every pipeline; compares the lz4 and zstd pipelines (lz4) or nc alone (--compression none).") var fileToFile = false
     @Flag(help: "Also time `lz4 -1 FILE | nc` → `nc | lz4 -d > OUTPUT` on the same file.") var compareLz4Nc = false
     @Flag(help: "Also time `zstd --fast=3 -T2 FILE | nc` → `nc | zstd -d > OUTPUT` on the same file.") var compareZstdNc = false
