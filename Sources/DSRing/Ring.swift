@@ -112,13 +112,15 @@ package final class SharedFileWriter: @unchecked Sendable {
 
     /// Writes all of `bytes` at `offset` (`Ring.currentPosition`: at the file position) from
     /// `slot` of `ring`'s registered pool; nil when it all went, else the error.
+    /// Allocates nothing (a local function capturing a `var` would box it on the heap per call).
     package func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int?) -> Errno? {
-        var failure: Errno?
-        func run() {
-            do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot, path: path) } catch { failure = error }
-        }
-        if path.isInline { inlineWrites.withLock { run() } } else { run() }
-        return failure
+        guard path.isInline else { return writeNow(bytes, at: offset, ring: ring, slot: slot) }
+        return inlineWrites.withLock { writeNow(bytes, at: offset, ring: ring, slot: slot) }
+    }
+
+    private func writeNow(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int?) -> Errno? {
+        do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot, path: path) } catch { return error }
+        return nil
     }
 }
 
