@@ -12,7 +12,15 @@
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/vfs.h>
 #include <liburing.h>
+
+/// The file system type of `fd` (statfs f_type, e.g. TMPFS_MAGIC), or 0 when fstatfs fails.
+/// Swift's Glibc module does not export <sys/vfs.h>.
+static inline unsigned long ds_fs_type(int fd) {
+    struct statfs fs;
+    return fstatfs(fd, &fs) == 0 ? (unsigned long)fs.f_type : 0;
+}
 
 // Macros Swift cannot import, as functions.
 static inline unsigned char ds_sqe_flag_io_link(void) { return IOSQE_IO_LINK; }

@@ -56,6 +56,94 @@ package enum IOOp {
 
 package enum IOOpKind: Sendable, Hashable { case read, write, send, recv, accept, connect, fsync }
 
+/// How a channel moves bytes to and from one file: through the ring, or with a plain
+/// `pread`/`pwrite` on the calling thread.
+///
+/// io_uring completes a buffered read or write inline only on a file system that supports
+/// non-blocking buffered I/O (FMODE_NOWAIT: ext4, xfs, btrfs, block devices). tmpfs and memfds
+/// (shmem) do not, so every READ/WRITE on them is punted to an io-wq worker thread (`iou-wrk-*`).
+/// A channel keeps one operation in flight and waits for it, so the punt buys no overlap; it
+/// only adds a wakeup, two context switches, and a copy made on another core than the one whose
+/// cache holds the slot. perf on a 1 GiB tmpfs-to-tmpfs transfer put the workers at 37% of
+/// devstream's CPU time (the receiver's writes 29%, the sender's reads 7%). On shmem a buffered
+/// read or write is a copy to or from the page cache that never waits for a disk, so doing it on
+/// the channel's own thread blocks that thread on nothing but the copy it needs anyway.
+package enum FileIOPath: Sendable, Equatable {
+    /// io_uring READ/WRITE (the FIXED forms from registered slots).
+    case ring
+    /// `pread`/`pwrite` on the calling thread (files on shmem: tmpfs, memfd).
+    case inline
+
+    /// The path for `fd`: `.inline` for a regular file on shmem (statfs type TMPFS_MAGIC), else
+    /// `.ring` (other file systems, block and character devices, pipes, sockets).
+    package static func forFile(_ fd: Int32) -> FileIOPath {
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return .ring }
+        return UInt64(ds_fs_type(fd)) == tmpfsMagic ? .inline : .ring
+    }
+
+    /// TMPFS_MAGIC from <linux/magic.h> (tmpfs, /dev/shm, memfd).
+    static let tmpfsMagic: UInt64 = 0x0102_1994
+
+    /// Whether a file on this path is read or written on the calling thread.
+    package var isInline: Bool { self == .inline }
+}
+
+/// Writes into one file (an output, a device's load fd) from several channel threads, each
+/// through its own ring, or inline for a file on shmem (`FileIOPath.inline`), one writer at a
+/// time.
+///
+/// Why one at a time: a tmpfs write holds the file's inode lock (i_rwsem) for its whole copy,
+/// and a second channel writing the same file spins on that lock in the kernel
+/// (`rwsem_spin_on_owner`) while the copy runs: perf on a loaded 2-core machine put 28% of the
+/// receiver's CPU time there. The writes are serial either way; waiting here sleeps on a futex
+/// instead of burning the core the other end of the transfer needs.
+package final class SharedFileWriter: @unchecked Sendable {
+    // @unchecked: `fd` and `path` are immutable; `inlineWrites` is a pthread mutex.
+    package let fd: Int32
+    package let path: FileIOPath
+    private let inlineWrites = ConditionLock()
+
+    /// `fd` stays the caller's: this never closes it.
+    package init(fd: Int32) {
+        self.fd = fd
+        path = FileIOPath.forFile(fd)
+    }
+
+    /// Writes all of `bytes` at `offset` (`Ring.currentPosition`: at the file position) from
+    /// `slot` of `ring`'s registered pool; nil when it all went, else the error.
+    /// Allocates nothing (a local function capturing a `var` would box it on the heap per call).
+    package func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int?) -> Errno? {
+        guard path.isInline else { return writeNow(bytes, at: offset, ring: ring, slot: slot) }
+        return inlineWrites.withLock { writeNow(bytes, at: offset, ring: ring, slot: slot) }
+    }
+
+    /// Writes pieces of one slot at their offsets (a `pages` frame's extents): `body` calls
+    /// `add(bytes, offset)` for each, in order; nil when all went, else the first error. Through
+    /// the ring many are in flight at once (`Ring.writeScattered`); inline, one `pwrite` each,
+    /// under the lock taken once for the whole frame.
+    package func writeScattered(ring: Ring, slot: Int?,
+                                _ body: (_ add: (UnsafeRawBufferPointer, UInt64) -> Void) -> Void) -> Errno? {
+        guard path.isInline else {
+            do { try ring.writeScattered(fd: fd, slot: slot, body) } catch { return error }
+            return nil
+        }
+        return inlineWrites.withLock {
+            var failure: Errno?
+            body { bytes, offset in
+                guard failure == nil else { return }
+                failure = writeNow(bytes, at: offset, ring: ring, slot: slot)
+            }
+            return failure
+        }
+    }
+
+    private func writeNow(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int?) -> Errno? {
+        do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot, path: path) } catch { return error }
+        return nil
+    }
+}
+
 /// What a fault injector does to one submission. Faults are injected at the one funnel every
 /// operation passes through (`Ring.submit`), for both backends, and, with the same type, at the
 /// one socket send that has no ring (`SocketSend.sendAll` with a `FaultPlan`).
@@ -105,6 +193,14 @@ package final class Ring {
     private var blockingTimeout: Duration?
     /// user_data values at or above this are the ring's own (cancellations).
     static let internalUserData = UInt64.max - 1
+    /// The most reads `readBatch` keeps in flight at once: the submission queue's size.
+    package let batchWindow: Int
+    /// Per in-flight read of a batch: its buffer, length, offset and result (allocated once, so
+    /// a batch allocates nothing).
+    private let batchBuffers: UnsafeMutableBufferPointer<UnsafeMutableRawPointer?>
+    private let batchLengths: UnsafeMutableBufferPointer<Int>
+    private let batchOffsets: UnsafeMutableBufferPointer<UInt64>
+    private let batchResults: UnsafeMutableBufferPointer<Int>
 
     /// Creates a ring on the calling thread.
     /// - Parameter backend: nil picks `IOBackend.probed` (probed once per process). Sessions
@@ -112,6 +208,11 @@ package final class Ring {
     package init(entries: UInt32 = 64, backend: IOBackendKind? = nil) throws(Errno) {
         let kind = backend ?? IOBackend.probed
         self.backend = kind
+        batchWindow = Int(max(1, entries))
+        batchBuffers = .allocate(capacity: batchWindow)
+        batchLengths = .allocate(capacity: batchWindow)
+        batchOffsets = .allocate(capacity: batchWindow)
+        batchResults = .allocate(capacity: batchWindow)
         guard kind == .ioUring else {
             uring = nil
             blockingQueue.reserveCapacity(Int(entries))
@@ -124,12 +225,14 @@ package final class Ring {
         if rc == -EINVAL { rc = io_uring_queue_init(entries, r, 0) }
         guard rc == 0 else {
             r.deallocate()
+            batchBuffers.deallocate(); batchLengths.deallocate(); batchOffsets.deallocate(); batchResults.deallocate()
             throw Errno(rawValue: -rc)
         }
         uring = r
     }
 
     deinit {
+        batchBuffers.deallocate(); batchLengths.deallocate(); batchOffsets.deallocate(); batchResults.deallocate()
         if let r = uring {
             if registeredSlots > 0 { io_uring_unregister_buffers(r) }
             io_uring_queue_exit(r)
@@ -166,9 +269,14 @@ package final class Ring {
 
     // MARK: - The submission and completion funnel
 
+    /// Operations run inline (`FileIOPath.inline`) so far: a test shows a file on shmem took
+    /// that path.
+    package private(set) var inlineOperations = 0
+
     /// Queues one operation. With io_uring it becomes an SQE (sent to the kernel by the next
-    /// `wait`); with the blocking backend it runs now and its completion is queued.
-    package func submit(_ op: IOOp, userData: UInt64) {
+    /// `wait`); with the blocking backend, or `inline` (a file read or write of
+    /// `FileIOPath.inline`), it runs now on this thread and its completion is queued.
+    package func submit(_ op: IOOp, userData: UInt64, inline: Bool = false) {
         var op = op
         if let inject = faultInjector {
             switch inject(op.kind, op.byteCount) {
@@ -180,7 +288,8 @@ package final class Ring {
                 return
             }
         }
-        guard let r = uring else {
+        guard let r = uring, !inline else {
+            if inline { inlineOperations += 1 }
             blockingQueue.append(Completion(userData: userData, result: BlockingIO.run(op, timeout: blockingTimeout)))
             return
         }
@@ -296,13 +405,14 @@ package final class Ring {
     /// Runs one operation to completion, retrying EINTR and EAGAIN. Each submission has its own
     /// `user_data`; a completion that is not its own (left over from a cancelled operation) is
     /// dropped.
-    package func perform(_ op: IOOp, timeout: Duration? = nil) throws(Errno) -> Int {
+    /// - Parameter inline: run it on this thread (`FileIOPath.inline`; file reads and writes only).
+    package func perform(_ op: IOOp, timeout: Duration? = nil, inline: Bool = false) throws(Errno) -> Int {
         while true {
             nextOperationID &+= 1
             if nextOperationID >= Ring.internalUserData { nextOperationID = 1 }
             let id = nextOperationID
             blockingTimeout = timeout
-            submit(op, userData: id)
+            submit(op, userData: id, inline: inline)
             var c = try wait(timeout: timeout)
             while c.userData != id { c = try wait(timeout: timeout) }
             switch c.result {
@@ -314,12 +424,14 @@ package final class Ring {
     }
 
     /// Reads until `buffer` is full or end of file; returns the count read.
+    /// - Parameter path: `.inline` reads with `pread` on this thread (see `FileIOPath`).
     package func readFully(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: UInt64,
-                          slot: Int? = nil) throws(Errno) -> Int {
+                          slot: Int? = nil, path: FileIOPath = .ring) throws(Errno) -> Int {
         var done = 0
         while done < buffer.count {
             let at = offset == Ring.currentPosition ? offset : offset + UInt64(done)
-            let n = try perform(.read(fd: fd, buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), offset: at, slot: slot))
+            let n = try perform(.read(fd: fd, buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), offset: at, slot: slot),
+                                inline: path.isInline)
             if n == 0 { break }
             done += n
         }
@@ -361,12 +473,90 @@ package final class Ring {
         }
     }
 
+    /// Reads `count` pieces of one file, each into its own buffer: the extents of a `pages` frame
+    /// gathered behind their table. Returns nil when every piece was read whole, else the first
+    /// piece that met end of file and the bytes it got.
+    ///
+    /// Through the ring, up to `batchWindow` reads go to the kernel in one `io_uring_enter` and
+    /// are reaped together: a frame of 256 scattered 4 KiB pages takes 256 / window submissions
+    /// instead of 256 submit-and-wait round trips (one syscall each, and on a file system that
+    /// punts to io-wq, one worker wakeup each; a batch lets the workers take them back to back).
+    /// A short read is finished afterwards with `readFully`, once the batch is reaped (a
+    /// `perform` with other reads in flight would drop their completions). `.inline` reads
+    /// them one `pread` at a time: there is no vectored read of scattered file offsets.
+    /// - Parameter piece: the buffer and file offset of piece `i`; called once per index, in
+    ///   increasing order (so a caller can keep a running position).
+    package func readBatch(fd: Int32, count: Int, slot: Int? = nil, path: FileIOPath = .ring,
+                          piece: (Int) -> (UnsafeMutableRawBufferPointer, UInt64)) throws(Errno) -> (index: Int, got: Int)? {
+        guard uring != nil, !path.isInline else {
+            for i in 0..<count {
+                let (b, o) = piece(i)
+                let n = try readFully(fd: fd, into: b, offset: o, slot: slot, path: path)
+                if n < b.count { return (i, n) }
+            }
+            return nil
+        }
+        var first = 0
+        while first < count {
+            let n = min(batchWindow, count - first)
+            nextOperationID &+= 1
+            if nextOperationID >= Ring.internalUserData - UInt64(batchWindow) { nextOperationID = 1 }
+            let base = nextOperationID
+            nextOperationID += UInt64(n - 1)
+            for k in 0..<n {
+                let (b, o) = piece(first + k)
+                batchBuffers[k] = b.baseAddress; batchLengths[k] = b.count; batchOffsets[k] = o
+                batchResults[k] = Int.min  // not completed
+                blockingTimeout = nil
+                submit(.read(fd: fd, buffer: b, offset: o, slot: slot), userData: base + UInt64(k))
+            }
+            var pending = n
+            while pending > 0 {
+                let c: Completion
+                do { c = try wait() } catch {
+                    cancelAll()  // no read may still land in the slot after this returns
+                    throw error
+                }
+                guard c.userData >= base, c.userData < base + UInt64(n) else { continue }  // a cancelled leftover
+                let k = Int(c.userData - base)
+                switch c.result {
+                case .success(let got): batchResults[k] = got
+                case .failure(let e): batchResults[k] = -Int(e.rawValue)
+                }
+                pending -= 1
+            }
+            for k in 0..<n {
+                let buffer = UnsafeMutableRawBufferPointer(start: batchBuffers[k], count: batchLengths[k])
+                var got = batchResults[k]
+                if got < 0 {
+                    let e = Errno(rawValue: Int32(-got))
+                    guard e == .interrupted || e == .wouldBlock else { throw e }
+                    // Retried whole, as `perform` would.
+                    got = try readFully(fd: fd, into: buffer, offset: batchOffsets[k], slot: slot)
+                    if got < buffer.count { return (first + k, got) }
+                    continue
+                }
+                if got < buffer.count {
+                    if got == 0 { return (first + k, 0) }
+                    let rest = try readFully(fd: fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[got...]),
+                                             offset: batchOffsets[k] + UInt64(got), slot: slot)
+                    if got + rest < buffer.count { return (first + k, got + rest) }
+                }
+            }
+            first += n
+        }
+        return nil
+    }
+
     /// Writes all of `buffer` at `offset`, resuming short writes.
-    package func writeAll(fd: Int32, _ buffer: UnsafeRawBufferPointer, offset: UInt64, slot: Int? = nil) throws(Errno) {
+    /// - Parameter path: `.inline` writes with `pwrite` on this thread (see `FileIOPath`).
+    package func writeAll(fd: Int32, _ buffer: UnsafeRawBufferPointer, offset: UInt64, slot: Int? = nil,
+                         path: FileIOPath = .ring) throws(Errno) {
         var done = 0
         while done < buffer.count {
             let at = offset == Ring.currentPosition ? offset : offset + UInt64(done)
-            let n = try perform(.write(fd: fd, buffer: UnsafeRawBufferPointer(rebasing: buffer[done...]), offset: at, slot: slot))
+            let n = try perform(.write(fd: fd, buffer: UnsafeRawBufferPointer(rebasing: buffer[done...]), offset: at, slot: slot),
+                                inline: path.isInline)
             guard n > 0 else { throw Errno(rawValue: EIO) }
             done += n
         }

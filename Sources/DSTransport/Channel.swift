@@ -43,6 +43,9 @@ package struct ReceivedFrame {
 /// received payloads (receiver), slot 1 takes compressed (sender) or decoded (receiver) bytes.
 /// Nothing is allocated per chunk.
 package final class Channel {
+    /// A channel ring's submission queue: one frame or file operation at a time, except a pages
+    /// frame's extent reads, which go up to this many to one `io_uring_enter` (`Ring.readBatch`).
+    package static let ringEntries: UInt32 = 64
     package let index: Int
     /// The socket, its TLS stream, send turn and guard; the channel sends through it.
     package let connection: Connection

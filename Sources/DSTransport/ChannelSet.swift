@@ -65,7 +65,8 @@ package enum ChannelSet {
         do {
             let group = try WorkerGroup<Channel>(count: n, name: "ds-send", abort: abort) { (i) throws(TransferError) in
                 let ring: Ring
-                do { ring = try Ring(entries: 16, backend: backend) } catch {
+                // 64 entries: a pages frame's extent reads go 64 to a submission (`readBatch`).
+                do { ring = try Ring(entries: Channel.ringEntries, backend: backend) } catch {
                     throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
                 }
                 var preamble = Preamble(features: features, sessionID: session, channelIndex: UInt16(i), channelCount: UInt16(n),
@@ -127,7 +128,7 @@ package enum ChannelSet {
         for c in connections { abort.watch(c) }
         return try WorkerGroup<Channel>(count: session.channelCount, name: "ds-recv", abort: abort) { (i) throws(TransferError) in
             let ring: Ring
-            do { ring = try Ring(entries: 16, backend: backend) } catch {
+            do { ring = try Ring(entries: Channel.ringEntries, backend: backend) } catch {
                 throw TransferError(.localIO, "cannot create an I/O ring: \(error)")
             }
             return try Channel(index: i, connection: connections[i], ring: ring, chunkSize: session.chunkSize, compression: false,

@@ -14,6 +14,9 @@ package final class TransferSource: @unchecked Sendable {
     /// Total bytes (addressable), or nil for a stream.
     package let size: UInt64?
     package let name: String
+    /// How channels read it: `.inline` (pread on the channel thread) for a file on tmpfs, where
+    /// io_uring would punt every read to a worker thread; else through the ring.
+    package let ioPath: FileIOPath
     private let ownsFD: Bool
     private let nextChunk = Atomic<UInt64>(0)
     private let lock = ConditionLock()
@@ -55,6 +58,7 @@ package final class TransferSource: @unchecked Sendable {
         default:
             mode = .ordered; size = nil
         }
+        ioPath = FileIOPath.forFile(fd)
     }
 
     deinit { if ownsFD { close(fd) } }
@@ -78,7 +82,7 @@ package final class TransferSource: @unchecked Sendable {
             guard offset < total else { return false }
             let length = Int(min(chunk, total - offset))
             let n: Int
-            do { n = try channel.ring.readFully(fd: fd, into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<length]), offset: offset, slot: channel.inSlot) } catch {
+            do { n = try channel.ring.readFully(fd: fd, into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<length]), offset: offset, slot: channel.inSlot, path: ioPath) } catch {
                 throw TransferError(.localIO, "reading '\(name)' at offset \(offset) failed: \(error)")
             }
             guard n == length else {

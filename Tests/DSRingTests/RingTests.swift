@@ -25,6 +25,10 @@ func chaos(seed: UInt64) -> FaultInjector {
     }
 }
 
+/// glibc's `memfd_create(2)` (the Glibc module hides it behind _GNU_SOURCE).
+@_silgen_name("memfd_create")
+private func testMemfdCreate(_ name: UnsafePointer<CChar>, _ flags: UInt32) -> Int32
+
 @Suite struct RingTests {
     static let backends: [IOBackendKind] = [.ioUring, .blocking]
 
@@ -49,6 +53,68 @@ func chaos(seed: UInt64) -> FaultInjector {
         #expect(try ring.readFully(fd: fd, into: pool.payload(b), offset: 4096 + 65536 - 10, slot: b) == 10)
         pool.release(a); pool.release(b)
         #expect(pool.freeCount == 2)
+    }
+
+    /// `readBatch` gathers scattered pieces of a file into one slot, more pieces than one
+    /// submission window, through the ring and inline, with EINTR, EAGAIN and short reads
+    /// injected: every piece lands where it was asked to, and a piece that meets the end of the
+    /// file is reported with the bytes it got.
+    @Test(arguments: backends, [false, true])
+    func readBatchGathersScatteredPieces(backend: IOBackendKind, faults: Bool) throws {
+        for path in [FileIOPath.ring, .inline] { try readBatch(backend: backend, faults: faults, path: path) }
+    }
+
+    func readBatch(backend: IOBackendKind, faults: Bool, path: FileIOPath) throws {
+        let ring = try Ring(entries: 8, backend: backend)
+        let pool = try BufferPool(slots: 1, payloadCapacity: 1 << 20, headroom: 64)
+        ring.register(pool)
+        let (fd, file) = tempFile()
+        defer { close(fd); unlink(file) }
+        let data = pattern(1 << 20, seed: 9)
+        #expect(data.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } == data.count)
+        if faults { ring.faultInjector = chaos(seed: 5) }
+        let slot = pool.checkout()!
+        let buf = pool.payload(slot)
+        // 100 pieces (over 12 windows of 8): every other page, of varying lengths.
+        let pieces: [(offset: Int, length: Int)] = (0..<100).map { (offset: $0 * 2 * 4096 + $0, length: 4096 - $0 * 7) }
+        var at = 0
+        let short = try ring.readBatch(fd: fd, count: pieces.count, slot: slot, path: path) { i in
+            defer { at += pieces[i].length }
+            return (UnsafeMutableRawBufferPointer(rebasing: buf[at..<(at + pieces[i].length)]), UInt64(pieces[i].offset))
+        }
+        #expect(short == nil)
+        at = 0
+        for p in pieces {
+            #expect(Array(buf[at..<(at + p.length)]) == Array(data[p.offset..<(p.offset + p.length)]))
+            at += p.length
+        }
+        // The second of three pieces starts 100 bytes before the end of the file.
+        let offsets = [0, data.count - 100, 8192]
+        let tail = try ring.readBatch(fd: fd, count: 3, slot: slot, path: path) { i in
+            (UnsafeMutableRawBufferPointer(rebasing: buf[(i * 4096)..<((i + 1) * 4096)]), UInt64(offsets[i]))
+        }
+        #expect(tail?.index == 1 && tail?.got == 100)
+        #expect(Array(buf[4096..<4196]) == Array(data[(data.count - 100)...]))
+        if path == .inline && backend == .ioUring { #expect(ring.inlineOperations > 0) }
+    }
+
+    /// Files on shmem (a memfd, /dev/shm) are read and written inline; others go through the ring.
+    @Test func fileIOPathFollowsTheFileSystem() throws {
+        let m = testMemfdCreate("ds-test", 0)
+        #expect(m >= 0)
+        defer { close(m) }
+        #expect(FileIOPath.forFile(m) == .inline)
+        let shm = "/dev/shm/dsring-\(getpid())"
+        let s = open(shm, O_RDWR | O_CREAT | O_TRUNC, 0o600)
+        defer { close(s); unlink(shm) }
+        #expect(FileIOPath.forFile(s) == .inline)
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        #expect(FileIOPath.forFile(fds[0]) == .ring)
+        let null = open("/dev/null", O_WRONLY)
+        defer { close(null) }
+        #expect(FileIOPath.forFile(null) == .ring)
     }
 
     @Test(arguments: backends, [UInt64(0), 7, 99])

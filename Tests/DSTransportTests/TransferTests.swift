@@ -39,6 +39,28 @@ import DSSupport
         #expect(readFile(out) == data)
     }
 
+    /// tmpfs in and out: both ends take the inline path (`FileIOPath.inline`: pread and pwrite
+    /// on the channel threads, writes serialised, no preallocation), and the bytes and digests
+    /// still match, with and without compression, on both backends.
+    @Test(arguments: [IOBackendKind.ioUring, .blocking], [true, false])
+    func tmpfsRoundTripTakesTheInlinePath(backend: IOBackendKind, compression: Bool) throws {
+        let src = "/dev/shm/ds-test-\(getpid())-src", out = "/dev/shm/ds-test-\(getpid())-out"
+        defer { unlink(src); unlink(out); unlink(out + ".partial") }
+        let data = testData(5_000_000 + 4321, seed: 21)
+        writeFile(src, data)
+        let source = try TransferSource(path: src)
+        #expect(source.ioPath == .inline)
+        let sink = try FileSink(path: out, size: UInt64(data.count))
+        #expect(sink.ioPath == .inline)
+        sink.discard()
+        var o = options(connections: 2, compression: compression)
+        o.backend = backend
+        let (sent, received) = try transfer(source: src, output: out, options: o)
+        #expect(sent.completed && received.completed, "\(sent.error?.message ?? "") \(received.error?.message ?? "")")
+        #expect(readFile(out) == data)
+        #expect(sent.digest != nil && sent.digest == received.digest)
+    }
+
     @Test func emptyFile() throws {
         let src = tmpPath("src"), out = tmpPath("out")
         defer { unlink(src); unlink(out) }

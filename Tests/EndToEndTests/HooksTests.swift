@@ -29,16 +29,16 @@ import DSScheduler
             for item in plan.items {
                 switch item {
                 case .pages(_, let range):
-                    // Gathered as a channel does: the table, then each extent behind it.
+                    // Gathered as a channel does: the table, then the extents behind it, read
+                    // in batches (a ring of 8 entries: several submissions per frame).
                     let extents = plan.extents[range]
                     let n = try buf.withUnsafeMutableBytes { b -> Int in
                         ExtentTable.writeHeader(count: extents.count, into: b)
-                        var at = ExtentTable.size(count: extents.count)
                         for (i, e) in extents.enumerated() {
                             ExtentTable.writeEntry(i, offset: e.offset, length: UInt32(e.length), into: b)
-                            try saver.read(offset: e.offset, length: e.length, into: UnsafeMutableRawBufferPointer(rebasing: b[at...]), ring: ring, slot: nil)
-                            at += e.length
                         }
+                        let table = ExtentTable.size(count: extents.count)
+                        let at = table + (try saver.read(extents: extents, into: b, from: table, ring: ring, slot: nil))
                         return try loader.loadPages(UnsafeRawBufferPointer(rebasing: b[0..<at]), channel: 0, ring: ring, slot: 0)
                     }
                     moved += UInt64(n)

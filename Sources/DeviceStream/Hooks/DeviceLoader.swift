@@ -18,6 +18,9 @@ package final class DeviceLoader: @unchecked Sendable {
     private(set) var loadedPerChannel: [UInt64]
     private(set) var bytesLoaded: UInt64 = 0
     private var fd: Int32 = -1
+    /// The channels' writes into the load fd: inline for a memfd or tmpfs file (io_uring would
+    /// punt each to a worker thread), one at a time (`SharedFileWriter`).
+    private var writer: SharedFileWriter?
 
     /// load_setup: checks the source's header against the local device and takes the
     /// device's load fd (it must be in RESUMING).
@@ -31,10 +34,17 @@ package final class DeviceLoader: @unchecked Sendable {
             guard header.kind == .addressable else { throw DeviceError(.unsupported, "device \(id): the source sends an ordered stream (\(header.spec)) but \(device.spec) is addressable") }
             guard header.size == size else { throw DeviceError(.unsupported, "device \(id): the source's \(header.spec) has \(header.size) bytes, the destination's \(device.spec) has \(size)") }
             fd = try (device as! any AddressableDevice).dataFD(for: .load)
+            writer = SharedFileWriter(fd: fd)
         case .orderedStream:
             guard header.kind == .orderedStream else { throw DeviceError(.unsupported, "device \(id): the source sends addressable state (\(header.spec)) but \(device.spec) takes an ordered stream") }
             guard device.state == .resuming else { throw DeviceError(.invalidState, "device \(id) (\(device.spec)) is not in RESUMING") }
         }
+    }
+
+    /// Writes `bytes` at `offset` of the load fd: through the ring, or inline one writer at a time.
+    private func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int) -> Errno? {
+        guard let writer else { return Errno(rawValue: EBADF) }
+        return writer.write(bytes, at: offset, ring: ring, slot: slot)
     }
 
     /// load_state for a chunk of addressable state.
@@ -43,8 +53,8 @@ package final class DeviceLoader: @unchecked Sendable {
         guard offset <= header.size, UInt64(bytes.count) <= header.size - offset else {
             throw TransferError(.protocolViolation, "chunk at \(offset)+\(bytes.count) outside device \(id)'s \(header.size) bytes")
         }
-        do { try ring.writeAll(fd: fd, bytes, offset: offset, slot: slot) } catch {
-            throw TransferError(.device, "writing device \(id) (\(device.spec)) at \(offset) failed: \(error)")
+        if let e = write(bytes, at: offset, ring: ring, slot: slot) {
+            throw TransferError(.device, "writing device \(id) (\(device.spec)) at \(offset) failed: \(e)")
         }
         lock.withLock { loadedPerChannel[channel] += 1; bytesLoaded += UInt64(bytes.count) }
     }
@@ -59,9 +69,10 @@ package final class DeviceLoader: @unchecked Sendable {
             throw TransferError(.protocolViolation, "device \(id): a pages frame was refused: \(error)")
         }
         // The extents go to the kernel together (one submission for many isolated pages), not
-        // one write and one wait each.
-        do { try ring.writeScattered(fd: fd, slot: slot) { add in table.forEach { offset, bytes in add(bytes, offset) } } } catch {
-            throw TransferError(.device, "writing device \(id) (\(device.spec)) for a pages frame of \(table.count) extents failed: \(error)")
+        // one write and one wait each; on shmem they are plain pwrites, one lock for the frame.
+        guard let writer else { throw TransferError(.device, "writing device \(id) (\(device.spec)): it has no load fd") }
+        if let e = writer.writeScattered(ring: ring, slot: slot, { add in table.forEach { offset, bytes in add(bytes, offset) } }) {
+            throw TransferError(.device, "writing device \(id) (\(device.spec)) for a pages frame of \(table.count) extents failed: \(e)")
         }
         lock.withLock { loadedPerChannel[channel] += 1; bytesLoaded += UInt64(table.dataBytes) }
         return table.dataBytes

@@ -50,6 +50,8 @@ package final class DeviceSaver: @unchecked Sendable {
     /// The device's save fd for the round being sent (-1: not in a saving state, no data).
     /// Set by `beginRound` before the channels start, read by them during the round.
     private var roundFD: Int32 = -1
+    /// How the round's fd is read: inline for a memfd or tmpfs file (`FileIOPath`).
+    private var roundPath: FileIOPath = .ring
 
     package init(id: Int, device: any MigratableDevice) {
         self.id = id
@@ -190,6 +192,7 @@ package final class DeviceSaver: @unchecked Sendable {
         roundFD = -1
         guard let a = device as? any AddressableDevice, VFIOStateMachine.isSaving(device.state) else { return }
         roundFD = try a.dataFD(for: .save)
+        roundPath = FileIOPath.forFile(roundFD)
     }
 
     /// Reads the `length` bytes at `offset` of an addressable device into `buffer` (a channel's
@@ -200,10 +203,38 @@ package final class DeviceSaver: @unchecked Sendable {
             throw DeviceError(.invalidState, "device \(id) (\(device.spec)) has no data to read in state \(device.state)")
         }
         let n: Int
-        do { n = try ring.readFully(fd: roundFD, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length]), offset: offset, slot: slot) } catch {
+        do { n = try ring.readFully(fd: roundFD, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length]), offset: offset, slot: slot,
+                                    path: roundPath) } catch {
             throw DeviceError(.io, "reading device \(id) (\(device.spec)) at \(offset) failed: \(error)")
         }
         guard n == length else { throw DeviceError(.io, "device \(id) (\(device.spec)) returned \(n) of \(length) bytes at \(offset)") }
+    }
+
+    /// Reads `extents` of an addressable device back to back into `buffer` from `start` (a
+    /// channel's registered slot `slot` of `ring`), for the round `beginRound` opened: a `pages`
+    /// frame's gather. The reads go to the kernel in batches (`Ring.readBatch`), not one
+    /// submit-and-wait per extent. Returns the bytes read (the extents' total).
+    package func read(extents: ArraySlice<Extent>, into buffer: UnsafeMutableRawBufferPointer, from start: Int, ring: Ring,
+                     slot: Int?) throws(DeviceError) -> Int {
+        guard roundFD >= 0 else {
+            throw DeviceError(.invalidState, "device \(id) (\(device.spec)) has no data to read in state \(device.state)")
+        }
+        var at = start
+        let short: (index: Int, got: Int)?
+        do {
+            short = try ring.readBatch(fd: roundFD, count: extents.count, slot: slot, path: roundPath) { i in
+                let e = extents[extents.startIndex + i]
+                defer { at += e.length }
+                return (UnsafeMutableRawBufferPointer(rebasing: buffer[at..<(at + e.length)]), e.offset)
+            }
+        } catch {
+            throw DeviceError(.io, "reading device \(id) (\(device.spec)) failed: \(error) (a pages frame of \(extents.count) extents from \(extents.first?.offset ?? 0))")
+        }
+        if let short {
+            let e = extents[extents.startIndex + short.index]
+            throw DeviceError(.io, "device \(id) (\(device.spec)) returned \(short.got) of \(e.length) bytes at \(e.offset)")
+        }
+        return at - start
     }
 
     /// Reads the next piece of a stream device into `buffer`, with its sequence number; nil

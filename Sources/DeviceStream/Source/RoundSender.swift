@@ -77,20 +77,18 @@ struct RoundSender {
     }
 
     /// Writes the extent table at the front of the channel's read slot and has the device's saver
-    /// read each extent right behind it (one registered slot, no copy); returns the page bytes.
+    /// read the extents right behind it (one registered slot, no copy; the reads batched, see
+    /// `DeviceSaver.read(extents:)`); returns the page bytes.
     private func gather(_ extents: ArraySlice<Extent>, device d: Int, into ch: Channel) throws(TransferError) -> Int {
         let buffer = ch.readBuffer
         ExtentTable.writeHeader(count: extents.count, into: buffer)
-        var at = ExtentTable.size(count: extents.count)
         for (i, e) in extents.enumerated() {
             ExtentTable.writeEntry(i, offset: e.offset, length: UInt32(e.length), into: buffer)
-            do throws(DeviceError) {
-                try savers[d].read(offset: e.offset, length: e.length, into: UnsafeMutableRawBufferPointer(rebasing: buffer[at...]),
-                                   ring: ch.ring, slot: ch.inSlot)
-            } catch { throw TransferError(.device, error.message, cause: error) }
-            at += e.length
         }
-        return at - ExtentTable.size(count: extents.count)
+        do throws(DeviceError) {
+            return try savers[d].read(extents: extents, into: buffer, from: ExtentTable.size(count: extents.count),
+                                      ring: ch.ring, slot: ch.inSlot)
+        } catch { throw TransferError(.device, error.message, cause: error) }
     }
 
     /// Reads a stream device until it has nothing now (pre-copy) or ends (stop-copy).
