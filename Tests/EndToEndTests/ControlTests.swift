@@ -61,6 +61,18 @@ import DSScheduler
         #expect(try src.digest() == dst.digest())
     }
 
+    /// `wire_bytes` counts every frame after admission, both ways, at both ends (WIRE.md, "Wire
+    /// bytes"): the destination's control replies (pongs, loaded, resumed, ack) and the frames
+    /// the source's feedback reader takes count too, so a completed migration reports one
+    /// figure at both ends (they differed by those frames).
+    @Test(arguments: [1, 3]) func bothEndsReportTheSameWireBytes(connections: Int) throws {
+        let (s, d, src, dst) = try migrate(migrationConfig(connections: connections))
+        defer { src.close(); dst.close() }
+        #expect(s.completed && d.completed, "\(String(describing: s.error ?? d.error))")
+        #expect(s.wireBytes > 0)
+        #expect(s.wireBytes == d.wireBytes, "source \(s.wireBytes), destination \(d.wireBytes)")
+    }
+
     @Test func destinationCancelBeforeCommitLeavesItsDevicesStopped() throws {
         let (s, d, src, dst) = try migrate(migrationConfig(), destinationEvents: { e, _, destination in
             if case .setupDone = e { #expect(destination.cancel()) }

@@ -10,6 +10,9 @@ final class ControlReplies: Sendable {
     let connection: Connection
     let lock = Mutex(())
     let timeout: Duration
+    /// Frame bytes sent here (header and payload): these replies bypass the channel's counters,
+    /// and `wire_bytes` counts every frame both ways at both ends (WIRE.md, "Wire bytes").
+    let sentBytes = Atomic<UInt64>(0)
     init(connection: Connection, timeout: Duration) {
         self.connection = connection; self.timeout = timeout
     }
@@ -24,6 +27,7 @@ final class ControlReplies: Sendable {
             do throws(ConnectionFailure) { try connection.send(bytes, timeout: timeout, mode: .blocking) } catch { return error }
             return nil
         }
+        if failure == nil { sentBytes.add(UInt64(bytes.count), ordering: .relaxed) }
         if let failure {
             throw TransferError(.peerClosed, "sending \(type) to the source failed: \(failure.reason(peer: "the source", timeout: timeout))")
         }

@@ -231,5 +231,5 @@ final class DestinationRun: @unchecked Sendable {
         }
     }
 
-    private func wireBytes() -> UInt64 { group.wireBytes() }
+    private func wireBytes() -> UInt64 { group.wireBytes() + replies.sentBytes.load(ordering: .relaxed) }
 }

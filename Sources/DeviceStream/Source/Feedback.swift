@@ -28,6 +28,10 @@ final class Feedback: @unchecked Sendable {
     private var digests: DeviceDigests?
     private var failure: TransferError?
     private var thread: OSThread?
+    /// Frame bytes read here (header and payload): this thread's channel is not one of the
+    /// session's `ChannelSet`, and `wire_bytes` counts every frame both ways at both ends.
+    private var received: UInt64 = 0
+    var receivedBytes: UInt64 { lock.withLock { received } }
 
     /// Starts the reader thread, `ds-feedback`.
     /// - Throws: `.localIO` when the thread cannot be started.
@@ -64,7 +68,12 @@ final class Feedback: @unchecked Sendable {
     /// The next frame; quiet is normal during a long bulk round (the data channels detect stalls).
     private func receive(_ ch: Channel, abort: AbortSignal) throws(TransferError) -> ReceivedFrame {
         while true {
-            do throws(TransferError) { return try ch.receive() } catch where error.code == .timeout && !abort.isAborted {
+            do throws(TransferError) {
+                let f = try ch.receive()
+                let total = ch.stats.wireBytes
+                lock.withLock { received = total }
+                return f
+            } catch where error.code == .timeout && !abort.isAborted {
                 continue
             }
         }

@@ -109,5 +109,5 @@ extension SourceRun {
     }
 
     /// Wire bytes over every channel.
-    func wireBytes() -> UInt64 { group?.wireBytes() ?? 0 }
+    func wireBytes() -> UInt64 { (group?.wireBytes() ?? 0) + feedback.receivedBytes }
 }
