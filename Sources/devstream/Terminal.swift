@@ -15,9 +15,16 @@ enum Terminal {
     static var stderrIsTTY: Bool { isatty(2) == 1 }
 
     /// SIGPIPE and SIGXFSZ become errors (EPIPE, EFBIG) the code reports, not silent deaths.
+    /// SIGINT, SIGTERM and SIGHUP are unblocked: a blocked mask is inherited across exec, and a
+    /// parent that spawned devstream from a thread blocking them (a test runner, a VMM's worker
+    /// thread) would otherwise get a devstream that `kill` cannot stop.
     static func ignoreSignals() {
         signal(SIGPIPE, SIG_IGN)
         signal(SIGXFSZ, SIG_IGN)
+        var stop = sigset_t()
+        sigemptyset(&stop)
+        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&stop, s) }
+        pthread_sigmask(SIG_UNBLOCK, &stop, nil)
     }
 
     /// The `listening on HOST:PORT` line, flushed at once: the first stdout line, or a stderr

@@ -114,6 +114,26 @@ enum CLI {
         return p
     }
 
+    /// A blocked signal mask survives exec: a parent that starts devstream from a thread that
+    /// blocks SIGTERM (as test runners and VMM worker threads do) must still be able to stop it.
+    @Test func aReceiverStopsOnSIGTERMThatItsParentBlocked() throws {
+        var term = sigset_t(), saved = sigset_t()
+        sigemptyset(&term)
+        sigaddset(&term, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &term, &saved)
+        let started = Result { try CLI.receiver(["--output", "/dev/null", "--insecure"]) }
+        pthread_sigmask(SIG_SETMASK, &saved, nil)
+        let (r, _) = try started.get()
+        kill(r.process.processIdentifier, SIGTERM)
+        let deadline = Monotonic.now + .seconds(10)
+        while r.process.isRunning && Monotonic.now < deadline { usleep(10_000) }
+        let stillRunning = r.process.isRunning
+        if stillRunning { kill(r.process.processIdentifier, SIGKILL) }
+        _ = r.wait()
+        #expect(!stillRunning, "devstream receive ignored SIGTERM")
+        #expect(r.process.terminationReason == .uncaughtSignal && r.process.terminationStatus == SIGTERM)
+    }
+
     @Test func sendReceiveJSON() throws {
         let src = file("cli-src", bytes: 5_000_000, seed: 1), out = tmpPath("cli-out")
         defer { unlink(src); unlink(out) }
