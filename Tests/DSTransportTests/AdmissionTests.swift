@@ -85,17 +85,7 @@ import DSSupport
 /// Hostile connections against a real listener on 127.0.0.1, bounded in count and time.
 @Suite(.serialized) struct AdmissionTests {
     func prepared(_ n: Int = 1_500_000, seed: UInt64 = 61) -> (String, String, [UInt8]) {
-        let src = tmpPath("admission-src"), out = tmpPath("admission-out")
-        let data = testData(n, seed: seed)
-        writeFile(src, data)
-        return (src, out, data)
-    }
-
-    final class Warnings: Sendable {
-        let lines = Mutex<[String]>([])
-        var all: String { lines.withLock { $0.joined(separator: "\n") } }
-        var sink: @Sendable (String) -> Void { { [self] l in lines.withLock { $0.append(l) } } }
-        func contains(_ s: String) -> Bool { lines.withLock { $0.contains { $0.contains(s) } } }
+        preparedFiles("admission", n, seed: seed)
     }
 
     /// Holds `count` idle connections to `endpoint` (sending nothing), reopening every one the

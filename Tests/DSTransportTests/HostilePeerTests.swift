@@ -12,16 +12,7 @@ import DSSupport
 /// partial files, escape sequences in messages, a producer that pauses.
 @Suite(.serialized) struct HostilePeerTests {
     func prepared(_ n: Int = 1_500_000, seed: UInt64 = 21) -> (String, String, [UInt8]) {
-        let src = tmpPath("hostile-src"), out = tmpPath("hostile-out")
-        let data = testData(n, seed: seed)
-        writeFile(src, data)
-        return (src, out, data)
-    }
-
-    final class Warnings: Sendable {
-        let lines = Mutex<[String]>([])
-        var all: String { lines.withLock { $0.joined(separator: "\n") } }
-        var sink: @Sendable (String) -> Void { { [self] l in lines.withLock { $0.append(l) } } }
+        preparedFiles("hostile", n, seed: seed)
     }
 
     /// A connection that opens and says nothing is held open while a real transfer completes:

@@ -105,10 +105,7 @@ import DSSupport
 
 @Suite(.serialized) struct TransferFaultTests {
     func prepared(_ n: Int = 1_500_000) -> (String, String, [UInt8]) {
-        let src = tmpPath("src"), out = tmpPath("out")
-        let data = testData(n, seed: 3)
-        writeFile(src, data)
-        return (src, out, data)
+        preparedFiles("fault", n, seed: 3)
     }
 
     @Test func connectionRefused() throws {
