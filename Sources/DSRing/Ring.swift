@@ -563,47 +563,54 @@ package final class Ring {
     }
 
     /// Writes pieces of one registered slot (or plain memory) at their offsets, many in flight at
-    /// once: `body` calls `add(bytes, offset)` for each piece, in order. Up to
-    /// `Ring.scatterDepth` writes go to the kernel per `io_uring_enter` instead of one, which is
-    /// what a `pages` frame of isolated 4 KiB extents needs; a short write is resumed piece by
-    /// piece (`writeAll`). Every write has completed when this returns or throws (the first
-    /// error, after the rest were reaped). Allocates nothing once `scatterPending` has grown.
+    /// once: `body` calls `add(bytes, offset)` for each piece, in order. The pieces are listed
+    /// first, then go to the kernel in windows of `Ring.scatterDepth`: a window is submitted
+    /// whole and reaped whole before the next, so a `pages` frame of isolated 4 KiB extents costs
+    /// about one `io_uring_enter` per window, not one per write (a window that slid one write at
+    /// a time made one per write). A short write is resumed piece by piece (`writeAll`). Every
+    /// write has completed when this returns or throws (the first error, after its window was
+    /// reaped). Allocates nothing once `scatterPending` has grown: no local function captures a
+    /// `var` here (that would box it on the heap per call).
     package func writeScattered(fd: Int32, slot: Int?,
                                 _ body: (_ add: (UnsafeRawBufferPointer, UInt64) -> Void) -> Void) throws(Errno) {
         scatterPending.removeAll(keepingCapacity: true)
-        var failure: Errno?
-        var inFlightHere = 0
-        var base: UInt64 = 0
-        func reap() {
-            guard inFlightHere > 0 else { return }
-            var c: Completion
-            do { c = try wait() } catch { failure = failure ?? error; inFlightHere = 0; cancelAll(); return }
-            guard c.userData >= base, c.userData < base + UInt64(scatterPending.count) else { return }  // a stale one
-            inFlightHere -= 1
-            let i = Int(c.userData - base)
-            switch c.result {
-            case .success(let n) where n == scatterPending[i].bytes.count: scatterPending[i].done = true
-            case .success(let n) where n > 0: scatterPending[i].written = n
-            case .success: failure = failure ?? Errno(rawValue: EIO)
-            case .failure(let e) where e == .interrupted || e == .wouldBlock: break  // resumed below
-            case .failure(let e): failure = failure ?? e
-            }
-        }
-        nextOperationID &+= 1
-        if nextOperationID >= Ring.internalUserData - 1 << 32 { nextOperationID = 1 }
-        base = nextOperationID
         body { bytes, offset in
-            guard failure == nil, !bytes.isEmpty else { return }
-            while inFlightHere >= Ring.scatterDepth { reap() }
-            let id = base + UInt64(scatterPending.count)
-            scatterPending.append((bytes, offset, 0, false))
-            blockingTimeout = nil
-            submit(.write(fd: fd, buffer: bytes, offset: offset, slot: slot), userData: id)
-            inFlightHere += 1
+            if !bytes.isEmpty { self.scatterPending.append((bytes, offset, 0, false)) }
         }
-        while inFlightHere > 0 { reap() }
-        nextOperationID = base + UInt64(scatterPending.count)
-        if let failure { throw failure }
+        var first = 0
+        while first < scatterPending.count {
+            let n = min(Ring.scatterDepth, scatterPending.count - first)
+            nextOperationID &+= 1
+            if nextOperationID >= Ring.internalUserData - UInt64(Ring.scatterDepth) { nextOperationID = 1 }
+            let base = nextOperationID
+            nextOperationID += UInt64(n - 1)
+            for k in 0..<n {
+                let p = scatterPending[first + k]
+                blockingTimeout = nil
+                submit(.write(fd: fd, buffer: p.bytes, offset: p.offset, slot: slot), userData: base + UInt64(k))
+            }
+            var pending = n
+            var failure: Errno?
+            while pending > 0 {
+                let c: Completion
+                do { c = try wait() } catch {
+                    cancelAll()  // no write may still read the slot after this returns
+                    throw error
+                }
+                guard c.userData >= base, c.userData < base + UInt64(n) else { continue }  // a stale one
+                let i = first + Int(c.userData - base)
+                pending -= 1
+                switch c.result {
+                case .success(let w) where w == scatterPending[i].bytes.count: scatterPending[i].done = true
+                case .success(let w) where w > 0: scatterPending[i].written = w
+                case .success: failure = failure ?? Errno(rawValue: EIO)
+                case .failure(let e) where e == .interrupted || e == .wouldBlock: break  // resumed below
+                case .failure(let e): failure = failure ?? e
+                }
+            }
+            if let failure { throw failure }
+            first += n
+        }
         for p in scatterPending where !p.done {
             try writeAll(fd: fd, UnsafeRawBufferPointer(rebasing: p.bytes[p.written...]), offset: p.offset + UInt64(p.written), slot: slot)
         }

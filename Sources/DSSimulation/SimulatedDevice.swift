@@ -245,11 +245,11 @@ public final class SimulatedDevice: AddressableDevice, @unchecked Sendable {
         core.close { _ in memory.release() }
     }
 
-    /// The workload's running time and the bytes of pages it has written for it (4 KiB a page
-    /// write, rewrites included: what `dirty-rate` counts); nil without a workload.
     /// Pages the workload has written so far (its generation).
     package var pagesWritten: UInt64 { memory.generation }
 
+    /// The workload's running time and the bytes of pages it has written for it (4 KiB a page
+    /// write, rewrites included: what `dirty-rate` counts); nil without a workload.
     package var workloadProgress: (running: Duration, bytes: UInt64)? {
         memory.workload.map { w in let p = w.progress; return (p.running, p.pages * DirtySchedule.pageSize) }
     }

@@ -20,8 +20,9 @@ package enum FileSystem {
     }
 
     /// If `fd` is a pipe, asks the kernel for a pipe buffer of at least `bytes` (`F_SETPIPE_SZ`,
-    /// up to /proc/sys/fs/pipe-max-size, 1 MiB by default; halved until accepted, never below
-    /// the default 64 KiB), best effort: a pipe that is already large enough, or anything that
+    /// capped at /proc/sys/fs/pipe-max-size, 1 MiB by default, even as root, whom the kernel
+    /// would let pin more unswappable memory; halved until accepted, never below the default
+    /// 64 KiB), best effort: a pipe that is already large enough, or anything that
     /// is not a pipe, is left alone.
     ///
     /// `send -` uses it with one chunk, so that a producer ahead of it has a whole chunk waiting
@@ -36,7 +37,19 @@ package enum FileSystem {
         let setPipeSize: Int32 = 1031  // F_SETPIPE_SZ (Linux; Glibc's module does not import it)
         let getPipeSize: Int32 = 1032  // F_GETPIPE_SZ
         var size = Int32(clamping: bytes)
+        if let max = pipeMaxSize() { size = min(size, max) }
         while size > 64 << 10, fcntl(fd, getPipeSize) < size, fcntl(fd, setPipeSize, size) < 0 { size /= 2 }
+    }
+
+    /// /proc/sys/fs/pipe-max-size (nil when it cannot be read).
+    package static func pipeMaxSize() -> Int32? {
+        let fd = open("/proc/sys/fs/pipe-max-size", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 32)
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { return nil }
+        return Int32(String(decoding: buf[0..<n].prefix { $0 >= 0x30 && $0 <= 0x39 }, as: UTF8.self))
     }
 
     /// Fsyncs `path`'s directory, so a rename into it survives a crash (best effort).
