@@ -499,32 +499,16 @@ package final class Ring {
         var first = 0
         while first < count {
             let n = min(batchWindow, count - first)
-            nextOperationID &+= 1
-            if nextOperationID >= Ring.internalUserData - UInt64(batchWindow) { nextOperationID = 1 }
-            let base = nextOperationID
-            nextOperationID += UInt64(n - 1)
-            for k in 0..<n {
+            try runWindow(n, { k in
                 let (b, o) = piece(first + k)
                 batchBuffers[k] = b.baseAddress; batchLengths[k] = b.count; batchOffsets[k] = o
-                batchResults[k] = Int.min  // not completed
-                blockingTimeout = nil
-                submit(.read(fd: fd, buffer: b, offset: o, slot: slot), userData: base + UInt64(k))
-            }
-            var pending = n
-            while pending > 0 {
-                let c: Completion
-                do { c = try wait() } catch {
-                    cancelAll()  // no read may still land in the slot after this returns
-                    throw error
-                }
-                guard c.userData >= base, c.userData < base + UInt64(n) else { continue }  // a cancelled leftover
-                let k = Int(c.userData - base)
-                switch c.result {
+                return .read(fd: fd, buffer: b, offset: o, slot: slot)
+            }, { k, result in
+                switch result {
                 case .success(let got): batchResults[k] = got
                 case .failure(let e): batchResults[k] = -Int(e.rawValue)
                 }
-                pending -= 1
-            }
+            })
             for k in 0..<n {
                 let buffer = UnsafeMutableRawBufferPointer(start: batchBuffers[k], count: batchLengths[k])
                 var got = batchResults[k]
@@ -580,39 +564,53 @@ package final class Ring {
         var first = 0
         while first < scatterPending.count {
             let n = min(Ring.scatterDepth, scatterPending.count - first)
-            nextOperationID &+= 1
-            if nextOperationID >= Ring.internalUserData - UInt64(Ring.scatterDepth) { nextOperationID = 1 }
-            let base = nextOperationID
-            nextOperationID += UInt64(n - 1)
-            for k in 0..<n {
-                let p = scatterPending[first + k]
-                blockingTimeout = nil
-                submit(.write(fd: fd, buffer: p.bytes, offset: p.offset, slot: slot), userData: base + UInt64(k))
-            }
-            var pending = n
             var failure: Errno?
-            while pending > 0 {
-                let c: Completion
-                do { c = try wait() } catch {
-                    cancelAll()  // no write may still read the slot after this returns
-                    throw error
-                }
-                guard c.userData >= base, c.userData < base + UInt64(n) else { continue }  // a stale one
-                let i = first + Int(c.userData - base)
-                pending -= 1
-                switch c.result {
+            try runWindow(n, { k in
+                let p = scatterPending[first + k]
+                return .write(fd: fd, buffer: p.bytes, offset: p.offset, slot: slot)
+            }, { k, result in
+                let i = first + k
+                switch result {
                 case .success(let w) where w == scatterPending[i].bytes.count: scatterPending[i].done = true
                 case .success(let w) where w > 0: scatterPending[i].written = w
                 case .success: failure = failure ?? Errno(rawValue: EIO)
                 case .failure(let e) where e == .interrupted || e == .wouldBlock: break  // resumed below
                 case .failure(let e): failure = failure ?? e
                 }
-            }
+            })
             if let failure { throw failure }
             first += n
         }
         for p in scatterPending where !p.done {
             try writeAll(fd: fd, UnsafeRawBufferPointer(rebasing: p.bytes[p.written...]), offset: p.offset + UInt64(p.written), slot: slot)
+        }
+    }
+
+    /// Submits the `n` operations `op(0) ..< op(n)` under one range of `user_data` values, then
+    /// reaps all `n`, calling `done(k, result)` as each completes: the window that `readBatch`
+    /// and `writeScattered` run (one `io_uring_enter` for the window, not one per operation).
+    /// Every one of them has completed when this returns; when waiting fails, the rest are
+    /// cancelled first (no operation may still use its buffer) and the error is thrown.
+    /// `op` and `done` are not escaping: the `var`s they capture stay on the stack.
+    private func runWindow(_ n: Int, _ op: (Int) -> IOOp, _ done: (Int, Result<Int, Errno>) -> Void) throws(Errno) {
+        nextOperationID &+= 1
+        if nextOperationID >= Ring.internalUserData - UInt64(n) { nextOperationID = 1 }
+        let base = nextOperationID
+        nextOperationID += UInt64(n - 1)
+        for k in 0..<n {
+            blockingTimeout = nil
+            submit(op(k), userData: base + UInt64(k))
+        }
+        var pending = n
+        while pending > 0 {
+            let c: Completion
+            do { c = try wait() } catch {
+                cancelAll()
+                throw error
+            }
+            guard c.userData >= base, c.userData < base + UInt64(n) else { continue }  // a cancelled leftover
+            done(Int(c.userData - base), c.result)
+            pending -= 1
         }
     }
 
