@@ -39,12 +39,16 @@ package enum Output {
         return 0
     }
 
-    /// User plus system CPU seconds this process has used.
-    package static func cpuSeconds() -> Double {
+    /// User plus system CPU seconds used by `who`: this process (the default), the calling
+    /// thread (`rusageThread`), or the waited-for children (`RUSAGE_CHILDREN.rawValue`).
+    package static func cpuSeconds(_ who: Int32 = RUSAGE_SELF.rawValue) -> Double {
         var ru = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &ru)
+        getrusage(who, &ru)
         return Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6 + Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
     }
+
+    /// RUSAGE_THREAD (Glibc's module does not import it).
+    package static let rusageThread: Int32 = 1
 
     /// The median of `xs` (the upper one for an even count); 0 for none.
     package static func median(_ xs: [Double]) -> Double { xs.isEmpty ? 0 : xs.sorted()[xs.count / 2] }

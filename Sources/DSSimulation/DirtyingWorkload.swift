@@ -159,7 +159,6 @@ package final class DirtyingWorkload: DeviceActivity, @unchecked Sendable {
     // `thread` is set by `init` and cleared by `stop`, which only the owning device calls, once.
     private let base: UnsafeMutableRawPointer
     private let pages: UInt64
-    private let rate: UInt64
     private let hotStart: UInt64
     private let hotPages: UInt64
     private let bitmap: AtomicBitmap
@@ -186,7 +185,6 @@ package final class DirtyingWorkload: DeviceActivity, @unchecked Sendable {
         self.clock = clock
         schedule = DirtySchedule(rate: rate)
         pages = size / 4096
-        self.rate = rate
         let hot = UInt64((Double(pages) * min(max(hotFraction, 0), 1)).rounded())
         hotPages = hot
         hotStart = hot > 0 && pages > hot ? ContentGenerator.mix(seed ^ 0x407) % (pages - hot) : 0

@@ -128,12 +128,7 @@ package final class FileSink: @unchecked Sendable {
 
     /// Writes a chunk at `offset` through `ring` (WRITE_FIXED from `slot` where registered).
     func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int) throws(TransferError) {
-        if let e = writeAll(bytes, at: offset, ring: ring, slot: slot) { throw writeFailure(e) }
-    }
-
-    /// One chunk into the file, through the ring or inline (one inline writer at a time).
-    private func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int) -> Errno? {
-        writer.write(bytes, at: offset, ring: ring, slot: slot)
+        if let e = writer.write(bytes, at: offset, ring: ring, slot: slot) { throw writeFailure(e) }
     }
 
     /// Writes chunk number `index` in order: waits until every earlier chunk is written. The
@@ -149,7 +144,7 @@ package final class FileSink: @unchecked Sendable {
         }
         // Only the turn holder touches `nextOffset` until it advances `next`.
         let offset = seekable ? turn.withLock { nextOffset } : Ring.currentPosition
-        if let e = writeAll(bytes, at: offset, ring: ring, slot: slot) { throw writeFailure(e) }
+        if let e = writer.write(bytes, at: offset, ring: ring, slot: slot) { throw writeFailure(e) }
         turn.withLock { next += 1; nextOffset += UInt64(bytes.count); turn.broadcast() }
     }
 

@@ -273,7 +273,7 @@ enum Bench {
         let chunk = 1 << 20
         let buf = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
         defer { buf.deallocate() }
-        let cpu0 = threadCPUSeconds()
+        let cpu0 = Output.cpuSeconds(Output.rusageThread)
         var off = 0
         while true {
             let n = pread(src, buf, chunk, off_t(off))
@@ -281,14 +281,7 @@ enum Bench {
             guard pwrite(dst, buf, n, off_t(off)) == n else { throw ValidationError("writing \(output) failed") }
             off += n
         }
-        return threadCPUSeconds() - cpu0
-    }
-
-    /// User plus system CPU seconds of the calling thread.
-    static func threadCPUSeconds() -> Double {
-        var ru = rusage()
-        getrusage(1 /* RUSAGE_THREAD */, &ru)
-        return Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6 + Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
+        return Output.cpuSeconds(Output.rusageThread) - cpu0
     }
 
     /// A regular file (or a path where one will be made): removed between runs, so tmpfs does not
@@ -390,7 +383,7 @@ enum Bench {
         \(pipeline.sender(path, port: port))
         wait $R
         """
-        let cpu0 = childCPUSeconds()
+        let cpu0 = Output.cpuSeconds(RUSAGE_CHILDREN.rawValue)
         let t0 = Monotonic.now
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
@@ -398,7 +391,7 @@ enum Bench {
         try p.run()
         p.waitUntilExit()
         let dt = (Monotonic.now - t0).seconds - 0.3
-        let cpu = childCPUSeconds() - cpu0
+        let cpu = Output.cpuSeconds(RUSAGE_CHILDREN.rawValue) - cpu0
         guard p.terminationStatus == 0 else { throw ValidationError("the \(pipeline.label) pipeline failed (are lz4, zstd and netcat-openbsd installed? see .ci/deps)") }
         if isRegularFileTarget(output) {
             var out = stat()
@@ -407,13 +400,6 @@ enum Bench {
             }
         }
         return PipeRun(throughput: Double(st.st_size) / dt, cpu: cpu)
-    }
-
-    /// User plus system CPU seconds of this process's waited-for children (and theirs).
-    static func childCPUSeconds() -> Double {
-        var ru = rusage()
-        getrusage(RUSAGE_CHILDREN.rawValue, &ru)
-        return Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6 + Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
     }
 }
 

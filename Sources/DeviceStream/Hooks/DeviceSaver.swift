@@ -195,21 +195,6 @@ package final class DeviceSaver: @unchecked Sendable {
         roundPath = FileIOPath.forFile(roundFD)
     }
 
-    /// Reads the `length` bytes at `offset` of an addressable device into `buffer` (a channel's
-    /// registered slot `slot` of `ring`), for the round `beginRound` opened.
-    package func read(offset: UInt64, length: Int, into buffer: UnsafeMutableRawBufferPointer, ring: Ring,
-                     slot: Int?) throws(DeviceError) {
-        guard roundFD >= 0 else {
-            throw DeviceError(.invalidState, "device \(id) (\(device.spec)) has no data to read in state \(device.state)")
-        }
-        let n: Int
-        do { n = try ring.readFully(fd: roundFD, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length]), offset: offset, slot: slot,
-                                    path: roundPath) } catch {
-            throw DeviceError(.io, "reading device \(id) (\(device.spec)) at \(offset) failed: \(error)")
-        }
-        guard n == length else { throw DeviceError(.io, "device \(id) (\(device.spec)) returned \(n) of \(length) bytes at \(offset)") }
-    }
-
     /// Reads `extents` of an addressable device back to back into `buffer` from `start` (a
     /// channel's registered slot `slot` of `ring`), for the round `beginRound` opened: a `pages`
     /// frame's gather. The reads go to the kernel in batches (`Ring.readBatch`), not one
