@@ -447,18 +447,46 @@ package final class Ring {
     /// writing its last bytes into `devstream send -`, then waiting) gets its partial chunk sent
     /// at once rather than held until more input or its end, while a producer that keeps the
     /// input full still fills whole chunks (every read returns data at once).
+    ///
+    /// **Tail pieces.** With `tailPiece`, a chunk that the input cannot fill now (`FIONREAD`
+    /// says it holds less than the chunk's free space) stops at `tailPiece` bytes and leaves the
+    /// rest in the input for the next read. The first read, which waits for data, takes at most
+    /// a piece for the same reason; the chunk then grows to a whole one if the input holds the
+    /// rest (one more read: steady input). That is the end of a burst: the producer wrote its
+    /// last bytes and waits, and up to a chunk of them sits in the (grown) pipe. Taken whole, that
+    /// chunk passes read, compression, the sockets, decompression and the output one stage after
+    /// another on one channel; in pieces, the channels and both ends work on them at once (the
+    /// receiver decompresses the first piece while the sender compresses the second). An input
+    /// that holds a whole chunk's worth still fills whole chunks, so a producer that keeps the
+    /// pipe full (steady input) is not cut into pieces.
     /// - Warning: `fd` must be pollable for the "nothing ready" rule to apply; one that polls as
-    ///   always readable (a character device) fills whole chunks like `readFully`.
-    package func readWhileReady(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, slot: Int? = nil) throws(Errno) -> Int {
+    ///   always readable (a character device) fills whole chunks like `readFully`. An `fd`
+    ///   without `FIONREAD` (it fails) never splits.
+    package func readWhileReady(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, slot: Int? = nil,
+                                tailPiece: Int? = nil) throws(Errno) -> Int {
         var done = 0
         while done < buffer.count {
             if done > 0 && !Ring.readableNow(fd) { break }
-            let n = try perform(.read(fd: fd, buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]),
+            var end = buffer.count
+            if let tailPiece, tailPiece < buffer.count, let ready = Ring.bytesReady(fd), done + ready < buffer.count {
+                // Less than the chunk's free space is ready (none at all before the first, waiting
+                // read): a piece, then stop unless a whole chunk's worth has come in meanwhile.
+                if done >= tailPiece { break }
+                end = tailPiece
+            }
+            let n = try perform(.read(fd: fd, buffer: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<end]),
                                       offset: Ring.currentPosition, slot: slot))
             if n == 0 { break }
             done += n
         }
         return done
+    }
+
+    /// The bytes a read of `fd` would find now (`FIONREAD`: a pipe's or socket's queue), or nil
+    /// where the call fails (a file type without it).
+    package static func bytesReady(_ fd: Int32) -> Int? {
+        var count: Int32 = 0
+        return ioctl(fd, 0x541B /* FIONREAD */, &count) == 0 ? Int(count) : nil
     }
 
     /// Whether a read of `fd` would return at once (data, end of input or an error): `poll`

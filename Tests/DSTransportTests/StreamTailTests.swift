@@ -114,6 +114,32 @@ import DSSupport
         #expect((sent?.chunks ?? 0) >= 2 && sent?.bytes == UInt64(first.count + second.count))
     }
 
+    /// The end of a burst: the input holds less than a chunk and stays open (the producer
+    /// waits). What it holds leaves in tail pieces (half a chunk, at least 64 KiB) that the
+    /// channels and the receiver work on at once, not as one chunk that one channel carries
+    /// through every stage alone, and all of it reaches the output before the input ends. An
+    /// input holding a whole chunk's worth still gives a whole chunk. The burst is queued before
+    /// the transfer starts, so the frames are exact: 200 000 bytes at 128 KiB chunks are one
+    /// whole chunk (131 072), then a 64 KiB piece and 3 392 bytes (without pieces: two chunks).
+    @Test func aBurstsLastChunkLeavesInPieces() throws {
+        #expect(TransferSource.tailPiece(chunkSize: 1 << 20) == 512 << 10)
+        #expect(TransferSource.tailPiece(chunkSize: 256 << 10) == 128 << 10)
+        #expect(TransferSource.tailPiece(chunkSize: 128 << 10) == 64 << 10)
+        #expect(TransferSource.tailPiece(chunkSize: 64 << 10) == nil)
+        let p = try Pipes()
+        #expect(fcntl(p.inWrite, 1031 /* F_SETPIPE_SZ */, Int32(1 << 20)) >= 1 << 20, "a 1 MiB pipe")
+        let burst = testData(200_000, seed: 44)
+        p.write(burst)
+        try p.startTransfer(options(connections: 2, chunk: 128 << 10))
+        let arrived = p.waitForOutput(burst.count)
+        #expect(arrived, "the burst did not reach the output while the input stayed open")
+        let (sent, received, out) = p.finish()
+        #expect(sent?.completed == true && received?.completed == true, "\(sent?.error?.message ?? "") \(received?.error?.message ?? "")")
+        #expect(out == burst)
+        #expect(sent?.digest != nil && sent?.digest == received?.digest)
+        #expect(sent?.chunks == 3, "\(sent?.chunks ?? 0) chunks for 200000 bytes: 128 KiB whole, then 64 KiB pieces")
+    }
+
     /// A steady producer (the input refilled faster than it is read) still fills whole chunks:
     /// sending partial chunks is for an input that has nothing ready, not a smaller chunk size.
     /// The whole input is queued in a 1 MiB pipe before the first read, so every read finds
