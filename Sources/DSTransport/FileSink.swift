@@ -4,6 +4,9 @@ import DSRing
 import DSWire
 import DSSupport
 
+/// A page of zeros to compare against (`FileSink.isZero`); never written.
+nonisolated(unsafe) private let zeroPage: UnsafeRawPointer = UnsafeRawPointer(calloc(1, FileSink.page)!)
+
 /// Where a receiver writes: a regular file (through `FILE.partial`, renamed only once the whole
 /// transfer is verified), a device written in place, or stdout (`-`).
 package final class FileSink: @unchecked Sendable {
@@ -127,8 +130,54 @@ package final class FileSink: @unchecked Sendable {
     var coveredCount: UInt64 { turn.withLock { coveredBelow + UInt64(coveredAbove.count) } }
 
     /// Writes a chunk at `offset` through `ring` (WRITE_FIXED from `slot` where registered).
+    ///
+    /// **Zero pages stay holes.** Into a regular file's `FILE.partial` (a file this receive
+    /// created, O_EXCL, where `cover` lets each chunk be written once and `commit` sets the
+    /// size), a 4 KiB page of zeros is not written: what is never written reads as zeros, a
+    /// hole on tmpfs and most file systems, an unwritten extent where `reserveOnce` allocated.
+    /// Only the runs of non-zero pages are written (`SharedFileWriter.writeScattered`). What it
+    /// saves is the page-cache work for those pages, on tmpfs the largest cost of the receiver
+    /// after decompression: allocating, charging and inserting each page and copying into it.
+    /// `qemu-img convert` and `cp --sparse` leave holes the same way. Devices, stdout and
+    /// anything written in place get every byte.
     func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int) throws(TransferError) {
-        if let e = writer.write(bytes, at: offset, ring: ring, slot: slot) { throw writeFailure(e) }
+        guard partialPath != nil, offset % UInt64(Self.page) == 0, let base = bytes.baseAddress else {
+            if let e = writer.write(bytes, at: offset, ring: ring, slot: slot) { throw writeFailure(e) }
+            return
+        }
+        // First zero page, if any: a chunk with none goes in one write as before.
+        var at = 0
+        while at < bytes.count, !Self.isZero(base + at, min(Self.page, bytes.count - at)) { at += Self.page }
+        if at >= bytes.count {
+            if let e = writer.write(bytes, at: offset, ring: ring, slot: slot) { throw writeFailure(e) }
+            return
+        }
+        let firstZero = at
+        let failure = writer.writeScattered(ring: ring, slot: slot) { add in
+            if firstZero > 0 { add(UnsafeRawBufferPointer(rebasing: bytes[0..<firstZero]), offset) }
+            var i = firstZero
+            var run = -1  // start of the current run of non-zero pages
+            while i < bytes.count {
+                let n = min(Self.page, bytes.count - i)
+                if Self.isZero(base + i, n) {
+                    if run >= 0 { add(UnsafeRawBufferPointer(rebasing: bytes[run..<i]), offset + UInt64(run)); run = -1 }
+                } else if run < 0 {
+                    run = i
+                }
+                i += n
+            }
+            if run >= 0 { add(UnsafeRawBufferPointer(rebasing: bytes[run..<bytes.count]), offset + UInt64(run)) }
+        }
+        if let failure { throw writeFailure(failure) }
+    }
+
+    static let page = 4096
+
+    /// Whether `count` (at most a page) bytes at `p` are all zero: `memcmp` against a page of
+    /// zeros (glibc's is vectorised, and stops at the first non-zero byte, usually the first
+    /// word of a page that holds data).
+    static func isZero(_ p: UnsafeRawPointer, _ count: Int) -> Bool {
+        memcmp(p, zeroPage, count) == 0
     }
 
     /// Writes chunk number `index` in order: waits until every earlier chunk is written. The

@@ -349,3 +349,74 @@ import DSSupport
         #expect(r.error?.code == .timeout)
     }
 }
+
+/// A regular-file output keeps zero pages as holes (`FileSink.write`): the bytes read back are
+/// the sender's, zero pages included, and the pages of zeros take no space. Pages are zero
+/// wherever a chunk can hold them: a whole chunk, its first and last pages, single pages
+/// between data, and the partial page that ends the file.
+@Suite struct SparseOutputTests {
+    static let page = 4096, chunk = 64 << 10
+
+    /// 5 chunks and 1000 bytes: chunk 1 all zero; chunk 2 zero but for one page in its middle;
+    /// chunk 3 with zero first and last pages; every other page of chunk 4 zero; the last 1000
+    /// bytes zero (on top of the zero runs `testData` makes).
+    static func input() -> [UInt8] {
+        var data = testData(5 * chunk + 1000, seed: 61)
+        func zero(_ r: Range<Int>) { for i in r { data[i] = 0 } }
+        zero(chunk..<2 * chunk)
+        zero(2 * chunk..<2 * chunk + 7 * page); zero(2 * chunk + 8 * page..<3 * chunk)
+        zero(3 * chunk..<3 * chunk + page); zero(4 * chunk - page..<4 * chunk)
+        for p in stride(from: 0, to: 16, by: 2) { zero(4 * chunk + p * page..<4 * chunk + (p + 1) * page) }
+        zero(5 * chunk..<data.count)
+        return data
+    }
+
+    /// Pages (the last one partial) that hold a non-zero byte.
+    static func dataPages(_ data: [UInt8]) -> Int {
+        stride(from: 0, to: data.count, by: page).filter { p in data[p..<min(p + page, data.count)].contains { $0 != 0 } }.count
+    }
+
+    @Test(arguments: [false, true])
+    func zeroPagesAreHolesAndReadBackAsZeros(compression: Bool) throws {
+        let data = Self.input()
+        let src = tmpPath("sparse-src")
+        let out = "/dev/shm/dstransport-\(getpid())-\(UInt32.random(in: 0...UInt32.max))-sparse-out"
+        defer { unlink(src); unlink(out) }
+        writeFile(src, data)
+        let (sent, received) = try transfer(source: src, output: out, options: options(connections: 2, compression: compression, chunk: Self.chunk))
+        #expect(sent.completed && received.completed, "\(sent.error?.message ?? "") \(received.error?.message ?? "")")
+        #expect(readFile(out) == data, "the output differs from the input")
+        var st = stat()
+        #expect(stat(out, &st) == 0 && st.st_size == off_t(data.count))
+        // tmpfs allocates a page per page written: the data pages and nothing for the zeros.
+        let dataPages = Self.dataPages(data), pages = (data.count + Self.page - 1) / Self.page
+        #expect(dataPages > 0 && dataPages <= pages - 42, "the input: \(dataPages) of \(pages) pages hold data")
+        #expect(Int(st.st_blocks) * 512 == dataPages * Self.page,
+                "\(st.st_blocks * 512) bytes allocated for \(dataPages) pages of data, \(pages - dataPages) of zeros")
+    }
+
+    /// An output written in place (a device, a pipe: here a FIFO read by a thread) gets every
+    /// byte, zeros included: only a file this receive created may keep holes.
+    @Test func inPlaceOutputsGetEveryByte() throws {
+        let data = Self.input()
+        let src = tmpPath("sparse-src2"), fifo = tmpPath("sparse-fifo")
+        defer { unlink(src); unlink(fifo) }
+        writeFile(src, data)
+        #expect(mkfifo(fifo, 0o600) == 0)
+        nonisolated(unsafe) var got: [UInt8] = []
+        let reader = try OSThread(name: "ds-test") {
+            let fd = open(fifo, O_RDONLY)
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n <= 0 { break }
+                got += buf[0..<n]
+            }
+            close(fd)
+        }
+        let (sent, received) = try transfer(source: src, output: fifo, options: options(connections: 2, chunk: Self.chunk))
+        reader.join()
+        #expect(sent.completed && received.completed, "\(sent.error?.message ?? "") \(received.error?.message ?? "")")
+        #expect(got == data)
+    }
+}
