@@ -71,10 +71,10 @@ package final class TransferSource: @unchecked Sendable {
 
     /// How much of a chunk the input cannot fill now goes in one frame (`Ring.readWhileReady`'s
     /// tail pieces): half a chunk, at least 64 KiB, in whole pages; none below 128 KiB chunks.
-    /// Half, measured (`stream-bench tail`, 3 paired invocations each, 1 MiB chunks): a
-    /// 2500 KiB burst's median tail over plain TCP went from +1.89 to +1.53 ms (PSK +2.34 to
-    /// +2.06), and a 300 KiB one stayed at +0.23–0.27 ms. Quarter pieces gave +1.38 ms for the
-    /// large burst but +0.47–0.56 ms for the small one, which they cut in two.
+    /// Half, measured (`stream-bench tail`, 1 MiB chunks, six alternating pairs): a 2500 KiB
+    /// burst's median tail over plain TCP went from +1.49 to +1.27 ms (PSK +1.99 to +1.73), and
+    /// a 300 KiB one stayed at +0.23–0.27 ms. Quarter pieces gave +1.13–1.47 ms for the large
+    /// burst but +0.47–0.56 ms for the small one, which they cut in two (README: the stream's tail).
     static func tailPiece(chunkSize: Int) -> Int? {
         chunkSize >= 128 << 10 ? max(64 << 10, chunkSize / 2 & ~4095) : nil
     }
