@@ -38,6 +38,8 @@ public final class FileDevice: AddressableDevice {
         var partialPath: String?
         /// Set once the handover committed this destination's state: never delete it then.
         var keepPartial = false
+        /// `partialPath`'s registration with `SignalCleanup`, dropped once it must be kept.
+        var cleanup = 0
     }
 
     private let core: DeviceCore<Handle>
@@ -101,6 +103,7 @@ public final class FileDevice: AddressableDevice {
             }
             handle = Handle(fd: fd)
             handle.partialPath = partial
+            handle.cleanup = SignalCleanup.register(partial)
         }
         self.path = path
         self.size = size
@@ -149,6 +152,8 @@ public final class FileDevice: AddressableDevice {
     private func commit(_ handle: inout Handle) throws(DeviceError) {
         guard let partial = handle.partialPath else { return }
         handle.keepPartial = true
+        SignalCleanup.unregister(handle.cleanup)  // the only copy now: a signal must not remove it
+        handle.cleanup = 0
         guard rename(partial, path) == 0 else {
             throw DeviceError(.io, "file device: cannot rename '\(partial)' to '\(path)': \(Errno.current); the migrated state is kept in '\(partial)'")
         }
@@ -281,6 +286,8 @@ public final class FileDevice: AddressableDevice {
             // Never renamed: the migration did not complete, so no partial state is left behind
             // (unless the handover committed it: then it is the only copy).
             if let partial = handle.partialPath, !handle.keepPartial { unlink(partial); handle.partialPath = nil }
+            SignalCleanup.unregister(handle.cleanup)
+            handle.cleanup = 0
         }
     }
 }

@@ -32,6 +32,8 @@ package final class FileSink: @unchecked Sendable {
     private var coveredBelow: UInt64 = 0
     private var coveredAbove = Set<UInt64>()
     private var finished = false
+    /// `partialPath`'s registration with `SignalCleanup` (0: none).
+    private var cleanup = 0
 
     /// The size to reserve for a regular file, once the session has shown valid data.
     private let reserveSize: UInt64?
@@ -75,6 +77,7 @@ package final class FileSink: @unchecked Sendable {
             }
             fd = f; ownsFD = true; partialPath = partial; seekable = true
             writer = SharedFileWriter(fd: f)
+            cleanup = SignalCleanup.register(partial)
             // tmpfs has no unwritten extents: posix_fallocate there allocates and zeroes every
             // page of the output before the writes overwrite it (perf: 17% of a 1 GiB
             // tmpfs-to-tmpfs transfer's CPU time; the first touch of the new pages, most of it
@@ -225,6 +228,7 @@ package final class FileSink: @unchecked Sendable {
             throw TransferError(.localIO, "cannot rename '\(partial)' to '\(path)': \(Errno.current)")
         }
         finished = true
+        SignalCleanup.unregister(cleanup)
         FileSystem.syncDirectory(of: path)
     }
 
@@ -232,6 +236,7 @@ package final class FileSink: @unchecked Sendable {
     package func discard() {
         guard !finished, let partial = partialPath else { return }
         unlink(partial)
+        SignalCleanup.unregister(cleanup)
         finished = true
     }
 }

@@ -64,6 +64,8 @@ struct SecurityFlags: ParsableArguments {
 struct ReceiverKey {
     let path: String
     let options: SecurityOptions
+    /// Removed by `SignalCleanup` if a signal stops the receive.
+    let cleanup: Int
 
     /// The key for `flags` and `keyOut`: nil when the flags give security or `--insecure`
     /// (then `--key-out` is refused).
@@ -88,7 +90,7 @@ struct ReceiverKey {
             throw TransferError(error.code, error.message + "; no key, no session",
                                 hint: "give a writable --key-out FILE, or an existing key with --psk-file (or --tls-*)")
         }
-        return ReceiverKey(path: path, options: options)
+        return ReceiverKey(path: path, options: options, cleanup: SignalCleanup.register(path))
     }
 
     /// The stderr lines that tell the user where the key is and what the sender needs.
@@ -97,5 +99,8 @@ struct ReceiverKey {
         Terminal.line("devstream: give it to the sender: devstream \(sendVerb) ... --psk-file \(path) (copy it to the sender's host over a channel you trust)")
     }
 
-    func remove() { unlink(path) }
+    func remove() {
+        unlink(path)
+        SignalCleanup.unregister(cleanup)
+    }
 }

@@ -17,10 +17,13 @@ enum Terminal {
     /// SIGPIPE and SIGXFSZ become errors (EPIPE, EFBIG) the code reports, not silent deaths.
     /// SIGINT, SIGTERM and SIGHUP are unblocked: a blocked mask is inherited across exec, and a
     /// parent that spawned devstream from a thread blocking them (a test runner, a VMM's worker
-    /// thread) would otherwise get a devstream that `kill` cannot stop.
+    /// thread) would otherwise get a devstream that `kill` cannot stop. They still stop it, but
+    /// first remove what it would leave behind (`SignalCleanup`: a `FILE.partial`, the one-time
+    /// key file).
     static func ignoreSignals() {
         signal(SIGPIPE, SIG_IGN)
         signal(SIGXFSZ, SIG_IGN)
+        SignalCleanup.arm()
         var stop = sigset_t()
         sigemptyset(&stop)
         for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&stop, s) }

@@ -21,6 +21,15 @@ struct SupportTests {
         #expect(fcntl(p[0], 1032) >= 512 << 10)
     }
 
+    /// An embedder that never calls `SignalCleanup.arm()` (only the CLI does) keeps its own
+    /// signal handling, and the library records nothing for it.
+    @Test func signalCleanupRecordsNothingUnlessArmed() {
+        let id = SignalCleanup.register("/nonexistent/devstream-test.partial")
+        #expect(id == 0)
+        #expect(!SignalCleanup.registered.contains("/nonexistent/devstream-test.partial"))
+        SignalCleanup.unregister(id)
+    }
+
     @Test func errnoTextNamesTheCode() {
         #expect(Errno(rawValue: ENOENT).description == "No such file or directory (ENOENT)")
         #expect(Errno(rawValue: ECONNREFUSED).description.hasSuffix("(ECONNREFUSED)"))

@@ -134,6 +134,37 @@ enum CLI {
         #expect(r.process.terminationReason == .uncaughtSignal && r.process.terminationStatus == SIGTERM)
     }
 
+    /// Stopped by a signal mid-transfer, a receiver removes what it would leave behind: its
+    /// `FILE.partial` and its one-time key file (`SignalCleanup`), then dies of that signal.
+    @Test(arguments: [SIGTERM, SIGINT])
+    func aSignalMidTransferLeavesNoPartialAndNoKey(signal sig: Int32) throws {
+        let out = tmpPath("sig-out"), key = tmpPath("sig-key")
+        defer { unlink(out); unlink(out + ".partial"); unlink(key) }
+        let (recv, addr) = try CLI.receiver(["--output", out, "--key-out", key])
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        let send = try CLI.start(["send", "-", "--to", addr, "--psk-file", key], stdinFD: fds[0])
+        close(fds[0])
+        let chunk = testData(100_000, seed: 71)
+        _ = chunk.withUnsafeBytes { write(fds[1], $0.baseAddress, $0.count) }
+        let deadline = Monotonic.now + .seconds(10)
+        var st = stat()
+        while stat(out + ".partial", &st) != 0 || st.st_size == 0, Monotonic.now < deadline { usleep(10_000) }
+        #expect(stat(out + ".partial", &st) == 0 && st.st_size > 0, "the receive never wrote \(out).partial")
+        #expect(access(key, F_OK) == 0, "the one-time key file is missing before the signal")
+        kill(recv.process.processIdentifier, sig)
+        let r = recv.wait()
+        close(fds[1])
+        let s = send.wait()
+        #expect(recv.process.terminationReason == .uncaughtSignal && r.status == sig, "receiver: status \(r.status), stderr \(r.stderr)")
+        #expect(access(out + ".partial", F_OK) != 0, "\(out).partial was left behind")
+        #expect(access(key, F_OK) != 0, "the one-time key file was left behind")
+        #expect(access(out, F_OK) != 0, "an unfinished transfer appeared under its final name")
+        let said = r.stderr.split(separator: "\n").first { $0.contains("devstream: stopped by SIG") } ?? ""
+        #expect(said.contains("removed") && said.contains("'\(out).partial'") && said.contains("'\(key)'"), "\(r.stderr)")
+        #expect(s.status != 0, "the sender reported success to a receiver that was stopped")
+    }
+
     @Test func sendReceiveJSON() throws {
         let src = file("cli-src", bytes: 5_000_000, seed: 1), out = tmpPath("cli-out")
         defer { unlink(src); unlink(out) }
