@@ -19,8 +19,9 @@ package enum SignalCleanup {
         var paths: [Int: String] = [:]
     }
     private static let state = Mutex(State())
-    /// The handler's pipe (write end); -1 until armed. Set once, before the handlers exist.
-    nonisolated(unsafe) private static var pipeWrite: Int32 = -1
+    /// The handler's pipe (write end); -1 until armed. Set once, before the handlers exist; an
+    /// atomic so that the handler's read is one lock-free load, ordered after that store.
+    private static let pipeWrite = Atomic<Int32>(-1)
 
     /// Installs the handlers and the thread that cleans up. Idempotent. Returns false (and
     /// handles nothing) if the pipe or the thread cannot be made.
@@ -43,12 +44,12 @@ package enum SignalCleanup {
             close(fds[0]); close(fds[1])
             return false
         }
-        pipeWrite = fds[1]
+        pipeWrite.store(fds[1], ordering: .releasing)
         state.withLock { $0.armed = true }
         for s in [SIGINT, SIGTERM, SIGHUP] {
             signal(s) { sig in
                 var b = UInt8(truncatingIfNeeded: sig)
-                _ = write(SignalCleanup.pipeWrite, &b, 1)
+                _ = write(SignalCleanup.pipeWrite.load(ordering: .acquiring), &b, 1)
             }
         }
         return true
