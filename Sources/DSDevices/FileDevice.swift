@@ -152,8 +152,6 @@ public final class FileDevice: AddressableDevice {
     private func commit(_ handle: inout Handle) throws(DeviceError) {
         guard let partial = handle.partialPath else { return }
         handle.keepPartial = true
-        SignalCleanup.unregister(handle.cleanup)  // the only copy now: a signal must not remove it
-        handle.cleanup = 0
         guard rename(partial, path) == 0 else {
             throw DeviceError(.io, "file device: cannot rename '\(partial)' to '\(path)': \(Errno.current); the migrated state is kept in '\(partial)'")
         }
@@ -195,7 +193,13 @@ public final class FileDevice: AddressableDevice {
         try core.transition(to: target) { (arc, locked) throws(DeviceError) in
             if arc.startsSaving { locked.inner.initialPending = true }
             if !VFIOStateMachine.isSaving(arc.to) { locked.inner.initialPending = false }
-            if isDestination && arc.from == .resuming { try Self.sync(locked.inner) }
+            if isDestination && arc.from == .resuming {
+                try Self.sync(locked.inner)
+                // Loaded and synced: from the `loaded` that follows, the source may commit and
+                // give up its copy at any moment, so a signal must no longer remove this one.
+                SignalCleanup.unregister(locked.inner.cleanup)
+                locked.inner.cleanup = 0
+            }
             // RUNNING on a destination: the migration loaded the whole state; only now is it
             // PATH (and only once it is, is the device RUNNING).
             if isDestination && VFIOStateMachine.isRunning(arc.to) { try commit(&locked.inner) }

@@ -6,8 +6,9 @@ import Synchronization
 ///
 /// Only a program that calls `arm()` (the `devstream` CLI) handles signals: an embedding VMM
 /// keeps its own handlers, and for it `register` records nothing. Once armed, SIGINT, SIGTERM
-/// and SIGHUP run a handler that only writes the signal number into a pipe (`write` is
-/// async-signal-safe). A thread reading that pipe removes every registered file, names them
+/// and SIGHUP (each unless it was ignored when the process started: `nohup`, a background job
+/// of a non-interactive shell) run a handler that only writes the signal number into a
+/// non-blocking pipe (`write` is async-signal-safe; `errno` is saved and restored). A thread reading that pipe removes every registered file, names them
 /// on stderr, restores the default action and raises the signal again, so the parent still
 /// sees a death by that signal (a shell prints it, `Process.terminationReason` says so).
 /// SIGKILL cannot be handled: after it a `FILE.partial` stays until the next receive into
@@ -31,12 +32,16 @@ package enum SignalCleanup {
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { return false }
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        // A full pipe (a storm of signals nobody reads any more) must not block the handler.
+        _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK)
         let readEnd = fds[0]
         do {
             try OSThread(name: "ds-signals") {
                 var signo: UInt8 = 0
-                while read(readEnd, &signo, 1) != 1 {
-                    if errno != EINTR { return }
+                while true {
+                    let n = read(readEnd, &signo, 1)
+                    if n == 1 { break }
+                    if n == 0 || errno != EINTR { return }
                 }
                 cleanUp(after: Int32(signo))
             }.detach()
@@ -44,12 +49,20 @@ package enum SignalCleanup {
             close(fds[0]); close(fds[1])
             return false
         }
+        // Initialised here, before any handler exists: the handler's access is then the
+        // already-initialised fast path of the static, one atomic load.
         pipeWrite.store(fds[1], ordering: .releasing)
         state.withLock { $0.armed = true }
         for s in [SIGINT, SIGTERM, SIGHUP] {
+            var old = sigaction()
+            // Ignored at exec (`nohup`, `cmd &` in a script): stay ignored, as before arming.
+            if sigaction(s, nil, &old) == 0,
+               unsafeBitCast(old.__sigaction_handler.sa_handler, to: Int.self) == 1 /* SIG_IGN */ { continue }
             signal(s) { sig in
+                let saved = errno
                 var b = UInt8(truncatingIfNeeded: sig)
                 _ = write(SignalCleanup.pipeWrite.load(ordering: .acquiring), &b, 1)
+                errno = saved
             }
         }
         return true
@@ -79,7 +92,8 @@ package enum SignalCleanup {
     }
 
     private static func cleanUp(after sig: Int32) {
-        // The lock also waits out a registration or a rename in progress.
+        // Under the lock, so no registration is half made; a file renamed meanwhile is gone
+        // from its registered name, and unlink finds nothing there.
         let removed = state.withLock { s -> [String] in
             let paths = s.paths.sorted { $0.key < $1.key }.map(\.value)
             s.paths.removeAll()

@@ -108,10 +108,14 @@ package final class FileSink: @unchecked Sendable {
     /// or a file-size limit fails before more bytes move, but only for a peer that sends data).
     func reserveOnce() throws(TransferError) {
         guard let size = reserveSize, !reserved.load(ordering: .acquiring) else { return }
+        // `reserved` turns true only once the call returned, and other channels wait on the lock
+        // meanwhile: glibc's fallback for a file system without fallocate writes into each block,
+        // which must not race a channel's data write.
         let rc = turn.withLock { () -> Int32 in
             guard !reserved.load(ordering: .relaxed) else { return 0 }
+            let rc = off_t(exactly: size).map { posix_fallocate(fd, 0, $0) } ?? EFBIG
             reserved.store(true, ordering: .releasing)
-            return off_t(exactly: size).map { posix_fallocate(fd, 0, $0) } ?? EFBIG
+            return rc
         }
         if rc != 0 && rc != EOPNOTSUPP && rc != EINVAL {
             throw TransferError(.localIO, "cannot reserve \(size) bytes for '\(path)': \(Errno(rawValue: rc)); free space or raise the file-size limit")

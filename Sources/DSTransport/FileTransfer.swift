@@ -19,6 +19,8 @@ package final class TransferSource: @unchecked Sendable {
     package let ioPath: FileIOPath
     private let ownsFD: Bool
     private let nextChunk = Atomic<UInt64>(0)
+    /// False for a pipe too small to hold a chunk (`growPipe`).
+    private let tailPiecesAllowed = Atomic<Bool>(true)
     private let lock = ConditionLock()
     private var nextSequence: UInt64 = 0
     private var ended = false
@@ -64,9 +66,16 @@ package final class TransferSource: @unchecked Sendable {
     deinit { if ownsFD { close(fd) } }
 
     /// For a pipe: a pipe buffer of one chunk, so steady input fills whole chunks
-    /// (`FileSystem.growPipe` says why).
+    /// (`FileSystem.growPipe` says why). A pipe that stays smaller (the per-user pipe memory
+    /// limit, pipe-max-size) can never hold a chunk's worth, so it gets no tail pieces: they
+    /// would halve every chunk of a steady producer.
     func growPipe(toHold chunkSize: Int) {
-        if mode == .ordered { FileSystem.growPipe(fd, toHold: chunkSize) }
+        guard mode == .ordered else { return }
+        FileSystem.growPipe(fd, toHold: chunkSize)
+        var st = stat()
+        if fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFIFO, fcntl(fd, 1032 /* F_GETPIPE_SZ */) < chunkSize {
+            tailPiecesAllowed.store(false, ordering: .relaxed)
+        }
     }
 
     /// How much of a chunk the input cannot fill now goes in one frame (`Ring.readWhileReady`'s
@@ -108,7 +117,7 @@ package final class TransferSource: @unchecked Sendable {
             // (`readWhileReady`): a paused producer's last bytes leave at once, not when it
             // writes more or closes its end (the stream's tail), and a steady producer still
             // fills whole chunks.
-            let tailPiece = Self.tailPiece(chunkSize: channel.chunkSize)
+            let tailPiece = tailPiecesAllowed.load(ordering: .relaxed) ? Self.tailPiece(chunkSize: channel.chunkSize) : nil
             var seq: UInt64 = 0
             var n = 0
             var failure: Errno?

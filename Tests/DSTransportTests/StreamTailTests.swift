@@ -140,6 +140,27 @@ import DSSupport
         #expect(sent?.chunks == 3, "\(sent?.chunks ?? 0) chunks for 200000 bytes: 128 KiB whole, then 64 KiB pieces")
     }
 
+    /// A pipe that cannot be grown to a chunk (chunks above pipe-max-size) never holds a chunk's
+    /// worth, so it gets no tail pieces: they would halve every chunk of a steady producer. A
+    /// full pipe's worth, queued before the transfer starts, leaves as one chunk (with pieces
+    /// it would be two: half a chunk is less than the pipe).
+    @Test func aPipeThatCannotHoldAChunkGetsNoPieces() throws {
+        let pipeMax = Int(try #require(FileSystem.pipeMaxSize()))
+        let chunk = pipeMax + (512 << 10)
+        try #require(chunk <= 16 << 20 && chunk / 2 < pipeMax, "pipe-max-size \(pipeMax)")
+        let p = try Pipes()
+        #expect(fcntl(p.inWrite, 1031 /* F_SETPIPE_SZ */, Int32(pipeMax)) >= Int32(pipeMax))
+        let burst = testData(pipeMax, seed: 45)
+        p.write(burst)
+        try p.startTransfer(options(connections: 2, chunk: chunk))
+        let arrived = p.waitForOutput(burst.count)
+        #expect(arrived, "the pipe's worth did not reach the output while the input stayed open")
+        let (sent, received, out) = p.finish()
+        #expect(sent?.completed == true && received?.completed == true, "\(sent?.error?.message ?? "") \(received?.error?.message ?? "")")
+        #expect(out == burst)
+        #expect(sent?.chunks == 1, "\(sent?.chunks ?? 0) chunks for a \(pipeMax)-byte pipe and \(chunk)-byte chunks")
+    }
+
     /// A steady producer (the input refilled faster than it is read) still fills whole chunks:
     /// sending partial chunks is for an input that has nothing ready, not a smaller chunk size.
     /// The whole input is queued in a 1 MiB pipe before the first read, so every read finds

@@ -165,6 +165,22 @@ enum CLI {
         #expect(s.status != 0, "the sender reported success to a receiver that was stopped")
     }
 
+    /// A signal ignored when devstream starts (`nohup`, `trap '' TERM`, a background job of a
+    /// non-interactive shell) stays ignored: arming the cleanup does not take it over.
+    @Test func aSignalIgnoredAtStartStaysIgnored() throws {
+        let (r, _) = try CLI.receiver(["--output", "/dev/null", "--insecure"], shellPrefix: "trap '' TERM")
+        kill(r.process.processIdentifier, SIGTERM)
+        usleep(300_000)
+        let survived = r.process.isRunning
+        kill(r.process.processIdentifier, SIGINT)
+        let deadline = Monotonic.now + .seconds(10)
+        while r.process.isRunning && Monotonic.now < deadline { usleep(10_000) }
+        if r.process.isRunning { kill(r.process.processIdentifier, SIGKILL) }
+        let s = r.wait()
+        #expect(survived, "an ignored SIGTERM stopped the receiver")
+        #expect(r.process.terminationReason == .uncaughtSignal && s.status == SIGINT, "status \(s.status)")
+    }
+
     @Test func sendReceiveJSON() throws {
         let src = file("cli-src", bytes: 5_000_000, seed: 1), out = tmpPath("cli-out")
         defer { unlink(src); unlink(out) }
