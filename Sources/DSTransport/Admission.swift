@@ -60,6 +60,9 @@ package struct AdmissionPolicy: Sendable {
 
     package var count: Int { waiting.count }
 
+    /// Waiting connections that have authenticated (admission never sheds these for a newcomer).
+    package var authenticatedCount: Int { waiting.values.reduce(0) { $0 + ($1.authenticated ? 1 : 0) } }
+
     /// Waiting connections from `address`.
     package func count(from address: String) -> Int { waiting.values.reduce(0) { $0 + ($1.address == address ? 1 : 0) } }
 

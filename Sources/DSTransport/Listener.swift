@@ -97,6 +97,9 @@ package final class SessionListener: @unchecked Sendable {
     var reserved: Set<Int> = []
     /// Connections whose preamble is being read now (tests read it).
     package var pendingCount: Int { lock.withLock { pending.count - finished.count } }
+    /// Of the connections waiting for admission, those that have authenticated (tests read it:
+    /// a client's TLS handshake returns before the server has processed its Finished).
+    package var authenticatedCount: Int { lock.withLock { admission.authenticatedCount } }
     /// Connections dropped so far for sending nothing, or by admission (shed, refused, late).
     package var droppedCount: Int { lock.withLock { dropped } }
     var dropped = 0
