@@ -152,17 +152,9 @@ package final class FileSink: @unchecked Sendable {
             if let e = writer.write(bytes, at: offset, ring: ring, slot: slot) { throw writeFailure(e) }
             return
         }
-        // First zero page, if any: a chunk with none goes in one write as before.
-        var at = 0
-        while at < bytes.count, !Self.isZero(base + at, min(Self.page, bytes.count - at)) { at += Self.page }
-        if at >= bytes.count {
-            if let e = writer.write(bytes, at: offset, ring: ring, slot: slot) { throw writeFailure(e) }
-            return
-        }
-        let firstZero = at
+        // A chunk without zero pages is one run, one write.
         let failure = writer.writeScattered(ring: ring, slot: slot) { add in
-            if firstZero > 0 { add(UnsafeRawBufferPointer(rebasing: bytes[0..<firstZero]), offset) }
-            var i = firstZero
+            var i = 0
             var run = -1  // start of the current run of non-zero pages
             while i < bytes.count {
                 let n = min(Self.page, bytes.count - i)
