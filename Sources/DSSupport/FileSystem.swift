@@ -31,14 +31,18 @@ package enum FileSystem {
     /// (1 GiB through `generate - | devstream send -` went out in 5177–7047 chunks, 150–200 KiB
     /// each, instead of 1024). The receiver's output pipe is left alone: growing it did not
     /// shorten the measured tail.
-    package static func growPipe(_ fd: Int32, toHold bytes: Int) {
+    /// - Returns: the pipe's buffer size afterwards (`F_GETPIPE_SZ`), or nil when `fd` is not a
+    ///   pipe.
+    @discardableResult
+    package static func growPipe(_ fd: Int32, toHold bytes: Int) -> Int? {
         var st = stat()
-        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFIFO else { return }
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFIFO else { return nil }
         let setPipeSize: Int32 = 1031  // F_SETPIPE_SZ (Linux; Glibc's module does not import it)
         let getPipeSize: Int32 = 1032  // F_GETPIPE_SZ
         var size = Int32(clamping: bytes)
         if let max = pipeMaxSize() { size = min(size, max) }
         while size > 64 << 10, fcntl(fd, getPipeSize) < size, fcntl(fd, setPipeSize, size) < 0 { size /= 2 }
+        return Int(fcntl(fd, getPipeSize))
     }
 
     /// /proc/sys/fs/pipe-max-size (nil when it cannot be read).

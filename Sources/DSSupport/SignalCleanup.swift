@@ -8,9 +8,10 @@ import Synchronization
 /// keeps its own handlers, and for it `register` records nothing. Once armed, SIGINT, SIGTERM
 /// and SIGHUP (each unless it was ignored when the process started: `nohup`, a background job
 /// of a non-interactive shell) run a handler that only writes the signal number into a
-/// non-blocking pipe (`write` is async-signal-safe; `errno` is saved and restored). A thread reading that pipe removes every registered file, names them
-/// on stderr, restores the default action and raises the signal again, so the parent still
-/// sees a death by that signal (a shell prints it, `Process.terminationReason` says so).
+/// non-blocking pipe (`write` is async-signal-safe; `errno` is saved and restored). A thread
+/// reading that pipe removes every registered file, names them on stderr, restores the
+/// default action and raises the signal again, so the parent still sees a death by that
+/// signal (a shell prints it, `Process.terminationReason` says so).
 /// SIGKILL cannot be handled: after it a `FILE.partial` stays until the next receive into
 /// FILE replaces it, and a key file until someone removes it.
 package enum SignalCleanup {

@@ -70,12 +70,8 @@ package final class TransferSource: @unchecked Sendable {
     /// limit, pipe-max-size) can never hold a chunk's worth, so it gets no tail pieces: they
     /// would halve every chunk of a steady producer.
     func growPipe(toHold chunkSize: Int) {
-        guard mode == .ordered else { return }
-        FileSystem.growPipe(fd, toHold: chunkSize)
-        var st = stat()
-        if fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFIFO, fcntl(fd, 1032 /* F_GETPIPE_SZ */) < chunkSize {
-            tailPiecesAllowed.store(false, ordering: .relaxed)
-        }
+        guard mode == .ordered, let size = FileSystem.growPipe(fd, toHold: chunkSize) else { return }
+        if size < chunkSize { tailPiecesAllowed.store(false, ordering: .relaxed) }
     }
 
     /// How much of a chunk the input cannot fill now goes in one frame (`Ring.readWhileReady`'s
