@@ -108,10 +108,16 @@ package final class Channel {
 
     // MARK: Sending
 
+    /// Whether chunks are compressed on this channel (`--compression lz4`).
+    package var compresses: Bool { encoder.compressionEnabled }
+
     /// Encodes and sends the `length` bytes at the start of `readBuffer` as one data frame.
     /// Sends straight from the read slot when the chunk does not shrink.
-    package func sendChunk(type: FrameType, stream: UInt16 = 0, position: UInt64, length: Int, digestIndex: UInt64,
-                          flags: FrameFlags = [], aux: UInt32 = 0) throws(TransferError) {
+    /// - Parameter chunkLength: the bytes of the source the frame stands for, when that is not
+    ///   `length` (a chunk packed without its zero pages); they count in the statistics and the
+    ///   transfer digest, which both ends then agree on.
+    package func sendChunk(type: FrameType, stream: UInt16 = 0, position: UInt64, length: Int, chunkLength: Int? = nil,
+                          digestIndex: UInt64, flags: FrameFlags = [], aux: UInt32 = 0) throws(TransferError) {
         let raw = UnsafeRawBufferPointer(rebasing: pool.payload(inSlot)[0..<length])
         let out = pool.payload(outSlot)
         let enc = encoder.encode(raw, into: out)
@@ -126,9 +132,9 @@ package final class Channel {
         defer { connection.sendTurn.endChannelSend() }
         try sendBytes(frame, doing: "sending data")
         stats.chunks += 1
-        stats.rawBytes += UInt64(length)
+        stats.rawBytes += UInt64(chunkLength ?? length)
         stats.wireBytes += UInt64(frame.count)
-        stats.digest.add(index: digestIndex, length: length, checksum: enc.checksum)
+        stats.digest.add(index: digestIndex, length: chunkLength ?? length, checksum: enc.checksum)
     }
 
     /// Sends a control frame (header, then payload, one send in flight at a time).

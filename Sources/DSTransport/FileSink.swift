@@ -4,9 +4,6 @@ import DSRing
 import DSWire
 import DSSupport
 
-/// A page of zeros to compare against (`FileSink.isZero`); never written.
-nonisolated(unsafe) private let zeroPage: UnsafeRawPointer = UnsafeRawPointer(calloc(1, FileSink.page)!)
-
 /// Where a receiver writes: a regular file (through `FILE.partial`, renamed only once the whole
 /// transfer is verified), a device written in place, or stdout (`-`).
 package final class FileSink: @unchecked Sendable {
@@ -170,13 +167,42 @@ package final class FileSink: @unchecked Sendable {
         if let failure { throw writeFailure(failure) }
     }
 
-    static let page = 4096
+    static let page = ExtentTable.page
 
-    /// Whether `count` (at most a page) bytes at `p` are all zero: `memcmp` against a page of
-    /// zeros (glibc's is vectorised, and stops at the first non-zero byte, usually the first
-    /// word of a page that holds data).
-    static func isZero(_ p: UnsafeRawPointer, _ count: Int) -> Bool {
-        memcmp(p, zeroPage, count) == 0
+    static func isZero(_ p: UnsafeRawPointer, _ count: Int) -> Bool { ExtentTable.isZero(p, count) }
+
+    /// Writes chunk `index` (at `offset`, `length` bytes) from a frame that left out its zero
+    /// pages (`FrameFlags.zeroPages`; `packed` is its validated table over the frame's bytes in
+    /// `slot`). Into this receive's own `FILE.partial` only the extents are written, and the
+    /// zero pages stay holes as in `write`. Every other output gets the whole chunk: it is
+    /// rebuilt in `spare` (the channel's other slot, free once the frame is decoded), zeros
+    /// and all, then written at its offset, or in order where the output cannot seek.
+    func writePacked(_ packed: ExtentTable.View, index: UInt64, at offset: UInt64, length: Int, ring: Ring, slot: Int,
+                     spare: UnsafeMutableRawBufferPointer, spareSlot: Int,
+                     timeout: Duration, abort: AbortSignal) throws(TransferError) {
+        if partialPath != nil {
+            let failure = writer.writeScattered(ring: ring, slot: slot) { add in
+                packed.forEach { at, bytes in add(bytes, offset + at) }
+            }
+            if let failure { throw writeFailure(failure) }
+            return
+        }
+        precondition(spare.count >= length)
+        let base = spare.baseAddress!
+        var filled = 0
+        packed.forEach { at, bytes in
+            let start = Int(at)
+            if start > filled { memset(base + filled, 0, start - filled) }
+            (base + start).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+            filled = start + bytes.count
+        }
+        if filled < length { memset(base + filled, 0, length - filled) }
+        let chunk = UnsafeRawBufferPointer(rebasing: spare[0..<length])
+        if seekable {
+            if let e = writer.write(chunk, at: offset, ring: ring, slot: spareSlot) { throw writeFailure(e) }
+        } else {
+            try writeInOrder(chunk, index: index, ring: ring, slot: spareSlot, timeout: timeout, abort: abort)
+        }
     }
 
     /// Writes chunk number `index` in order: waits until every earlier chunk is written. The

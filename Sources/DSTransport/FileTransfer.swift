@@ -104,7 +104,10 @@ package final class TransferSource: @unchecked Sendable {
                 throw TransferError(.localIO, "'\(name)' shrank while being sent (short read at offset \(offset)); nothing was reported complete")
             }
             let before = channel.stats.wireBytes
-            try channel.sendChunk(type: .data, position: offset, length: length, digestIndex: i)
+            // With compression on, a chunk's zero pages stay home (`ExtentTable.packZeroPages`).
+            let packed = channel.compresses ? ExtentTable.packZeroPages(buf, length: length) : nil
+            try channel.sendChunk(type: .data, position: offset, length: packed ?? length, chunkLength: length, digestIndex: i,
+                                  flags: packed == nil ? [] : .zeroPages)
             progress.add(bytes: UInt64(length), wire: channel.stats.wireBytes - before)
             return true
         case .ordered, .migration:

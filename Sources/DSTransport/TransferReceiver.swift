@@ -98,17 +98,29 @@ package final class TransferReceiver {
                     switch h.type {
                     case .data where addressable:
                         guard let total else { throw TransferError(.protocolViolation, "data frame in a session of unknown size") }
-                        let length = UInt64(h.rawLength)
-                        guard h.position % chunk == 0, h.position < total,
-                              length == min(chunk, total - h.position) else {
-                            throw TransferError(.protocolViolation, "chunk at offset \(h.position) with \(length) bytes does not fit a \(total)-byte transfer in \(chunk)-byte chunks")
+                        let packed = h.flags.contains(.zeroPages)
+                        let length = h.position < total ? min(chunk, total - h.position) : 0
+                        guard h.position % chunk == 0, h.position < total, packed || UInt64(h.rawLength) == length else {
+                            throw TransferError(.protocolViolation, "chunk at offset \(h.position) with \(h.rawLength) bytes does not fit a \(total)-byte transfer in \(chunk)-byte chunks")
+                        }
+                        // A chunk without its zero pages: its table is checked before anything is recorded or written.
+                        var table: ExtentTable.View?
+                        if packed {
+                            do { table = try ExtentTable.parsePacked(frame.bytes, chunkLength: length) } catch {
+                                throw TransferError(.protocolViolation, "chunk at offset \(h.position) on channel \(i): \(error)")
+                            }
                         }
                         let index = h.position / chunk
                         guard sink.cover(index) else {
                             throw TransferError(.protocolViolation, "chunk at offset \(h.position) arrived twice")
                         }
                         try sink.reserveOnce()
-                        if sink.seekable {
+                        if let table {
+                            let spareSlot = frame.slot == ch.inSlot ? ch.outSlot : ch.inSlot
+                            try sink.writePacked(table, index: index, at: h.position, length: Int(length), ring: ch.ring, slot: frame.slot,
+                                                 spare: ch.pool.payload(spareSlot), spareSlot: spareSlot,
+                                                 timeout: options.timeout, abort: abort)
+                        } else if sink.seekable {
                             try sink.write(frame.bytes, at: h.position, ring: ch.ring, slot: frame.slot)
                         } else {
                             try sink.writeInOrder(frame.bytes, index: index, ring: ch.ring, slot: frame.slot,
@@ -117,6 +129,8 @@ package final class TransferReceiver {
                         ch.stats.digest.add(index: index, length: Int(length), checksum: h.checksum)
                         ch.stats.chunks += 1
                         ch.stats.rawBytes += length
+                        progress.add(bytes: length, wire: ch.stats.wireBytes - before)
+                        continue
                     case .streamData where !addressable:
                         try sink.writeInOrder(frame.bytes, index: h.position, ring: ch.ring, slot: frame.slot,
                                               timeout: options.timeout, abort: abort)

@@ -75,7 +75,11 @@ public struct FrameFlags: OptionSet, Sendable {
     public static let lz4 = FrameFlags(rawValue: 1 << 0)
     /// This data frame belongs to the stop-copy phase of a migration.
     public static let stopCopy = FrameFlags(rawValue: 1 << 1)
-    public static let known: FrameFlags = [.lz4, .stopCopy]
+    /// This `data` frame leaves out its chunk's zero pages: the raw payload is a packed chunk
+    /// (`ExtentTable.packZeroPages`: the non-zero runs back to back, then a trailing extent
+    /// table); every byte of the chunk no extent covers is zero. Wire version 3.
+    public static let zeroPages = FrameFlags(rawValue: 1 << 2)
+    public static let known: FrameFlags = [.lz4, .stopCopy, .zeroPages]
 }
 
 /// The 40-byte frame header.
@@ -144,6 +148,7 @@ public struct FrameHeader: Equatable, Sendable {
         guard let type = FrameType(rawValue: buffer[0]) else { throw .unknownFrameType(buffer[0]) }
         let flags = FrameFlags(rawValue: buffer[1])
         guard FrameFlags.known.isSuperset(of: flags) else { throw .unknownFlags(buffer[1]) }
+        guard !flags.contains(.zeroPages) || type == .data else { throw .malformed("the zero-pages flag on a \(type) frame") }
         guard buffer.loadLE(at: 32, as: UInt32.self) == 0 else { throw .reservedNotZero("frame header bytes 32 ..< 36") }
         let header = FrameHeader(
             type: type, flags: flags, stream: buffer.loadLE(at: 2, as: UInt16.self),

@@ -3,8 +3,9 @@
 public enum WireLimits {
     /// The wire format version this build speaks. Version 2 added page-granular `pages` frames
     /// (an extent list and the dirty pages packed back to back); a version-1 peer is refused at
-    /// its preamble with both versions named.
-    public static let version: UInt16 = 2
+    /// its preamble with both versions named. Version 3 added `data` frames that leave out their
+    /// chunk's zero pages (`FrameFlags.zeroPages`); a version-2 peer is refused the same way.
+    public static let version: UInt16 = 3
     /// The largest raw chunk any peer may announce (16 MiB).
     public static let maxChunkSize = 16 << 20
     /// The smallest chunk size (4 KiB).

@@ -354,6 +354,23 @@ import DSSupport
 /// the sender's, zero pages included, and the pages of zeros take no space. Pages are zero
 /// wherever a chunk can hold them: a whole chunk, its first and last pages, single pages
 /// between data, and the partial page that ends the file.
+/// The runs of a chunk's pages that are not all zero (a partial last page counts as data),
+/// joined: (offset, length).
+enum PageRuns {
+    static func of(_ chunk: [UInt8], page: Int = 4096) -> [(Int, Int)] {
+        var out: [(Int, Int)] = []
+        var p = 0
+        while p < chunk.count {
+            let end = min(p + page, chunk.count)
+            if end - p < page || chunk[p..<end].contains(where: { $0 != 0 }) {
+                if let last = out.last, last.0 + last.1 == p { out[out.count - 1].1 += end - p } else { out.append((p, end - p)) }
+            }
+            p = end
+        }
+        return out
+    }
+}
+
 @Suite struct SparseOutputTests {
     static let page = 4096, chunk = 64 << 10
 
@@ -397,6 +414,96 @@ import DSSupport
         #expect(dataPages > 0 && dataPages <= pages - 42, "the input: \(dataPages) of \(pages) pages hold data")
         #expect(Int(st.st_blocks) * 512 == dataPages * Self.page,
                 "\(st.st_blocks * 512) bytes allocated for \(dataPages) pages of data, \(pages - dataPages) of zeros (on a tmpfs with huge pages this count does not hold)")
+    }
+
+    /// The sender leaves each chunk's whole zero pages off the wire: played by hand, the receiver
+    /// sees every data frame of a chunk with a zero page flagged `zeroPages`, carrying exactly the
+    /// chunk's non-zero runs at their offsets (the partial last page included), and the chunks
+    /// without one whole and unflagged. With compression off every chunk goes whole.
+    @Test(arguments: [true, false])
+    func zeroPagesStayOffTheWire(compression: Bool) throws {
+        let data = Self.input()
+        let src = tmpPath("zero-wire-src")
+        defer { unlink(src) }
+        writeFile(src, data)
+        let (lfd, port) = try Sockets.listen(Endpoint(host: "127.0.0.1", port: 0))
+        defer { close(lfd) }
+        nonisolated(unsafe) var frames: [(FrameHeader, [UInt8])] = []
+        let t = try OSThread(name: "ds-test") {
+            let c = accept(lfd, nil, nil)
+            defer { close(c) }
+            func take(_ n: Int) -> [UInt8]? {
+                var b = [UInt8](repeating: 0, count: n)
+                let got = n == 0 ? 0 : b.withUnsafeMutableBytes { recv(c, $0.baseAddress, n, Int32(MSG_WAITALL)) }
+                return got == n ? b : nil
+            }
+            guard take(Preamble.size) != nil else { return }
+            sendRaw(c, ErrorMessage.acceptFrameForTests)
+            while let hb = take(FrameHeader.size), let h = try? hb.withUnsafeBytes({ try FrameHeader.decode($0) }),
+                  let payload = take(Int(h.wireLength)) {
+                guard h.type == .data else { break }
+                var raw = payload
+                if h.flags.contains(.lz4) {
+                    raw = [UInt8](repeating: 0, count: Int(h.rawLength))
+                    let ok = payload.withUnsafeBytes { w in raw.withUnsafeMutableBytes { r in
+                        (try? ChunkDecoder.decompress(w, rawLength: Int(h.rawLength), checksum: h.checksum, into: r)) != nil } }
+                    guard ok else { break }
+                }
+                frames.append((h, raw))
+            }
+        }
+        let sent = TransferSender.send(try TransferSource(path: src), to: Endpoint(host: "127.0.0.1", port: port),
+                                       options: options(connections: 1, compression: compression, chunk: Self.chunk, timeout: .seconds(2)),
+                                       warn: { _ in })
+        t.join()
+        #expect(!sent.completed, "nobody acked")
+        let chunks = (data.count + Self.chunk - 1) / Self.chunk
+        #expect(frames.count == chunks, "\(frames.count) data frames for \(chunks) chunks")
+        for (h, raw) in frames {
+            let start = Int(h.position), chunk = Array(data[start..<min(start + Self.chunk, data.count)])
+            let runs = PageRuns.of(chunk)
+            let hasZeroPage = runs.reduce(0) { $0 + $1.1 } < chunk.count  // a partial page counts as data
+            guard compression, hasZeroPage else {
+                #expect(!h.flags.contains(.zeroPages) && raw == chunk, "chunk at \(start) went whole")
+                continue
+            }
+            #expect(h.flags.contains(.zeroPages), "chunk at \(start) has zero pages but went whole")
+            var extents: [(Int, [UInt8])] = []
+            raw.withUnsafeBytes { p in
+                try? ExtentTable.parsePacked(p, chunkLength: UInt64(chunk.count)).forEach { off, bytes in extents.append((Int(off), Array(bytes))) }
+            }
+            #expect(extents.map { $0.0 } == runs.map { $0.0 } && extents.map { $0.1.count } == runs.map { $0.1 },
+                    "chunk at \(start): extents \(extents.map { ($0.0, $0.1.count) }), expected \(runs)")
+            #expect(extents.allSatisfy { Array(chunk[$0.0..<$0.0 + $0.1.count]) == $0.1 }, "chunk at \(start): the extents' bytes")
+        }
+    }
+
+    /// A packed chunk whose table is malformed fails the receive as a protocol violation that
+    /// names the chunk and what is wrong; nothing is written and no file is left behind.
+    @Test(arguments: [
+        ([(UInt64(60_000), UInt32(8_000))], "outside the device"),
+        ([(8192, 4096), (0, 4096)], "overlaps or precedes"),
+    ] as [([(UInt64, UInt32)], String)])
+    func aMalformedPackedChunkIsRefused(extents: [(UInt64, UInt32)], says: String) throws {
+        let out = tmpPath("packed-bad-out")
+        defer { unlink(out); unlink(out + ".partial") }
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(connections: 1, timeout: .seconds(2)), warn: { _ in })
+        nonisolated(unsafe) var received: TransferReport?
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        let fd = rawConnect(receiver.listener.endpoint)
+        defer { close(fd) }
+        sendRaw(fd, Preamble(features: [.xxh3], sessionID: .random(), channelIndex: 0, channelCount: 1, chunkSize: UInt32(Self.chunk),
+                             mode: .addressable, totalSize: UInt64(3 * Self.chunk)).encoded())
+        var payload = [UInt8](repeating: 9, count: extents.reduce(0) { $0 + Int($1.1) })
+        for (o, l) in extents { payload.appendLE(o); payload.appendLE(l) }
+        payload.appendLE(UInt16(extents.count)); payload.appendLE(UInt16(0))
+        sendRaw(fd, frameBytes(FrameHeader(type: .data, flags: .zeroPages, rawLength: UInt32(payload.count), wireLength: UInt32(payload.count),
+                                           position: UInt64(Self.chunk), checksum: payload.withUnsafeBytes { xxh3($0) }), payload: payload))
+        t.join()
+        let message = received?.error?.message ?? ""
+        #expect(received?.completed == false && received?.error?.code == .protocolViolation, "\(message)")
+        #expect(message.contains("chunk at offset \(Self.chunk)") && message.contains(says), "\(message)")
+        #expect(!exists(out) && !exists(out + ".partial"))
     }
 
     /// An output written in place (a device, a pipe: here a FIFO read by a thread) gets every

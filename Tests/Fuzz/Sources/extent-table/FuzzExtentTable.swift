@@ -5,6 +5,11 @@
 // Int64.max; the parser must not trap on more). Promised when parse returns: every extent is
 // non-empty, inside the device, sorted and not overlapping, its bytes lie inside the payload,
 // and together they are exactly the bytes after the table.
+//
+// The same payload is then read as a packed chunk (`ExtentTable.parsePacked`: a `data` frame
+// without its zero pages, the table at the end) of a chunk of the device size, with the same
+// promises about the bytes before the table, and packing then rebuilding a chunk made of the
+// input must give the chunk back.
 import DSWire
 import FuzzSupport
 
@@ -13,6 +18,8 @@ public func fuzzExtentTable(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt 
     var input = FuzzInput(data, size)
     let deviceSize = input.integer(UInt64.self)
     let payload = input.rest()
+    checkPacked(payload, chunkLength: deviceSize)
+    checkPackRoundTrip(payload)
     let table: ExtentTable.View
     do throws(WireError) {
         table = try ExtentTable.parse(payload, deviceSize: deviceSize)
@@ -45,4 +52,58 @@ public func fuzzExtentTable(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt 
     require(seen == table.count, "forEach visited \(seen) of \(table.count) extents")
     require(total == table.dataBytes, "extents add up to \(total), the payload carries \(table.dataBytes)")
     return 0
+}
+
+/// `parsePacked`'s promises: extents inside the chunk, sorted, not overlapping, non-empty, their
+/// bytes back to back from the payload's start, adding up to the bytes before the table.
+func checkPacked(_ payload: UnsafeRawBufferPointer, chunkLength: UInt64) {
+    let table: ExtentTable.View
+    do throws(WireError) {
+        table = try ExtentTable.parsePacked(payload, chunkLength: chunkLength)
+    } catch {
+        require(!error.description.isEmpty, "empty WireError description")
+        return
+    }
+    require(table.count <= ExtentTable.maxExtents, "packed extent count \(table.count)")
+    require(table.dataOffset == 0 && table.dataBytes + ExtentTable.size(count: table.count) == payload.count,
+            "packed data \(table.dataOffset)+\(table.dataBytes) of \(payload.count)")
+    var end: UInt64 = 0, seen = 0, total = 0
+    table.forEach { offset, bytes in
+        require(bytes.count >= 1 && offset <= chunkLength && UInt64(bytes.count) <= chunkLength - offset, "packed extent \(seen) outside the chunk")
+        require(seen == 0 || offset >= end, "packed extent \(seen) overlaps or precedes the previous one")
+        require(bytes.baseAddress! == payload.baseAddress! + total, "packed extent \(seen)'s bytes are not next")
+        end = offset + UInt64(bytes.count); total += bytes.count; seen += 1
+    }
+    require(total == table.dataBytes, "packed extents add up to \(total) of \(table.dataBytes)")
+}
+
+/// Packs a chunk made of the input (each byte a 4 KiB page: 0 a zero page, else a page of that
+/// byte; the count's low bits add a partial tail) and rebuilds it from the packed table.
+func checkPackRoundTrip(_ payload: UnsafeRawBufferPointer) {
+    let pages = min(payload.count, 64), tail = payload.count > 64 ? Int(payload[64]) * 16 : 0
+    let length = pages * ExtentTable.page + tail
+    guard length > 0 else { return }
+    var chunk = [UInt8](repeating: 0, count: WireLimits.compressBound(length))
+    for p in 0..<pages where payload[p] != 0 {
+        for i in p * ExtentTable.page..<(p + 1) * ExtentTable.page { chunk[i] = payload[p] }
+    }
+    for i in pages * ExtentTable.page..<length { chunk[i] = UInt8(truncatingIfNeeded: i) | 1 }
+    let original = Array(chunk[0..<length])
+    guard let n = chunk.withUnsafeMutableBytes({ ExtentTable.packZeroPages($0, length: length) }) else {
+        require(!(0..<(length / ExtentTable.page)).contains { payload[$0] == 0 }, "a zero page but nothing packed")
+        return
+    }
+    require(n < length, "packed \(n) bytes of a \(length)-byte chunk")
+    var rebuilt = [UInt8](repeating: 0, count: length)
+    chunk.withUnsafeBytes { all in
+        let packed = UnsafeRawBufferPointer(rebasing: all[0..<n])
+        do throws(WireError) {
+            try ExtentTable.parsePacked(packed, chunkLength: UInt64(length)).forEach { offset, bytes in
+                for (k, b) in bytes.enumerated() { rebuilt[Int(offset) + k] = b }
+            }
+        } catch {
+            require(false, "a packed chunk was refused: \(error)")
+        }
+    }
+    require(rebuilt == original, "the packed chunk does not rebuild the chunk")
 }
