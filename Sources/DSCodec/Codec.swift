@@ -104,10 +104,16 @@ public enum ChunkDecoder {
     }
 }
 
-/// The transfer digest: one 64-bit value over all raw bytes of a transfer, computed from the
+/// The transfer digest: one 64-bit value over all of a transfer's chunks, computed from the
 /// per-chunk XXH3-64s so that N channels can add chunks in any order with O(1) memory.
 ///
 /// digest = XXH3-64( sum over chunks of XXH3-64(index ‖ length ‖ chunk-xxh3)  ‖  chunk count  ‖  total bytes )
+///
+/// where `length` is the chunk's length and `chunk-xxh3` its frame's checksum: the XXH3-64 of
+/// the frame's raw payload, which is the chunk itself or, for a chunk sent without its zero
+/// pages, the packed chunk (the runs and their table, which fixes where every byte goes). So
+/// the digest identifies the bytes together with how they were framed (chunk size, packing):
+/// both ends agree on it, but two transfers of one file need not.
 ///
 /// with the sum wrapping mod 2^64. Each chunk's contribution binds its position and length, so a
 /// chunk moved, dropped, duplicated or changed changes the digest (barring a 64-bit collision).

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import DSSupport
 
 /// The extent table at the front of a `pages` frame's raw payload (WIRE.md, "Pages"):

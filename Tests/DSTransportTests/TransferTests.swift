@@ -350,10 +350,6 @@ import DSSupport
     }
 }
 
-/// A regular-file output keeps zero pages as holes (`FileSink.write`): the bytes read back are
-/// the sender's, zero pages included, and the pages of zeros take no space. Pages are zero
-/// wherever a chunk can hold them: a whole chunk, its first and last pages, single pages
-/// between data, and the partial page that ends the file.
 /// The runs of a chunk's pages that are not all zero (a partial last page counts as data),
 /// joined: (offset, length).
 enum PageRuns {
@@ -371,6 +367,10 @@ enum PageRuns {
     }
 }
 
+/// A regular-file output keeps zero pages as holes (`FileSink.write`): the bytes read back are
+/// the sender's, zero pages included, and the pages of zeros take no space. Pages are zero
+/// wherever a chunk can hold them: a whole chunk, its first and last pages, single pages
+/// between data, and the partial page that ends the file.
 @Suite struct SparseOutputTests {
     static let page = 4096, chunk = 64 << 10
 
