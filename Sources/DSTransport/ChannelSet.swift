@@ -99,7 +99,7 @@ package enum ChannelSet {
                 } catch where error.code == .peerClosed {
                     // A receiver says `reject` to a sender it refuses; one that hangs up (or
                     // resets) without a word could not admit the connection, or went away.
-                    throw TransferError(.rejected, "the receiver at \(endpoint) closed channel \(i) before accepting it (\(error.message)): it turns away connections it cannot admit (too many waiting to authenticate, or not done within its admission deadline), or it went away. Retry, and check what else connects to the receiver")
+                    throw TransferError(.rejected, "the receiver at \(endpoint) closed channel \(i) before accepting it (\(error.message)): it turns away connections it cannot admit (too many waiting to authenticate, or not done within its admission deadline) and, if it runs an older devstream release, senders of another wire version (its log says so), or it went away. Retry, check what else connects to the receiver, and run the same devstream release at both ends")
                 }
                 guard reply.header.type == .accept else {
                     if reply.header.type == .reject, let m = try? ErrorMessage.decode(reply.control) {

@@ -52,7 +52,15 @@ extension SessionListener {
             guard n == Preamble.size else { throw WireError.truncatedPayload(needed: Preamble.size, remaining: n) }
             preamble = try buf.withUnsafeBytes { try Preamble.decode($0) }
         } catch {
-            if stream == nil && n >= 3 && buf[0] == 0x16 && buf[1] == 0x03 {
+            if case .unsupportedVersion(let version)? = error as? WireError {
+                // A devstream peer of another release (the magic matched): say so to both sides.
+                // The reject frame has kept its format in every version, so an older sender
+                // prints this message instead of a bare reset.
+                let message = "the sender at \(who) speaks devstream wire version \(version) and this receiver version \(WireLimits.version): run the same devstream release at both ends"
+                _ = try? conn.send(ErrorMessage(code: 2, message: message).frame(type: .reject), timeout: .seconds(2), ring: ring)
+                conn.shutdown(Int32(SHUT_WR))
+                turnAway(conn, id: id, message, hint: "upgrade the older of the two devstream installations")
+            } else if stream == nil && n >= 3 && buf[0] == 0x16 && buf[1] == 0x03 {
                 turnAway(conn, id: id, "the sender at \(who) speaks TLS, but this receiver has no security options: give it the sender's pre-shared key, or certificates",
                          hint: "pass the sender's --psk-file, or --tls-cert/--tls-key/--tls-ca")
             } else {

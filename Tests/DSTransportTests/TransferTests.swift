@@ -289,6 +289,47 @@ import DSSupport
         #expect(!exists(out) && !exists(out + ".partial"))
     }
 
+    /// A sender of another wire version (here 2, before zero pages left the wire) is told in a
+    /// reject frame which version each side speaks, the receiver's log says the same, and the
+    /// receive goes on: the real sender that follows completes.
+    @Test func anOlderSenderIsToldBothVersions() throws {
+        let src = tmpPath("version-src"), out = tmpPath("version-out")
+        defer { unlink(src); unlink(out) }
+        let data = testData(200_000, seed: 71)
+        writeFile(src, data)
+        let warnings = Mutex<[String]>([])
+        let receiver = try TransferReceiver(listen: Endpoint(host: "127.0.0.1", port: 0), options: options(connections: 1),
+                                            warn: { w in warnings.withLock { $0.append(w) } })
+        nonisolated(unsafe) var received: TransferReport?
+        let t = try OSThread(name: "ds-test") { received = receiver.receive(output: out, acceptTimeout: .seconds(5)) }
+        var old = Preamble(features: [.xxh3], sessionID: .random(), channelIndex: 0, channelCount: 1, chunkSize: 65536,
+                           mode: .addressable, totalSize: UInt64(data.count)).encoded()
+        old.withUnsafeMutableBytes { b in
+            b.storeLE(UInt16(2), at: 8)
+            b.storeLE(fnv1a64(UnsafeRawBufferPointer(rebasing: b[0..<56])), at: 56)
+        }
+        let fd = rawConnect(receiver.listener.endpoint)
+        sendRaw(fd, old)
+        var reply: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            reply += buf[0..<n]
+        }
+        close(fd)
+        let header = reply.count >= FrameHeader.size ? try? reply.withUnsafeBytes { try FrameHeader.decode($0) } : nil
+        #expect(header?.type == .reject, "the reply: \(reply.count) bytes")
+        let message = reply.count > FrameHeader.size ? (try? ErrorMessage.decode(Array(reply[FrameHeader.size...])))?.message ?? "" : ""
+        #expect(message.contains("wire version 2") && message.contains("receiver version \(WireLimits.version)"), "\(message)")
+        #expect(eventually { warnings.withLock { $0.contains { $0.contains("wire version 2") && $0.contains("same devstream release") } } },
+                "\(warnings.withLock { $0 })")
+        let sent = TransferSender.send(try TransferSource(path: src), to: receiver.listener.endpoint, options: options(connections: 1), warn: { _ in })
+        t.join()
+        #expect(sent.completed && received?.completed == true, "\(sent.error?.message ?? "") \(received?.error?.message ?? "")")
+        #expect(readFile(out) == data)
+    }
+
     /// An unrelated sender tries to join while another session holds the receiver: it is
     /// rejected with a message, and the holder's session is not disturbed.
     @Test func unrelatedConnectionIsRejected() throws {
