@@ -145,7 +145,8 @@ package final class FileSink: @unchecked Sendable {
     /// `qemu-img convert` and `cp --sparse` leave holes the same way. Devices, stdout and
     /// anything written in place get every byte.
     func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, ring: Ring, slot: Int) throws(TransferError) {
-        guard partialPath != nil, offset % UInt64(Self.page) == 0, let base = bytes.baseAddress else {
+        let page = ExtentTable.page
+        guard partialPath != nil, offset % UInt64(page) == 0, let base = bytes.baseAddress else {
             if let e = writer.write(bytes, at: offset, ring: ring, slot: slot) { throw writeFailure(e) }
             return
         }
@@ -154,8 +155,8 @@ package final class FileSink: @unchecked Sendable {
             var i = 0
             var run = -1  // start of the current run of non-zero pages
             while i < bytes.count {
-                let n = min(Self.page, bytes.count - i)
-                if Self.isZero(base + i, n) {
+                let n = min(page, bytes.count - i)
+                if ExtentTable.isZero(base + i, n) {
                     if run >= 0 { add(UnsafeRawBufferPointer(rebasing: bytes[run..<i]), offset + UInt64(run)); run = -1 }
                 } else if run < 0 {
                     run = i
@@ -166,10 +167,6 @@ package final class FileSink: @unchecked Sendable {
         }
         if let failure { throw writeFailure(failure) }
     }
-
-    static let page = ExtentTable.page
-
-    static func isZero(_ p: UnsafeRawPointer, _ count: Int) -> Bool { ExtentTable.isZero(p, count) }
 
     /// Writes chunk `index` (at `offset`, `length` bytes) from a frame that left out its zero
     /// pages (`FrameFlags.zeroPages`; `packed` is its validated table over the frame's bytes in

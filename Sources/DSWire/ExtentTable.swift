@@ -149,9 +149,9 @@ public enum ExtentTable {
     /// · u16 count (0 ... maxExtents) · u16 reserved (0)
     /// ```
     ///
-    /// The table goes last so that packing only moves runs toward the front, in place, in one
-    /// pass, with no second buffer and no allocation (the zero map lives on the stack: one bit a
-    /// page). Only whole pages are left out; a last partial page always travels. Each page left
+    /// The table goes last so that packing only moves runs toward the front, in place, with no
+    /// second buffer and no allocation: one scan of the pages fills a zero map (one bit a page,
+    /// on the stack), from which the runs are moved, then the table written. Only whole pages are left out; a last partial page always travels. Each page left
     /// out frees 4 KiB and each entry costs 12 bytes, so a packed chunk is always shorter than
     /// the chunk it came from.
     ///
@@ -170,18 +170,17 @@ public enum ExtentTable {
                 any = true
             }
             guard any else { return nil }
+            func isZeroPage(_ i: Int) -> Bool { zero[i >> 6] & (1 << UInt64(i & 63)) != 0 }
             // Runs in chunk order; `body(start, end)` in bytes. The partial tail joins the last run.
             func forEachRun(_ body: (Int, Int) -> Void) {
                 var i = 0
                 while i < pages {
-                    if zero[i >> 6] & (1 << UInt64(i & 63)) != 0 { i += 1; continue }
+                    if isZeroPage(i) { i += 1; continue }
                     let start = i
-                    while i < pages, zero[i >> 6] & (1 << UInt64(i & 63)) == 0 { i += 1 }
+                    while i < pages, !isZeroPage(i) { i += 1 }
                     body(start * page, i == pages ? length : i * page)
                 }
-                if pages * page < length, pages > 0, zero[(pages - 1) >> 6] & (1 << UInt64((pages - 1) & 63)) != 0 {
-                    body(pages * page, length)
-                }
+                if pages * page < length, isZeroPage(pages - 1) { body(pages * page, length) }
             }
             var packed = 0, count = 0
             forEachRun { start, end in
