@@ -2,10 +2,10 @@
 import PackageDescription
 
 // Layers, dependencies pointing one way:
-//   CURing CLZ4 CXXHash COpenSSL  system libraries (one shim header each)
+//   CURing CLZ4 CXXHash COpenSSL  system libraries (one shim header each; CXXHash adds an AVX2 XXH3)
 //   DSSupport                  the floor: lock + condition, clock + sleep, threads, errno, warnings,
 //                              hex, little-endian, the size/duration grammar, file-system facts
-//   DSWire                     wire format v2: pure, no I/O, no threads
+//   DSWire                     wire format v3: pure, no I/O, no threads
 //   DSCodec                    LZ4 block codec + XXH3 (imports CLZ4, CXXHash)
 //   DSRing                     io_uring + blocking fallback, buffer pool (imports CURing)
 //   DSTransport                channels (thread + ring + socket, TLS 1.3 via COpenSSL), point-to-point transfer
@@ -38,7 +38,8 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CURing", path: "Sources/CURing"),
         .systemLibrary(name: "CLZ4", path: "Sources/CLZ4"),
-        .systemLibrary(name: "CXXHash", path: "Sources/CXXHash"),
+        // libxxhash plus an XXH3 with its AVX2 loop chosen at run time (xxh3_dispatch.c says why).
+        .target(name: "CXXHash", linkerSettings: [.linkedLibrary("xxhash")]),
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         .target(name: "DSSupport"),
         .target(name: "DSWire", dependencies: ["DSSupport"], exclude: ["WIRE.md"]),
@@ -77,7 +78,7 @@ let package = Package(
         .target(name: "DSTestSupport", dependencies: ["DSTransport", "DSWire", "DSCodec", "DSRing", "DSDevices"], path: "Tests/DSTestSupport"),
         .testTarget(name: "DSSupportTests", dependencies: ["DSSupport"]),
         .testTarget(name: "DSWireTests", dependencies: ["DSWire"]),
-        .testTarget(name: "DSCodecTests", dependencies: ["DSCodec"]),
+        .testTarget(name: "DSCodecTests", dependencies: ["DSCodec", "CXXHash"]),
         .testTarget(name: "DSRingTests", dependencies: ["DSRing"]),
         .testTarget(name: "DSTransportTests", dependencies: ["DSTransport", "DSCodec", "DSTestSupport"]),
         .testTarget(name: "DSDevicesTests", dependencies: ["DSDevices", "DSTestSupport"]),

@@ -3,10 +3,11 @@ internal import CXXHash
 import DSWire
 import DSSupport
 
-/// XXH3-64 of `bytes`. The corresponding C function is `XXH3_64bits`.
+/// XXH3-64 of `bytes`: the value of libxxhash's `XXH3_64bits`, computed with AVX2 where the CPU
+/// has it (`devstream_xxh3_64bits`, Sources/CXXHash/xxh3_dispatch.c).
 public func xxh3(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
     guard let base = bytes.baseAddress, bytes.count > 0 else { return XXH3_64bits(nil, 0) }
-    return XXH3_64bits(base, bytes.count)
+    return devstream_xxh3_64bits(base, bytes.count)
 }
 
 /// The result of encoding one chunk.

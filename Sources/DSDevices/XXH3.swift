@@ -3,7 +3,7 @@ import DSSupport
 
 /// XXH3-64 of a memory range: how every device digests its state.
 package func xxh3(_ p: UnsafeRawPointer?, _ count: Int) -> UInt64 {
-    XXH3_64bits(p, count)
+    devstream_xxh3_64bits(p, count)
 }
 
 /// A streaming XXH3-64 hasher (owns an `XXH3_state_t`); not thread-safe: its owner's lock guards it.
