@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers, dependencies pointing one way:
-//   CURing CLZ4 CXXHash COpenSSL  system libraries (one shim header each; CXXHash adds an AVX2 XXH3)
+//   CURing CLZ4 CXXHash COpenSSL  system libraries (one shim header each)
 //   DSSupport                  the floor: lock + condition, clock + sleep, threads, errno, warnings,
 //                              hex, little-endian, the size/duration grammar, file-system facts
 //   DSWire                     wire format v3: pure, no I/O, no threads
@@ -38,8 +38,7 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CURing", path: "Sources/CURing"),
         .systemLibrary(name: "CLZ4", path: "Sources/CLZ4"),
-        // libxxhash plus an XXH3 with its AVX2 loop chosen at run time (xxh3_dispatch.c says why).
-        .target(name: "CXXHash", linkerSettings: [.linkedLibrary("xxhash")]),
+        .systemLibrary(name: "CXXHash", path: "Sources/CXXHash"),
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         .target(name: "DSSupport"),
         .target(name: "DSWire", dependencies: ["DSSupport"], exclude: ["WIRE.md"]),
@@ -81,7 +80,7 @@ let package = Package(
         .testTarget(name: "DSCodecTests", dependencies: ["DSCodec", "CXXHash"]),
         .testTarget(name: "DSRingTests", dependencies: ["DSRing"]),
         .testTarget(name: "DSTransportTests", dependencies: ["DSTransport", "DSCodec", "DSTestSupport"]),
-        .testTarget(name: "DSDevicesTests", dependencies: ["DSDevices", "DSTestSupport"]),
+        .testTarget(name: "DSDevicesTests", dependencies: ["DSDevices", "DSTestSupport", "CXXHash"]),
         .testTarget(name: "DSSimulationTests", dependencies: ["DSSimulation", "DSDevices", "DSSupport", "DSTestSupport"]),
         .testTarget(name: "DSSchedulerTests", dependencies: ["DSScheduler"]),
         .testTarget(name: "EndToEndTests", dependencies: [

@@ -3,8 +3,8 @@ internal import CXXHash
 import DSWire
 import DSSupport
 
-/// XXH3-64 of `bytes`: the value of libxxhash's `XXH3_64bits`, computed with AVX2 where the CPU
-/// has it (`devstream_xxh3_64bits`, Sources/CXXHash/xxh3_dispatch.c).
+/// XXH3-64 of `bytes`: the value of libxxhash's `XXH3_64bits`, computed with the widest vector
+/// loop the CPU has (`devstream_xxh3_64bits`, Sources/CXXHash/shim.h says why).
 public func xxh3(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
     guard let base = bytes.baseAddress, bytes.count > 0 else { return XXH3_64bits(nil, 0) }
     return devstream_xxh3_64bits(base, bytes.count)

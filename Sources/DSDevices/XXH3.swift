@@ -18,7 +18,7 @@ package final class XXH3Stream {
     }
     deinit { XXH3_freeState(state) }
     package func reset() { _ = XXH3_64bits_reset(state) }
-    package func update(_ p: UnsafeRawPointer?, _ count: Int) { _ = XXH3_64bits_update(state, p, count) }
+    package func update(_ p: UnsafeRawPointer?, _ count: Int) { _ = devstream_xxh3_update(state, p, count) }
     package func update(_ bytes: [UInt8]) { bytes.withUnsafeBytes { update($0.baseAddress, $0.count) } }
     package var digest: UInt64 { XXH3_64bits_digest(state) }
 }

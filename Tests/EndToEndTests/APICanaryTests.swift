@@ -16,14 +16,12 @@ import Foundation
         try source.write(toFile: "\(dir)/client.swift", atomically: true, encoding: .utf8)
         let p = Process(), out = Pipe()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        // Debug builds are made for @testable imports, which keeps the C modules' maps among the
-        // modules' dependencies: hand them over as SwiftPM does (a system library's map is in
-        // its source folder; a C target's is generated beside the build products).
-        let products = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
-        let maps = ["Sources/CLZ4", "Sources/CURing", "Sources/COpenSSL"].map { "\(root.path)/\($0)/module.modulemap" }
-            + ["\(products)/CXXHash.build/module.modulemap"]
-        let mapFlags = maps.flatMap { ["-Xcc", "-fmodule-map-file=\($0)"] }
-        p.arguments = ["swiftc", "-typecheck", "-swift-version", "6", "-I", modules] + mapFlags + ["\(dir)/client.swift"]
+        // Debug builds are made for @testable imports, which keeps the C shims' module maps
+        // among the modules' dependencies: hand them over as SwiftPM does.
+        let maps = ["CXXHash", "CLZ4", "CURing", "COpenSSL"].flatMap {
+            ["-Xcc", "-fmodule-map-file=\(root.path)/Sources/\($0)/module.modulemap"]
+        }
+        p.arguments = ["swiftc", "-typecheck", "-swift-version", "6", "-I", modules] + maps + ["\(dir)/client.swift"]
         p.standardOutput = out
         p.standardError = out
         try p.run()
