@@ -2,11 +2,8 @@ import Testing
 import CXXHash
 @testable import DSCodec
 
-/// Seeded bytes, with room to start them at any of 64 alignments.
-let xxh3TestBytes: [UInt8] = {
-    var s: UInt64 = 0x9E37_79B9_7F4A_7C15
-    return (0..<(1 << 20) + 4096 + 64).map { _ in s ^= s << 13; s ^= s >> 7; s ^= s << 17; return UInt8(truncatingIfNeeded: s) }
-}()
+/// Seeded random bytes (CodecTests' `sample`), with room to start them at any of 64 alignments.
+let xxh3TestBytes = sample("random", count: (1 << 20) + 4096 + 64)
 
 /// `xxh3` runs libxxhash's dispatched XXH3 (AVX-512 or AVX2 where the CPU has them; see
 /// Sources/CXXHash/shim.h). It must give the plain `XXH3_64bits` value on every input: chunk

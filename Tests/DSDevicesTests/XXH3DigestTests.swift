@@ -1,14 +1,12 @@
 import Testing
 import CXXHash
+import DSTestSupport
 @testable import DSDevices
 
 /// Device digests use libxxhash's dispatched XXH3 (Sources/CXXHash/shim.h), one-shot and
 /// streaming; both must give the plain `XXH3_64bits` value, whatever the pieces.
 @Suite struct XXH3DigestTests {
-    static let bytes: [UInt8] = {
-        var s: UInt64 = 0x0123_4567_89AB_CDEF
-        return (0..<(3 << 20) + 17).map { _ in s ^= s << 13; s ^= s >> 7; s ^= s << 17; return UInt8(truncatingIfNeeded: s) }
-    }()
+    static let bytes = testData((3 << 20) + 17, seed: 7)
 
     @Test(arguments: [0, 1, 240, 241, 1023, 4096, 1 << 20, (3 << 20) + 17])
     func oneShotAgreesWithThePlainFunction(length: Int) {
@@ -18,7 +16,7 @@ import CXXHash
         }
     }
 
-    /// Pieces of 1 byte to 1 MiB, at odd offsets, give the one-shot value of the whole.
+    /// Pieces of 1 byte to 1 MiB (most of them odd sizes) give the one-shot value of the whole.
     @Test(arguments: [1, 7, 64, 255, 4096, 65537, 1 << 20])
     func streamingInPiecesAgreesWithOneShot(piece: Int) throws {
         let stream = try XXH3Stream()
