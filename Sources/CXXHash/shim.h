@@ -6,7 +6,7 @@
 // build is compiled for baseline x86-64 and always runs the SSE2 loop. On 1 MiB in cache here:
 // 21 GB/s plain, 90 GB/s dispatched (AVX-512); XXH3 was 8% of each end's CPU in a 1 GiB
 // transfer (README, "Where the CPU goes"). The value is the same XXH3-64 on every path
-// (XXH3DispatchTests). Elsewhere the plain functions. libxxhash.a has no dispatch: link the .so.
+// (XXH3DispatchTests, XXH3DigestTests). Elsewhere the plain functions. libxxhash.a has no dispatch: link the .so.
 #ifndef DEVSTREAM_CXXHASH_SHIM_H
 #define DEVSTREAM_CXXHASH_SHIM_H
 #include <xxhash.h>

@@ -151,9 +151,10 @@ public enum ExtentTable {
     ///
     /// The table goes last so that packing only moves runs toward the front, in place, with no
     /// second buffer and no allocation: one scan of the pages fills a zero map (one bit a page,
-    /// on the stack), from which the runs are moved, then the table written. Only whole pages are left out; a last partial page always travels. Each page left
-    /// out frees 4 KiB and each entry costs 12 bytes, so a packed chunk is always shorter than
-    /// the chunk it came from.
+    /// on the stack), from which the runs are moved, then the table written. Only whole pages
+    /// are left out; a last partial page always travels. Each page left out frees 4 KiB and
+    /// each entry costs 12 bytes, so a packed chunk is always shorter than the chunk it came
+    /// from.
     ///
     /// Why: `mixed` device memory is 30% zero pages. Compressing and hashing them, then
     /// decompressing and hashing them again, cost 0.07–0.10 of the 0.48–0.52 CPU-s per GiB that
