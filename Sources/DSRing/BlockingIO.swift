@@ -80,8 +80,10 @@ package enum IOBackend {
     package static func fallbackWarning(_ e: Errno) -> String {
         let why = e == .noSys ? "the kernel has no io_uring (ENOSYS)"
             : e == .notPermitted ? "io_uring is not permitted here (EPERM: seccomp or kernel.io_uring_disabled)"
+            : e == .noMemory ? "could not set up an io_uring (ENOMEM: the rings of all of this user's processes count against RLIMIT_MEMLOCK)"
             : "io_uring setup failed (\(e))"
-        return "warning: \(why); falling back to blocking syscalls"
+        let hint = e == .noMemory ? ". Raise `ulimit -l` (RLIMIT_MEMLOCK) for io_uring." : ""
+        return "warning: \(why); falling back to blocking syscalls\(hint)"
     }
 
     /// Tries to set up a tiny ring; nil on success, else why not. Not cached (`probeFailure` is).

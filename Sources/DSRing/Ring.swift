@@ -177,6 +177,9 @@ package final class Ring {
     package static let currentPosition = UInt64.max
 
     package let backend: IOBackendKind
+    /// Set when io_uring was asked for but this ring runs blocking syscalls because setting it
+    /// up failed with ENOMEM (see `init`): a warning line for the user. `Channel` prints it.
+    package let setupWarning: String?
     private let uring: UnsafeMutablePointer<io_uring>?
     private var blockingQueue: [Completion] = []
     private var blockingHead = 0
@@ -203,32 +206,51 @@ package final class Ring {
     private let batchResults: UnsafeMutableBufferPointer<Int>
 
     /// Creates a ring on the calling thread.
+    ///
+    /// **ENOMEM falls back to blocking syscalls, for this ring.** The kernel charges every
+    /// ring's memory to RLIMIT_MEMLOCK for users without CAP_IPC_LOCK, summed over all of the
+    /// user's processes: with `ulimit -l 64` (a common default) eight 64-entry rings fit, for
+    /// the sender and the receiver together when one user runs both. So the process-wide probe
+    /// (`IOBackend`) can succeed and a later channel's ring fail, depending on what else the
+    /// user has open, and rings closed a moment ago are uncharged only when the kernel's
+    /// deferred teardown gets to them. Such a ring runs on the blocking backend instead, as a
+    /// channel with no io_uring at all would, and `setupWarning` says why; a session then has
+    /// rings of both kinds, each owned by one thread. Other errors are thrown.
     /// - Parameter backend: nil picks `IOBackend.probed` (probed once per process). Sessions
     ///   pass their own (`IOBackend.resolve`).
     package init(entries: UInt32 = 64, backend: IOBackendKind? = nil) throws(Errno) {
-        let kind = backend ?? IOBackend.probed
-        self.backend = kind
         batchWindow = Int(max(1, entries))
+        var kind = backend ?? IOBackend.probed
+        var ring: UnsafeMutablePointer<io_uring>?
+        var warning: String?
+        if kind == .ioUring {
+            let r = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+            r.initialize(to: io_uring())
+            var rc: Int32
+            if let e = ResourceFaults.injected(.ring) {
+                rc = -e.rawValue
+            } else {
+                rc = io_uring_queue_init(entries, r, ds_setup_single_issuer() | ds_setup_defer_taskrun())
+                if rc == -EINVAL { rc = io_uring_queue_init(entries, r, ds_setup_single_issuer()) }
+                if rc == -EINVAL { rc = io_uring_queue_init(entries, r, 0) }
+            }
+            if rc == 0 {
+                ring = r
+            } else {
+                r.deallocate()
+                guard rc == -ENOMEM else { throw Errno(rawValue: -rc) }
+                kind = .blocking
+                warning = IOBackend.fallbackWarning(.noMemory)
+            }
+        }
+        self.backend = kind
+        uring = ring
+        setupWarning = warning
         batchBuffers = .allocate(capacity: batchWindow)
         batchLengths = .allocate(capacity: batchWindow)
         batchOffsets = .allocate(capacity: batchWindow)
         batchResults = .allocate(capacity: batchWindow)
-        guard kind == .ioUring else {
-            uring = nil
-            blockingQueue.reserveCapacity(Int(entries))
-            return
-        }
-        let r = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
-        r.initialize(to: io_uring())
-        var rc = io_uring_queue_init(entries, r, ds_setup_single_issuer() | ds_setup_defer_taskrun())
-        if rc == -EINVAL { rc = io_uring_queue_init(entries, r, ds_setup_single_issuer()) }
-        if rc == -EINVAL { rc = io_uring_queue_init(entries, r, 0) }
-        guard rc == 0 else {
-            r.deallocate()
-            batchBuffers.deallocate(); batchLengths.deallocate(); batchOffsets.deallocate(); batchResults.deallocate()
-            throw Errno(rawValue: -rc)
-        }
-        uring = r
+        if ring == nil { blockingQueue.reserveCapacity(Int(entries)) }
     }
 
     deinit {

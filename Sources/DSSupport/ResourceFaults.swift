@@ -1,14 +1,16 @@
 import Glibc
 import Synchronization
 
-/// Failure injection for resource creation, for tests: makes thread starts (`OSThread`) or the
+/// Failure injection for resource creation, for tests: makes thread starts (`OSThread`), the
 /// library's large allocations (`AlignedMemory`: buffer pools, LZ4 states, TLS buffers, hash
-/// states) fail on the calling thread and on every thread it starts, transitively, while a
-/// `run` is in progress. Other threads (parallel tests) are not affected.
+/// states) or io_uring setups (`Ring`) fail on the calling thread and on every thread it starts,
+/// transitively, while a `run` is in progress. Other threads (parallel tests) are not affected.
 ///
 /// Production code never sets it; checking it costs one atomic load when nothing is injected.
 package final class ResourceFaults: Sendable {
-    package enum Resource: Sendable { case thread, memory }
+    /// `ring`: setting up an io_uring, which fails with ENOMEM when the rings of all of a user's
+    /// processes outgrow RLIMIT_MEMLOCK.
+    package enum Resource: Sendable { case thread, memory, ring }
 
     private let resource: Resource
     private let error: Errno

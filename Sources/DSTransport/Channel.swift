@@ -91,7 +91,8 @@ package final class Channel {
         }
         inSlot = pool.checkout()!   // a fresh two-slot pool
         outSlot = pool.checkout()!
-        if let w = ring.register(pool) { warn(w) }
+        let registration = ring.register(pool)  // a ring that fell back registers nothing
+        if let w = ring.setupWarning ?? registration { warn(w) }
     }
 
     /// Frame bytes on this channel, both ways (`ChannelStats.wireBytes`), with the keepalives

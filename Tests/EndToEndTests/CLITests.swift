@@ -462,9 +462,13 @@ enum CLI {
         recv.waitUntilExit()
         #expect(send.terminationStatus == 0 && recv.terminationStatus == 0, "\(sentErr) \(recvErr)")
         #expect(CLI.json(sentJSON)?["status"] as? String == "completed")
+        // One warning line each, about locked memory: usually that the buffers could not be
+        // registered; when this user's rings (both processes' together) have used the 64 KiB up
+        // by the time channel 0 sets its ring up, that the ring runs blocking syscalls instead.
         for err in [sentErr, recvErr] {
-            #expect(err.components(separatedBy: "could not register I/O buffers").count == 2, "one warning line: \(err)")
-            #expect(err.contains("RLIMIT_MEMLOCK"))
+            let warnings = err.split(separator: "\n").filter { $0.contains("warning: ") }
+            #expect(warnings.count == 1, "one warning line: \(err)")
+            #expect(warnings.allSatisfy { $0.contains("RLIMIT_MEMLOCK") && ($0.contains("could not register I/O buffers") || $0.contains("blocking syscalls")) }, "\(err)")
         }
     }
 
