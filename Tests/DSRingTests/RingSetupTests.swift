@@ -18,14 +18,7 @@ import DSSupport
         // through a file gets its bytes back.
         let pool = try BufferPool(slots: 2, payloadCapacity: 1 << 16, headroom: 64)
         #expect(ring.register(pool) == nil && ring.registeredSlots == 0)
-        let (fd, path) = tempFile()
-        defer { close(fd); unlink(path) }
-        let data = pattern(1 << 16)
-        let a = pool.checkout()!, b = pool.checkout()!
-        data.withUnsafeBytes { pool.payload(a).copyMemory(from: $0) }
-        try ring.writeAll(fd: fd, UnsafeRawBufferPointer(rebasing: pool.payload(a)[0..<data.count]), offset: 0, slot: a)
-        let n = try ring.readFully(fd: fd, into: UnsafeMutableRawBufferPointer(rebasing: pool.payload(b)[0..<data.count]), offset: 0, slot: b)
-        #expect(n == data.count && Array(UnsafeRawBufferPointer(rebasing: pool.payload(b)[0..<n])) == data)
+        try RingTests.fileRoundTrip(ring, pool)
     }
 
     @Test func otherSetupErrorsAreThrown() {

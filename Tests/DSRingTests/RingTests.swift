@@ -39,6 +39,13 @@ private func testMemfdCreate(_ name: UnsafePointer<CChar>, _ flags: UInt32) -> I
         #expect(ring.register(pool) == nil)
         if backend == .ioUring { #expect(ring.registeredSlots == 2) }
         if faults { ring.faultInjector = chaos(seed: 42) }
+        try Self.fileRoundTrip(ring, pool)
+    }
+
+    /// Writes 64 KiB from one slot of `pool` (a fresh two-slot pool of 64 KiB payloads) into a
+    /// temporary file through `ring`, reads them back into the other slot, and checks the bytes
+    /// and the short read at the end of the file.
+    static func fileRoundTrip(_ ring: Ring, _ pool: BufferPool, sourceLocation: SourceLocation = #_sourceLocation) throws {
         let (fd, path) = tempFile()
         defer { close(fd); unlink(path) }
         let data = pattern(1 << 16)
@@ -47,12 +54,12 @@ private func testMemfdCreate(_ name: UnsafePointer<CChar>, _ flags: UInt32) -> I
         try ring.writeAll(fd: fd, UnsafeRawBufferPointer(rebasing: pool.payload(a)[0..<data.count]), offset: 4096, slot: a)
         _ = try ring.perform(.fsync(fd: fd))
         let n = try ring.readFully(fd: fd, into: UnsafeMutableRawBufferPointer(rebasing: pool.payload(b)[0..<data.count]), offset: 4096, slot: b)
-        #expect(n == data.count)
-        #expect(Array(UnsafeRawBufferPointer(rebasing: pool.payload(b)[0..<n])) == data)
+        #expect(n == data.count, sourceLocation: sourceLocation)
+        #expect(Array(UnsafeRawBufferPointer(rebasing: pool.payload(b)[0..<n])) == data, sourceLocation: sourceLocation)
         // end of file: short read, then zero.
-        #expect(try ring.readFully(fd: fd, into: pool.payload(b), offset: 4096 + 65536 - 10, slot: b) == 10)
+        #expect(try ring.readFully(fd: fd, into: pool.payload(b), offset: 4096 + 65536 - 10, slot: b) == 10, sourceLocation: sourceLocation)
         pool.release(a); pool.release(b)
-        #expect(pool.freeCount == 2)
+        #expect(pool.freeCount == 2, sourceLocation: sourceLocation)
     }
 
     /// `readBatch` gathers scattered pieces of a file into one slot, more pieces than one
